@@ -1,0 +1,47 @@
+# edgegov: the two commands a newcomer needs.
+#   make demo   set everything up, run the demo (emulated device -> agent -> broker -> audit)
+#   make test   set everything up, run the whole test suite
+# Both create their own virtual environment in .venv (and .venv-oracle for the
+# independent COSE verifier used only by the tests).
+
+PYTHON ?= python3
+VENV   := .venv
+ORACLE := .venv-oracle
+STAMP  := $(VENV)/.installed
+PIP_Q  := --quiet --disable-pip-version-check
+
+.PHONY: demo test system-deps mosquitto clean
+
+demo: $(STAMP)
+	$(VENV)/bin/edgegov demo
+
+test: $(STAMP) $(ORACLE)/.installed mosquitto
+	$(VENV)/bin/python -m pytest
+
+# What a fresh Debian/Ubuntu machine lacks to build the Cython extensions.
+system-deps:
+	@missing=""; \
+	$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || missing="$$missing python3-venv"; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	$(PYTHON) -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+	  || missing="$$missing python3-dev"; \
+	if [ -n "$$missing" ]; then bash .ci/apt-install $$missing; fi
+
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || bash .ci/apt-install mosquitto
+
+$(STAMP): pyproject.toml setup.py $(wildcard native/*.pyx) | system-deps
+	@echo "setting up $(VENV) (Python packages and the Cython extensions)..."
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_Q) -e '.[test]'
+	@$(VENV)/bin/python -c "import native.policy as p; assert p.IMPLEMENTATION == 'cython', 'the Cython evaluator was not built'"
+	@touch $@
+
+# pycose 1.1 needs cbor2 < 6, while the agent uses cbor2 6: give the oracle its own venv.
+$(ORACLE)/.installed:
+	@test -x $(ORACLE)/bin/python || $(PYTHON) -m venv $(ORACLE)
+	$(ORACLE)/bin/pip install $(PIP_Q) 'pycose>=1.1' 'cbor2<6'
+	@touch $@
+
+clean:
+	rm -rf $(VENV) $(ORACLE) build *.egg-info native/*.c native/*.so demo-out

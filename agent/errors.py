@@ -1,0 +1,113 @@
+"""The edgegov error tree.
+
+Every failure caused by *untrusted or user-supplied input* (a corrupt frame, a
+bad policy file, a forged attestation, an unreachable broker) is raised as a
+subclass of :class:`Error`, with a message an operator can act on: which file,
+field, line, and what was expected. Misuse of our own API raises the usual
+``ValueError`` / ``TypeError`` / ``RuntimeError`` instead. Only the CLI maps
+these errors to exit codes.
+
+::
+
+    Error                          root; .exit_code = 2 (usage or input error)
+    +-- ConfigError                agent config file: missing/invalid field
+    +-- KeyFileError               device key missing, unreadable, bad permissions
+    +-- PolicyError                policy bundle: YAML, schema, semantics
+    |   +-- PolicySyntaxError      a condition does not parse (line, column, caret)
+    +-- ModelError                 ONNX model: digest mismatch, load failure, bad output
+    +-- FrameError                 serial frame: CRC, framing, unknown type (counted, not fatal)
+    +-- SerialPortError            a serial port cannot be opened / vanished
+    +-- StorageError               evidence store / outbox (SQLite, disk full)
+    +-- TransportError             MQTT broker unreachable / refused
+    +-- VerificationError          evidence does not verify; .exit_code = 1 (a finding)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "Error",
+    "FrameError",
+    "KeyFileError",
+    "ModelError",
+    "PolicyError",
+    "PolicySyntaxError",
+    "SerialPortError",
+    "StorageError",
+    "TransportError",
+    "VerificationError",
+]
+
+
+class Error(Exception):
+    """Root of every edgegov error. ``exit_code`` is what the CLI returns."""
+
+    exit_code = 2
+
+
+class ConfigError(Error):
+    """The agent configuration is missing, malformed or inconsistent."""
+
+
+class KeyFileError(Error):
+    """A key file is missing, unreadable, of the wrong type or too permissive."""
+
+
+class PolicyError(Error):
+    """A policy bundle is invalid (schema or semantics)."""
+
+
+class PolicySyntaxError(PolicyError):
+    """A rule condition does not parse or type-check.
+
+    Attributes carry the position so tools can point at it; ``str()`` is a
+    complete, human-readable message with a caret excerpt.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str = "",
+        line: int = 1,
+        column: int = 1,
+        text: str = "",
+    ) -> None:
+        self.reason = message
+        self.source = source
+        self.line = line
+        self.column = column
+        self.text = text
+        where = f"{source}:{line}:{column}: " if source else f"line {line}, column {column}: "
+        excerpt = ""
+        if text:
+            lines = text.splitlines() or [""]
+            src_line = lines[line - 1] if 0 < line <= len(lines) else ""
+            excerpt = f"\n    {src_line}\n    {' ' * (column - 1)}^"
+        super().__init__(f"{where}{message}{excerpt}")
+
+
+class ModelError(Error):
+    """A risk model cannot be used (digest mismatch, load failure, bad output)."""
+
+
+class FrameError(Error):
+    """A serial frame is corrupt or not understood (counted and skipped)."""
+
+
+class SerialPortError(Error):
+    """A serial port cannot be opened or has gone away."""
+
+
+class StorageError(Error):
+    """The evidence store or outbox cannot be written or read."""
+
+
+class TransportError(Error):
+    """The MQTT broker is unreachable or refused us."""
+
+
+class VerificationError(Error):
+    """Evidence failed verification: a finding, not a usage error."""
+
+    exit_code = 1

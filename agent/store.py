@@ -1,0 +1,172 @@
+"""The gateway's durable evidence store: chain state, attestations, outbox (SQLite, WAL).
+
+One transaction commits a signed attestation, its outbox entry and the new
+chain state (next seq, prev hash, Merkle log state) together, with
+``synchronous=FULL`` so it is on disk (fsync) before anything is published.
+An outbox row is deleted only when the broker has acknowledged it (PUBACK).
+
+If the database is lost, the next start declares a *new* log (fresh origin,
+seq 0, no prev): the chain never silently restarts under the old name.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import cbor2
+
+from agent.errors import StorageError
+from agent.merkle import CompactRange
+
+__all__ = ["ChainState", "EvidenceStore", "OutboxItem"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    origin TEXT NOT NULL,
+    next_seq INTEGER NOT NULL,
+    prev BLOB,
+    log_size INTEGER NOT NULL,
+    log_nodes BLOB NOT NULL,
+    bootcount INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attestations (
+    seq INTEGER PRIMARY KEY,
+    window_start_ms INTEGER NOT NULL,
+    window_end_ms INTEGER NOT NULL,
+    cose BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+
+
+@dataclass
+class ChainState:
+    """What must survive a restart for the chain to continue."""
+
+    origin: str
+    next_seq: int
+    prev: bytes | None
+    log: CompactRange
+    bootcount: int
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    seq: int
+    topic: str
+    payload: bytes
+
+
+class EvidenceStore:
+    """SQLite-backed store; safe to call from the agent and the MQTT thread."""
+
+    def __init__(self, path: Path, device_id: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise StorageError(f"{path}: cannot open the evidence store: {e}") from e
+        self.new_log = False
+        self.state = self._load_or_create(device_id)
+
+    def _load_or_create(self, device_id: str) -> ChainState:
+        with self._lock, self._wrap("read chain state"):
+            row = self._db.execute(
+                "SELECT origin, next_seq, prev, log_size, log_nodes, bootcount FROM state"
+            ).fetchone()
+            if row is None:
+                # New (or lost) state: declare a new log, never reuse an old origin.
+                origin = f"edgegov/{device_id}/{secrets.token_hex(8)}"
+                state = ChainState(origin, 0, None, CompactRange(), 1)
+                self.new_log = True
+            else:
+                origin, next_seq, prev, size, nodes, boots = row
+                state = ChainState(
+                    origin, next_seq, prev, CompactRange(size, cbor2.loads(nodes)), boots + 1
+                )
+            self._write_state(state)
+            return state
+
+    def _wrap(self, what: str) -> "_SqliteGuard":
+        return _SqliteGuard(self.path, what)
+
+    def _write_state(self, s: ChainState) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO state VALUES (1, ?, ?, ?, ?, ?, ?)",
+            (s.origin, s.next_seq, s.prev, s.log.size, cbor2.dumps(list(s.log.nodes)), s.bootcount),
+        )
+
+    def commit(
+        self, seq: int, window: tuple[int, int], cose: bytes, topic: str, new_state: ChainState
+    ) -> None:
+        """Atomically persist an attestation, its outbox entry and the chain state."""
+        if seq != self.state.next_seq:
+            raise RuntimeError(f"commit out of order: seq {seq}, expected {self.state.next_seq}")
+        with self._lock, self._wrap(f"store attestation seq {seq}"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO attestations VALUES (?, ?, ?, ?)", (seq, window[0], window[1], cose)
+                )
+                self._db.execute("INSERT INTO outbox VALUES (?, ?, ?)", (seq, topic, cose))
+                self._write_state(new_state)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        self.state = new_state
+
+    def pending(self) -> list[OutboxItem]:
+        """Outbox entries not yet acknowledged by the broker, in seq order."""
+        with self._lock, self._wrap("read outbox"):
+            rows = self._db.execute("SELECT seq, topic, payload FROM outbox ORDER BY seq").fetchall()
+        return [OutboxItem(*r) for r in rows]
+
+    def acknowledge(self, seq: int) -> None:
+        """The broker has the attestation (PUBACK): drop it from the outbox."""
+        with self._lock, self._wrap(f"acknowledge seq {seq}"):
+            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def attestations(self) -> list[tuple[int, bytes]]:
+        with self._lock, self._wrap("read attestations"):
+            return self._db.execute("SELECT seq, cose FROM attestations ORDER BY seq").fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class _SqliteGuard:
+    """Translate sqlite3 errors into StorageError with the file and the operation."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.what = path, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: type | None, e: BaseException | None, tb: object) -> None:
+        if isinstance(e, sqlite3.Error):
+            hint = " (disk full?)" if "full" in str(e).lower() else ""
+            free = ""
+            try:
+                st = os.statvfs(self.path.parent)
+                free = f"; {st.f_bavail * st.f_frsize // 1024} KiB free on that filesystem"
+            except OSError:
+                pass
+            raise StorageError(f"{self.path}: cannot {self.what}: {e}{hint}{free}") from e

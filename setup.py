@@ -1,0 +1,23 @@
+"""Build the Cython hot paths in native/.
+
+Only the decision of which extensions to build lives here; metadata is in
+pyproject.toml. Each compiled module has a pure-Python twin beside it
+(native/_<name>_py.py) that is used when the extension is absent or when
+EDGEGOV_PURE=1 is set, so the package still works where no compiler is
+available -- but `pip install .` on a machine with a C compiler builds them.
+"""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+EXTENSIONS = [
+    Extension("native._policy", ["native/_policy.pyx"], extra_compile_args=["-O3"]),
+]
+
+setup(
+    ext_modules=cythonize(
+        EXTENSIONS,
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
+    ),
+)

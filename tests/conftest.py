@@ -1,0 +1,52 @@
+"""Shared fixtures: real brokers, real keys, real ptys — no mocks at the boundaries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.broker import MosquittoBroker, find_mosquitto
+from agent.keys import Signer, generate_key
+
+ROOT = Path(__file__).resolve().parent.parent
+ORACLE_PYTHON = Path(os.environ.get("EDGEGOV_COSE_ORACLE", ROOT / ".venv-oracle" / "bin" / "python"))
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    """A private Mosquitto on a free loopback port. Missing mosquitto is a failure, not a skip."""
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed; run the README's test command (make test), "
+                    "which installs it with apt-get")
+    with MosquittoBroker(tmp_path / "broker") as b:
+        yield b
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> Signer:
+    return generate_key(tmp_path / "keys" / "device.key")
+
+
+def cose_oracle(cose: bytes, public_pem: bytes) -> str:
+    """Verify with pycose in its own venv (it needs cbor2 < 6). Returns its stdout."""
+    if not ORACLE_PYTHON.exists():
+        pytest.fail(f"the pycose oracle venv is missing ({ORACLE_PYTHON}); run 'make test'")
+    script = ROOT / "tests" / "oracle_pycose.py"
+    proc = subprocess.run([str(ORACLE_PYTHON), str(script)], input=public_pem + b"\n--\n" + cose.hex().encode(),
+                          capture_output=True, timeout=60)
+    if proc.returncode != 0:
+        raise AssertionError(f"pycose rejected the message: {proc.stderr.decode()[-2000:]}")
+    return proc.stdout.decode()
+
+
+@pytest.fixture
+def run_cli():
+    """Run the real `edgegov` entry point in a subprocess."""
+    def run(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True,
+                              text=True, timeout=timeout, cwd=kw.pop("cwd", ROOT), **kw)
+    return run

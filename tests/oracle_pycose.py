@@ -1,0 +1,36 @@
+"""Independent COSE_Sign1 verifier (pycose), run in its own venv by the tests.
+
+stdin: <SubjectPublicKeyInfo PEM> "\n--\n" <hex of tagged COSE_Sign1>
+Exit 0 and print the alg if pycose verifies the signature; exit 1 otherwise.
+"""
+
+import sys
+
+from pycose.messages import Sign1Message
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+pem, _, hexmsg = sys.stdin.read().partition("\n--\n")
+pub = serialization.load_pem_public_key(pem.encode())
+if isinstance(pub, ed25519.Ed25519PublicKey):
+    from pycose.keys.okp import OKPKey
+    from pycose.keys.curves import Ed25519
+
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    key = OKPKey(crv=Ed25519, x=raw)
+elif isinstance(pub, ec.EllipticCurvePublicKey):
+    from pycose.keys.ec2 import EC2Key
+    from pycose.keys.curves import P256
+
+    nums = pub.public_numbers()
+    key = EC2Key(crv=P256, x=nums.x.to_bytes(32, "big"), y=nums.y.to_bytes(32, "big"))
+else:
+    sys.exit("unsupported key type")
+msg = Sign1Message.decode(bytes.fromhex(hexmsg.strip()))
+msg.key = key
+if not msg.verify_signature():
+    print("signature INVALID", file=sys.stderr)
+    sys.exit(1)
+from pycose.headers import KID, Algorithm
+
+print(f"pycose: signature valid, alg={msg.get_attr(Algorithm).identifier}, kid={msg.get_attr(KID).hex()}")
