@@ -142,6 +142,12 @@ class EvidenceStore:
         with self._lock, self._wrap(f"acknowledge seq {seq}"):
             self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
 
+    def last_window_end(self) -> int | None:
+        """End (ms) of the newest attested window, so a restart never overlaps it."""
+        with self._lock, self._wrap("read attestations"):
+            row = self._db.execute("SELECT MAX(window_end_ms) FROM attestations").fetchone()
+        return row[0] if row else None
+
     def attestations(self) -> list[tuple[int, bytes]]:
         with self._lock, self._wrap("read attestations"):
             return self._db.execute("SELECT seq, cose FROM attestations ORDER BY seq").fetchall()

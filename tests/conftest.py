@@ -31,12 +31,13 @@ def signer(tmp_path: Path) -> Signer:
     return generate_key(tmp_path / "keys" / "device.key")
 
 
-def cose_oracle(cose: bytes, public_pem: bytes) -> str:
+def cose_oracle(cose: bytes | list[bytes], public_pem: bytes) -> str:
     """Verify with pycose in its own venv (it needs cbor2 < 6). Returns its stdout."""
+    msgs = [cose] if isinstance(cose, bytes) else cose
     if not ORACLE_PYTHON.exists():
         pytest.fail(f"the pycose oracle venv is missing ({ORACLE_PYTHON}); run 'make test'")
     script = ROOT / "tests" / "oracle_pycose.py"
-    proc = subprocess.run([str(ORACLE_PYTHON), str(script)], input=public_pem + b"\n--\n" + cose.hex().encode(),
+    proc = subprocess.run([str(ORACLE_PYTHON), str(script)], input=public_pem + b"\n--\n" + b"\n".join(m.hex().encode() for m in msgs),
                           capture_output=True, timeout=60)
     if proc.returncode != 0:
         raise AssertionError(f"pycose rejected the message: {proc.stderr.decode()[-2000:]}")

@@ -1,7 +1,7 @@
 """Independent COSE_Sign1 verifier (pycose), run in its own venv by the tests.
 
-stdin: <SubjectPublicKeyInfo PEM> "\n--\n" <hex of tagged COSE_Sign1>
-Exit 0 and print the alg if pycose verifies the signature; exit 1 otherwise.
+stdin: <SubjectPublicKeyInfo PEM> "\n--\n" <hex of a tagged COSE_Sign1 per line>
+Exit 0 and print one line per message if pycose verifies every signature; exit 1 otherwise.
 """
 
 import sys
@@ -26,11 +26,13 @@ elif isinstance(pub, ec.EllipticCurvePublicKey):
     key = EC2Key(crv=P256, x=nums.x.to_bytes(32, "big"), y=nums.y.to_bytes(32, "big"))
 else:
     sys.exit("unsupported key type")
-msg = Sign1Message.decode(bytes.fromhex(hexmsg.strip()))
-msg.key = key
-if not msg.verify_signature():
-    print("signature INVALID", file=sys.stderr)
-    sys.exit(1)
 from pycose.headers import KID, Algorithm
 
-print(f"pycose: signature valid, alg={msg.get_attr(Algorithm).identifier}, kid={msg.get_attr(KID).hex()}")
+for n, line in enumerate(hexmsg.split()):
+    msg = Sign1Message.decode(bytes.fromhex(line))
+    msg.key = key
+    if not msg.verify_signature():
+        print(f"message {n}: signature INVALID", file=sys.stderr)
+        sys.exit(1)
+    alg = msg.get_attr(Algorithm).identifier
+    print(f"pycose: message {n} signature valid, alg={alg}, kid={msg.get_attr(KID).hex()}")

@@ -1,0 +1,44 @@
+"""`edgegov init`: a device key (0600) and a config skeleton for a new gateway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.errors import ConfigError
+from agent.keys import generate_key, public_key_path
+
+__all__ = ["init_device"]
+
+_SKELETON = """\
+# edgegov agent configuration for {device_id}. Relative paths are relative to this file.
+device:
+  id: {device_id}
+  key: keys/device.key            # private key, mode 0600; never share it
+fleet: my-fleet
+policy: policies/cold-chain.yaml  # copy one from configs/policies/ and adapt it
+state_dir: state                  # evidence store and outbox (SQLite, WAL)
+sources:
+  - port: /dev/ttyUSB0
+    baud: 115200
+    protocol: framed
+output:
+  mqtt:
+    url: mqtt://127.0.0.1:1883
+  # or, with no broker:  spool: spool
+risk:
+  providers: [CPUExecutionProvider]
+  threads: 1
+"""
+
+
+def init_device(device_id: str, directory: Path, key_type: str = "ed25519") -> None:
+    cfg = directory / "agent.yaml"
+    if cfg.exists():
+        raise ConfigError(f"{cfg} already exists; refusing to overwrite it")
+    key = directory / "keys" / "device.key"
+    signer = generate_key(key, key_type)
+    cfg.write_text(_SKELETON.format(device_id=device_id))
+    print(f"device key   {key} ({key_type}, mode 0600)")
+    print(f"public key   {public_key_path(key)}  (give this to your auditors)")
+    print(f"key id       {signer.kid.hex()}")
+    print(f"config       {cfg}  (edit sources, policy and output, then: edgegov run --config {cfg})")

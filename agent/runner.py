@@ -1,0 +1,265 @@
+"""The agent daemon: sources -> windows -> policy + risk -> attestations -> outbox -> broker.
+
+Threads: one per serial source (reads and decodes), paho's network thread, and
+the main loop here, which owns the window, the evaluator and the signer.
+SIGTERM/SIGINT close the current window, sign it, wait briefly for PUBACKs
+and exit 0; SIGHUP reloads the policy (the last good one stays on error).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agent import __version__
+from agent.attestation import ConfigInForce, RiskResult
+from agent.attester import Attester
+from agent.config import AgentConfig
+from agent.errors import Error, ModelError, StorageError
+from agent.keys import load_signer
+from agent.policy import PolicyBundle, evaluate_rules, load_policy
+from agent.risk import RiskModel, compute_features, load_model
+from agent.sources import SerialSource
+from agent.store import EvidenceStore, OutboxItem
+from agent.transport import BrokerURL, MqttPublisher, Publisher, SpoolPublisher, Topics
+from agent.window import Reading, Window, summarise_rules
+
+__all__ = ["Agent", "AgentStats"]
+
+log = logging.getLogger("edgegov.agent")
+
+
+@dataclass
+class AgentStats:
+    readings: int = 0
+    windows: int = 0
+    attestations: int = 0
+    violations: dict[str, int] = field(default_factory=dict)
+    last_seq: int | None = None
+
+
+class Agent:
+    """One gateway agent. ``run()`` blocks until ``stop()`` (or a signal)."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.stats = AgentStats()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._queue: queue.Queue[list[Reading]] = queue.Queue()
+        self.signer = load_signer(config.key_path)
+        self.policy = load_policy(config.policy_path)
+        self.models, self._model_problems = self._load_models(self.policy)
+        self.store = EvidenceStore(config.state_dir / "evidence.sqlite", config.device_id)
+        if self.store.new_log:
+            log.info("starting a new evidence log %s", self.store.state.origin)
+        else:
+            log.info("continuing evidence log %s at seq %d (boot %d)", self.store.state.origin,
+                     self.store.state.next_seq, self.store.state.bootcount)
+        prefix = config.mqtt.topic_prefix if config.mqtt else "edgegov"
+        self.topics = Topics(prefix, config.fleet, config.device_id)
+        self.attester = Attester(config.device_id, self.signer, self.store, self.topics.attestation)
+        self.publisher = self._make_publisher()
+        self.sources = [
+            SerialSource(i, s.port, s.baud, [c.name for c in self.policy.channels],
+                         self._queue.put)
+            for i, s in enumerate(config.sources)
+        ]
+        self._unsigned: list[tuple[Window, dict[str, int]]] = []  # windows the store refused
+        self._last_health: list[dict[str, int]] = [{} for _ in self.sources]
+
+    # -- set-up ------------------------------------------------------------------
+    def _load_models(self, bundle: PolicyBundle) -> tuple[list[RiskModel], list[str]]:
+        models, problems = [], []
+        for ref in bundle.models:
+            try:
+                models.append(load_model(
+                    ref.id, ref.path, ref.sha256, ref.features, ref.output, ref.threshold,
+                    providers=self.config.providers, intra_op_threads=self.config.risk_threads,
+                ))
+            except ModelError as e:
+                log.error("%s; continuing with the rules alone (evidence marked degraded)", e)
+                problems.append(f"model {ref.id} refused: {e}")
+        return models, problems
+
+    def _make_publisher(self) -> Publisher:
+        cfg = self.config
+        if cfg.mqtt is not None:
+            m = cfg.mqtt
+            return MqttPublisher(BrokerURL.parse(m.url), self.topics, self.store.acknowledge,
+                                 ca_file=m.ca, cert_file=m.cert, key_file=m.key)
+        assert cfg.spool_dir is not None
+        return SpoolPublisher(cfg.spool_dir, cfg.device_id, self.store.acknowledge)
+
+    # -- control -------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+
+    def window_bounds(self, now_ms: int, not_before: int | None = None) -> tuple[int, int]:
+        """The aligned window holding ``now_ms``, starting no earlier than ``not_before``."""
+        span = int(self.policy.window_seconds * 1000)
+        start = now_ms - now_ms % span
+        if not_before is not None and start < not_before:
+            start = not_before  # after a restart: the last window ran until the stop
+        end = start - start % span + span
+        return start, end
+
+    def run(self) -> AgentStats:
+        pending = self.store.pending()
+        if pending:
+            log.info("%d attestation(s) from before are still in the outbox; sending them first",
+                     len(pending))
+        self.publisher.start(pending)
+        self.publisher.publish_status(self._status())
+        for s in self.sources:
+            s.start()
+        n = len(self.policy.channels)
+        start, end = self.window_bounds(int(time.time() * 1000), self.store.last_window_end())
+        window = Window(start, end, n)
+        try:
+            while not self._stop.is_set():
+                timeout = max(0.0, min(0.25, end / 1000 - time.time()))
+                try:
+                    batch = self._queue.get(timeout=timeout)
+                    self._add(window, batch)
+                    while True:
+                        self._add(window, self._queue.get_nowait())
+                except queue.Empty:
+                    pass
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self._reload_policy()
+                now_ms = int(time.time() * 1000)
+                if now_ms >= end:
+                    self._close(window)
+                    start, end = self.window_bounds(now_ms)
+                    window = Window(start, end, len(self.policy.channels))
+        finally:
+            for s in self.sources:
+                s.stop()
+            while not self._queue.empty():
+                self._add(window, self._queue.get_nowait())
+            window.end_ms = max(window.start_ms + 1, int(time.time() * 1000))
+            self._close(window)  # the partial last window is attested too: nothing is dropped
+            left = self.publisher.stop(timeout=5.0)
+            if left:
+                log.warning("%d attestation(s) not yet acknowledged; they stay in the outbox "
+                            "and are sent at the next start", left)
+            self.store.close()
+        return self.stats
+
+    def _add(self, window: Window, batch: list[Reading]) -> None:
+        for r in batch:
+            window.add(r)
+        self.stats.readings += len(batch)
+
+    # -- one window --------------------------------------------------------------------
+    def _close(self, window: Window) -> None:
+        health = self._window_health()
+        self.stats.windows += 1
+        self._unsigned.append((window, health))
+        while self._unsigned:
+            w, h = self._unsigned[0]
+            try:
+                item = self._attest(w, h)
+            except StorageError as e:
+                log.error("%s; window kept in memory and retried at the next window", e)
+                return
+            self._unsigned.pop(0)
+            self.stats.attestations += 1
+            self.stats.last_seq = item.seq
+            self._publish(item)
+
+    def _publish(self, item: OutboxItem) -> None:
+        try:
+            self.publisher.publish(item)
+        except Error as e:
+            log.error("%s; attestation seq %d stays in the outbox", e, item.seq)
+        self.publisher.publish_status(self._status())
+
+    def _attest(self, window: Window, health: dict[str, int]) -> OutboxItem:
+        p = self.policy
+        cols = window.columns
+        results = evaluate_rules(p, cols) if window.n else np.empty((len(p.rules), 0), np.uint8)
+        rules = summarise_rules([r.id for r in p.rules], results, window.timestamps)
+        for r in rules:
+            if r.violated:
+                self.stats.violations[r.rule_id] = self.stats.violations.get(r.rule_id, 0) + 1
+        risk = self._score(window, cols)
+        degraded = tuple(self._model_problems) + tuple(
+            f"risk {r.model_id}: {r.reason}" for r in risk if r.score is None and window.n
+        )
+        config = ConfigInForce(p.id, p.version, p.digest,
+                               {m.id: m.sha256 for m in p.models}, 0)
+        item = self.attester.attest((window.start_ms, window.end_ms), window.records, config,
+                                    rules, risk, health, degraded)
+        bad = ", ".join(f"{r.rule_id} {r.violated}/{r.evaluated}" for r in rules if r.violated)
+        scores = ", ".join(f"{r.model_id} {r.score:.2f}" for r in risk if r.score is not None)
+        log.info("attestation seq %d signed: %d readings, violations: %s; risk: %s%s",
+                 item.seq, window.n, bad or "none", scores or "n/a",
+                 f"; DEGRADED: {'; '.join(degraded)}" if degraded else "")
+        return item
+
+    def _score(self, window: Window, cols: np.ndarray) -> tuple[RiskResult, ...]:
+        out = []
+        index = {c.name: i for i, c in enumerate(self.policy.channels)}
+        for m in self.models:
+            if not window.n:
+                out.append(RiskResult(m.id, None, m.provider, "no readings in window"))
+                continue
+            try:
+                score = float(m.score(compute_features(m.features, cols, index))[0])
+                out.append(RiskResult(m.id, score, m.provider))
+            except ModelError as e:
+                out.append(RiskResult(m.id, None, m.provider, str(e)))
+        return tuple(out)
+
+    def _window_health(self) -> dict[str, int]:
+        """Per-window deltas of every source's counters, summed over sources."""
+        total: dict[str, int] = {}
+        for i, s in enumerate(self.sources):
+            now = s.health()
+            before = self._last_health[i]
+            for k, v in now.items():
+                total[k] = total.get(k, 0) + v - before.get(k, 0)
+            self._last_health[i] = now
+        return total
+
+    def _reload_policy(self) -> None:
+        try:
+            bundle = load_policy(self.config.policy_path)
+        except Error as e:
+            log.error("policy reload refused, keeping %s v%d: %s", self.policy.id,
+                      self.policy.version, e)
+            return
+        if [c.name for c in bundle.channels] != [c.name for c in self.policy.channels]:
+            log.error("policy reload refused: the channel list changed; restart the agent")
+            return
+        self.policy = bundle
+        self.models, self._model_problems = self._load_models(bundle)
+        log.info("policy reloaded: %s v%d (%s)", bundle.id, bundle.version, bundle.digest[:16])
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "state": "online",
+            "device": self.config.device_id,
+            "agent_version": __version__,
+            "policy": {"id": self.policy.id, "version": self.policy.version,
+                       "digest": self.policy.digest},
+            "models": {m.id: {"sha256": m.sha256, "provider": m.provider} for m in self.models},
+            "degraded": list(self._model_problems),
+            "last_seq": self.stats.last_seq,
+            "log": self.store.state.origin,
+        }

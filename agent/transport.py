@@ -1,0 +1,280 @@
+"""Getting evidence off the gateway: MQTT (paho-mqtt 2.x) or a local spool directory.
+
+Both publishers take :class:`~agent.store.OutboxItem` rows and call
+``on_ack(seq)`` only once the evidence is safe elsewhere (MQTT: PUBACK with a
+success reason code; spool: file written and fsynced). Until then the row stays
+in the SQLite outbox, so an outage or a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.attestation import CONTENT_TYPE
+from agent.errors import ConfigError, StorageError
+from agent.store import OutboxItem
+
+__all__ = ["BrokerURL", "MqttPublisher", "Publisher", "SpoolPublisher", "Topics"]
+
+log = logging.getLogger("edgegov.transport")
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The per-device topic tree (PRODUCT.md §7): ``{prefix}/{fleet}/{device}/...``."""
+
+    prefix: str
+    fleet: str
+    device: str
+
+    def __post_init__(self) -> None:
+        for name in ("prefix", "fleet", "device"):
+            value = getattr(self, name)
+            if not value or any(c in value for c in "+#/\x00"):
+                raise ConfigError(f"MQTT topic part {name}={value!r} must be non-empty "
+                                  "and contain no '+', '#', '/' or NUL")
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.fleet}/{self.device}"
+
+    @property
+    def attestation(self) -> str:
+        return f"{self.base}/attestation"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def alert(self) -> str:
+        return f"{self.base}/alert"
+
+
+@dataclass(frozen=True)
+class BrokerURL:
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, where: str = "mqtt.url") -> "BrokerURL":
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(f"{where}: {url!r} must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ConfigError(f"{where}: {url!r} has no host")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {url!r} has an invalid port") from e
+        user = unquote(parts.username) if parts.username else None
+        pw = unquote(parts.password) if parts.password else None
+        return cls(parts.hostname, port, tls, user, pw)
+
+    def __str__(self) -> str:  # never print the password
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+class Publisher(Protocol):
+    def start(self, pending: list[OutboxItem]) -> None: ...
+    def publish(self, item: OutboxItem) -> None: ...
+    def publish_status(self, status: dict[str, Any]) -> None: ...
+    def unacknowledged(self) -> int: ...
+    def stop(self, timeout: float) -> int: ...
+
+
+class SpoolPublisher:
+    """Writes each attestation to ``DIR/<device>/<seq>.cose`` (no broker needed)."""
+
+    def __init__(self, directory: Path, device: str, on_ack: Callable[[int], None]) -> None:
+        self.dir = directory / device
+        self.on_ack = on_ack
+
+    def start(self, pending: list[OutboxItem]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for item in pending:
+            self.publish(item)
+
+    def publish(self, item: OutboxItem) -> None:
+        final = self.dir / f"{item.seq:010d}.cose"
+        tmp = final.with_suffix(".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(item.payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except OSError as e:
+            # Stays in the outbox; retried at the next start.
+            raise StorageError(f"{final}: cannot write to the spool: {e.strerror}") from e
+        self.on_ack(item.seq)
+
+    def publish_status(self, status: dict[str, Any]) -> None:
+        (self.dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+
+    def unacknowledged(self) -> int:
+        return 0
+
+    def stop(self, timeout: float) -> int:
+        return 0
+
+
+class MqttPublisher:
+    """QoS 1 publisher over MQTT v5; an outbox row is acknowledged only on PUBACK."""
+
+    def __init__(
+        self,
+        url: BrokerURL,
+        topics: Topics,
+        on_ack: Callable[[int], None],
+        *,
+        client_id: str | None = None,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+        keepalive: int = 30,
+    ) -> None:
+        self.url = url
+        self.topics = topics
+        self.on_ack = on_ack
+        self._lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # paho mid -> attestation seq
+        self._connected = threading.Event()
+        self._last_fail_log = 0.0
+        self._keepalive = keepalive
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"edgegov-{topics.fleet}-{topics.device}",
+            protocol=mqtt.MQTTv5,
+        )
+        c.max_queued_messages_set(0)  # unbounded: the outbox is the real bound
+        c.max_inflight_messages_set(20)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        if url.username:
+            c.username_pw_set(url.username, url.password)
+        if url.tls:
+            c.tls_set(
+                ca_certs=str(ca_file) if ca_file else None,
+                certfile=str(cert_file) if cert_file else None,
+                keyfile=str(key_file) if key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        c.will_set(topics.status, json.dumps({"state": "offline", "device": topics.device}),
+                   qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        self._client = c
+        self._status: dict[str, Any] = {}
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self, pending: list[OutboxItem]) -> None:
+        """Connect in the background and queue everything still in the outbox."""
+        self._client.connect_async(self.url.host, self.url.port, keepalive=self._keepalive)
+        self._client.loop_start()
+        for item in pending:
+            self.publish(item)
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def stop(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for outstanding PUBACKs, then disconnect.
+
+        Returns how many attestations are still unacknowledged (they stay in
+        the outbox and are sent at the next start).
+        """
+        deadline = time.monotonic() + timeout
+        while self.unacknowledged() and time.monotonic() < deadline and self._connected.is_set():
+            time.sleep(0.02)
+        left = self.unacknowledged()
+        if self._connected.is_set():
+            offline = {**self._status, "state": "offline"}
+            info = self._client.publish(self.topics.status, json.dumps(offline), qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                pass
+        self._client.disconnect()
+        self._client.loop_stop()
+        return left
+
+    # -- publishing ------------------------------------------------------------
+    def publish(self, item: OutboxItem) -> None:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = CONTENT_TYPE
+        with self._lock:
+            # Queued by paho if we are offline; sent on (re)connect, in order.
+            info = self._client.publish(item.topic, item.payload, qos=1, properties=props)
+            self._inflight[info.mid] = item.seq
+
+    def publish_status(self, status: dict[str, Any]) -> None:
+        self._status = status
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = "application/json"
+        self._client.publish(self.topics.status, json.dumps(status), qos=1, retain=True,
+                             properties=props)
+
+    def unacknowledged(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
+    # -- paho callbacks (network thread) -----------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                    props: Any) -> None:
+        if rc.is_failure:
+            log.error("broker %s refused the connection: %s", self.url, rc)
+            return
+        self._connected.set()
+        log.info("connected to broker %s", self.url)
+        if self._status:
+            self.publish_status(self._status)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_fail_log > 30:
+            self._last_fail_log = now
+            log.warning(
+                "cannot reach broker %s; retrying with backoff. %d attestation(s) wait in the "
+                "outbox and will be sent in order when it is back", self.url, self.unacknowledged(),
+            )
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                       props: Any) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was and rc.value != 0:
+            log.warning("lost the broker %s (%s); reconnecting, nothing is lost", self.url, rc)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
+                    props: Any) -> None:
+        with self._lock:
+            seq = self._inflight.get(mid)
+            if seq is None:
+                return  # a status message
+            if rc.is_failure:
+                # e.g. 0x87 not authorised: the broker did NOT take it. Keep it in the outbox.
+                log.error("broker rejected attestation seq %d: %s; kept in the outbox", seq, rc)
+                del self._inflight[mid]
+                return
+            del self._inflight[mid]
+        self.on_ack(seq)
