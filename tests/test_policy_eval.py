@@ -1,0 +1,486 @@
+"""Policy program evaluation: compiled module vs pure twin vs an independent oracle.
+
+Every behavioural test runs on both implementations (``native._policy`` and
+``native._policy_py``). The oracle below evaluates an AST directly with its own
+reading of the semantics in ``native._policy_py``'s docstring (CEL errors as a
+sentinel object, Python bools, NumPy IEEE arithmetic), independent of the
+program format and of both evaluators.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import pickle
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.policy.compiler import compile_condition
+from agent.policy.parser import Binary, Bool, Conditional, Expr, Ident, Number, Unary, parse
+from native import _policy_py
+from native._policy_py import Program
+
+REPO = Path(__file__).resolve().parents[1]
+CHANNELS = ("a", "b", "c")
+BUILD_HINT = "native._policy is not built: run `make test` (it builds the Cython extensions)"
+
+
+def _compiled() -> ModuleType | None:
+    try:
+        return importlib.import_module("native._policy")
+    except ImportError:
+        return None
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("cython", id="cython"),
+        pytest.param("python", id="python"),
+    ]
+)
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    if request.param == "python":
+        return _policy_py
+    mod = _compiled()
+    if mod is None:
+        pytest.fail(BUILD_HINT)
+    return mod
+
+
+def both() -> list[ModuleType]:
+    mod = _compiled()
+    if mod is None:
+        pytest.fail(BUILD_HINT)
+    return [mod, _policy_py]
+
+
+def cols(*rows: list[float]) -> np.ndarray:
+    return np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+
+
+# -- the oracle ------------------------------------------------------------------
+
+ERR = object()  # the CEL error value
+
+
+def oracle(e: Expr, env: dict[str, float]) -> Any:
+    if isinstance(e, Number):
+        return e.value
+    if isinstance(e, Bool):
+        return e.value
+    if isinstance(e, Ident):
+        v = env[e.name]
+        return ERR if math.isnan(v) else v
+    if isinstance(e, Unary):
+        v = oracle(e.operand, env)
+        if v is ERR:
+            return ERR
+        return -v if e.op == "-" else not v
+    if isinstance(e, Conditional):
+        c = oracle(e.cond, env)
+        if c is ERR:
+            return ERR
+        return oracle(e.then if c else e.otherwise, env)
+    left, right = oracle(e.left, env), oracle(e.right, env)
+    if e.op == "&&":
+        if left is False or right is False:
+            return False
+        return ERR if ERR in (left, right) else True
+    if e.op == "||":
+        if left is True or right is True:
+            return True
+        return ERR if ERR in (left, right) else False
+    if left is ERR or right is ERR:
+        return ERR
+    if e.op in ("+", "-", "*", "/"):
+        with np.errstate(all="ignore"):
+            x, y = np.float64(left), np.float64(right)
+            r = {"+": x + y, "-": x - y, "*": x * y, "/": x / y}[e.op]
+        return ERR if np.isnan(r) else float(r)  # arithmetic NaN is an error (documented)
+    return {
+        "<": left < right,
+        "<=": left <= right,
+        ">": left > right,
+        ">=": left >= right,
+        "==": left == right,
+        "!=": left != right,
+    }[e.op]
+
+
+def oracle_codes(e: Expr, columns: np.ndarray) -> np.ndarray:
+    out = []
+    for j in range(columns.shape[1]):
+        v = oracle(e, dict(zip(CHANNELS, columns[:, j].tolist(), strict=True)))
+        out.append(2 if v is ERR else int(v))
+    return np.array(out, dtype=np.uint8)
+
+
+# -- random typed expression trees -----------------------------------------------
+
+CONSTS = [0.0, 1.0, 0.5, 2.5, 3.0, 80.0, 1e308, 1e-300]
+ARITH, ORDER = ["+", "-", "*", "/"], ["<", "<=", ">", ">=", "==", "!="]
+
+
+@cache
+def exprs(kind: str, depth: int) -> st.SearchStrategy[Expr]:
+    if kind == "double":
+        leaves = st.sampled_from([Ident(c) for c in CHANNELS] + [Number(v) for v in CONSTS])
+    else:
+        leaves = st.sampled_from([Bool(True), Bool(False)])
+    if depth == 0:
+        return leaves
+    num, boolean = exprs("double", depth - 1), exprs("bool", depth - 1)
+    if kind == "double":
+        return st.one_of(
+            leaves,
+            st.builds(Unary, st.just("-"), num),
+            st.builds(Binary, st.sampled_from(ARITH), num, num),
+            st.builds(Conditional, boolean, num, num),
+        )
+    return st.one_of(
+        leaves,
+        st.builds(Binary, st.sampled_from(ORDER), num, num),
+        st.builds(Binary, st.sampled_from(["==", "!="]), boolean, boolean),
+        st.builds(Binary, st.sampled_from(["&&", "||"]), boolean, boolean),
+        st.builds(Unary, st.just("!"), boolean),
+        st.builds(Conditional, boolean, boolean, boolean),
+    )
+
+
+_PREC = {"||": 1, "&&": 2, "+": 4, "-": 4, "*": 5, "/": 5}
+_PREC.update(dict.fromkeys(ORDER, 3))
+
+
+def prec(e: Expr) -> int:
+    if isinstance(e, Conditional):
+        return 0
+    if isinstance(e, Binary):
+        return _PREC[e.op]
+    if isinstance(e, Unary):
+        return 6
+    return 7
+
+
+def render(e: Expr, full: bool) -> str:
+    """CEL source for a tree: minimal parentheses by CEL precedence, or all of them."""
+
+    def sub(child: Expr, needed: bool) -> str:
+        s = render(child, full)
+        leaf = isinstance(child, (Number, Bool, Ident))
+        return f"({s})" if needed or (full and not leaf) else s
+
+    if isinstance(e, Number):
+        return repr(e.value)
+    if isinstance(e, Bool):
+        return "true" if e.value else "false"
+    if isinstance(e, Ident):
+        return e.name
+    if isinstance(e, Unary):
+        # CEL: "!" {"!"} Member | "-" {"-"} Member -- no mixing without parentheses.
+        mixed = isinstance(e.operand, Unary) and e.operand.op != e.op
+        return e.op + sub(e.operand, prec(e.operand) < 6 or mixed)
+    if isinstance(e, Binary):
+        p = _PREC[e.op]
+        return f"{sub(e.left, prec(e.left) < p)} {e.op} {sub(e.right, prec(e.right) <= p)}"
+    return (
+        f"{sub(e.cond, prec(e.cond) == 0)} ? {sub(e.then, prec(e.then) == 0)} "
+        f": {sub(e.otherwise, False)}"
+    )
+
+
+SPECIAL = [
+    math.nan,
+    math.inf,
+    -math.inf,
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    2.5,
+    80.0,
+    1e308,
+    -1e308,
+    5e-324,
+]
+values = st.one_of(st.sampled_from(SPECIAL), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@st.composite
+def column_data(draw: st.DrawFn, max_readings: int = 12) -> np.ndarray:
+    n = draw(st.integers(0, max_readings))
+    rows = [draw(st.lists(values, min_size=n, max_size=n)) for _ in CHANNELS]
+    return np.array(rows, dtype=np.float64).reshape(len(CHANNELS), n)
+
+
+def random_columns(seed: int, n: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    data = rng.choice([-2.0, 0.0, 0.5, 1.0, 2.5, 3.0, 80.0], size=(len(CHANNELS), n))
+    data += rng.normal(size=data.shape) * (rng.random(data.shape) < 0.5)
+    special = np.array(SPECIAL)
+    mask = rng.random(data.shape) < 0.15
+    data[mask] = rng.choice(special, size=int(mask.sum()))
+    return data
+
+
+# -- differential tests ----------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=exprs("bool", 4), full=st.booleans(), columns=column_data())
+def test_compiled_twin_and_oracle_agree_on_random_expressions(
+    tree: Expr, full: bool, columns: np.ndarray
+) -> None:
+    text = render(tree, full)
+    assert parse(text) == tree, text  # the parser honours CEL precedence
+    program = compile_condition(text, CHANNELS)
+    expected = oracle_codes(tree, columns)
+    for mod in both():
+        got = mod.evaluate(program, columns)
+        assert got.dtype == np.uint8
+        assert got.shape == (columns.shape[1],)
+        np.testing.assert_array_equal(got, expected, err_msg=f"{mod.__name__}: {text}")
+
+
+@settings(max_examples=25, deadline=None)
+@given(tree=exprs("bool", 3), seed=st.integers(0, 2**32 - 1))
+def test_compiled_and_twin_agree_across_block_boundaries(tree: Expr, seed: int) -> None:
+    program = compile_condition(render(tree, False), CHANNELS)
+    columns = random_columns(seed, 600)
+    compiled, pure = both()
+    np.testing.assert_array_equal(
+        compiled.evaluate(program, columns), pure.evaluate(program, columns)
+    )
+
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 10_000])
+def test_block_lengths_agree(n: int) -> None:
+    conditions = [
+        "a >= 2.0 && a <= 8.0",
+        "b <= 65.0",
+        "c < 0.5 || a <= 6.0",
+        "(a > 1.0 ? b / a : -c) * 2.0 != a - b && !(c == 0.5)",
+    ]
+    programs = [compile_condition(t, CHANNELS) for t in conditions]
+    columns = random_columns(n, n)
+    compiled, pure = both()
+    many = compiled.evaluate_many(programs, columns)
+    assert many.shape == (len(programs), n)
+    assert many.dtype == np.uint8
+    np.testing.assert_array_equal(many, pure.evaluate_many(programs, columns))
+    for k, p in enumerate(programs):
+        np.testing.assert_array_equal(compiled.evaluate(p, columns), many[k])
+    if n >= 255:
+        # not a vacuous agreement: all three outcomes occur
+        assert set(np.unique(many).tolist()) == {0, 1, 2}
+
+
+# -- known answers: CEL error semantics ------------------------------------------
+
+# a is missing (NaN: reading it is an error), b = 1.0, c = 0.0
+KNOWN = [
+    ("a > 0.0 && false", 0),
+    ("false && a > 0.0", 0),
+    ("a > 0.0 && true", 2),
+    ("b > 0.0 && a > 0.0", 2),
+    ("a > 0.0 || true", 1),
+    ("true || a > 0.0", 1),
+    ("a > 0.0 || false", 2),
+    ("b < 0.0 || a > 0.0", 2),
+    ("!(a > 0.0)", 2),
+    ("!(b > 0.0)", 0),
+    ("a > 0.0 ? true : false", 2),
+    ("b > 0.0 ? true : a > 0.0", 1),
+    ("b < 0.0 ? a > 0.0 : true", 1),
+    ("b > 0.0 ? a > 0.0 : true", 2),
+    ("(b > 0.0 ? a : b) > 0.0", 2),
+    ("(b < 0.0 ? a : b) > 0.0", 1),
+    ("a == a", 2),
+    ("a != 1.0", 2),
+    ("a + 1.0 > 0.0", 2),
+    ("(a > 0.0) == (a > 0.0)", 2),
+    ("(a > 0.0 && false) || b == 1.0", 1),
+    # IEEE double arithmetic
+    ("b / c > 1e308", 1),
+    ("-b / c < -1e308", 1),
+    ("b / -c < 0.0", 1),  # 1 / -0.0 == -inf
+    ("b / -0.0 < 0.0", 1),
+    ("1e308 * 10.0 > 1e308", 1),
+    # known deviation: arithmetic NaN is an error
+    ("c / c == 0.0", 2),
+    ("b / c - b / c == 0.0", 2),
+    ("c * (b / c) == 0.0", 2),
+    # ints are doubles in this version (documented deviation)
+    ("7 / 2 == 3.5", 1),
+    ("0x10 == 16.0", 1),
+    # precedence and associativity (CEL)
+    ("b + 2.0 * 3.0 == 7.0", 1),
+    ("b - b - b == -1.0", 1),
+    ("8.0 / b / 2.0 == 4.0", 1),
+    ("true || false && false", 1),
+    ("false ? false : true ? true : false", 1),
+    ("-2.0 * -b == 2.0", 1),
+    ("!true == false", 1),
+    ("--b == b", 1),
+    ("!!(b > 0.0)", 1),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), KNOWN, ids=[t for t, _ in KNOWN])
+def test_known_answers(impl: ModuleType, text: str, expected: int) -> None:
+    program = compile_condition(text, CHANNELS)
+    result = impl.evaluate(program, cols([math.nan], [1.0], [0.0]))
+    assert result.tolist() == [expected]
+    assert oracle_codes(parse(text), cols([math.nan], [1.0], [0.0])).tolist() == [expected]
+
+
+def test_result_codes_per_reading(impl: ModuleType) -> None:
+    program = compile_condition("a >= 2.0 && a <= 8.0", CHANNELS)
+    data = cols([5.0, 9.0, math.nan, 2.0, -math.inf], [0] * 5, [0] * 5)
+    assert impl.evaluate(program, data).tolist() == [1, 0, 2, 1, 0]
+
+
+# -- API contract ----------------------------------------------------------------
+
+
+def test_evaluate_many_shape_and_order(impl: ModuleType) -> None:
+    p1 = compile_condition("a > 0.0", CHANNELS)
+    p2 = compile_condition("b > 0.0", CHANNELS)
+    data = cols([1.0, -1.0, math.nan], [-1.0, 1.0, 1.0], [0, 0, 0])
+    assert impl.evaluate_many([p1, p2], data).tolist() == [[1, 0, 2], [0, 1, 1]]
+    assert impl.evaluate_many((p for p in [p2]), data).tolist() == [[0, 1, 1]]
+    empty = impl.evaluate_many([], data)
+    assert empty.shape == (0, 3)
+    assert empty.dtype == np.uint8
+
+
+def test_accepts_any_float_layout(impl: ModuleType) -> None:
+    program = compile_condition("a < b", CHANNELS)
+    base = np.array([[1, 2, 3, 4], [4, 3, 2, 1], [0, 0, 0, 0]], dtype=np.float32)
+    expected = [1, 1, 0, 0]
+    assert impl.evaluate(program, base).tolist() == expected
+    fortran = np.asfortranarray(base.astype(np.float64))
+    assert impl.evaluate(program, fortran).tolist() == expected
+    strided = np.repeat(base.astype(np.float64), 2, axis=1)[:, ::2]
+    assert impl.evaluate(program, strided).tolist() == expected
+
+
+def test_program_without_channels_on_empty_schema(impl: ModuleType) -> None:
+    program = compile_condition("1.0 < 2.0", [])
+    assert impl.evaluate(program, np.empty((0, 4))).tolist() == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("columns", "error"),
+    [
+        (np.zeros(3), ValueError),  # not 2-D
+        (np.zeros((2, 3)), ValueError),  # wrong number of channel rows
+        (np.zeros((3, 2, 1)), ValueError),
+    ],
+)
+def test_rejects_misshapen_columns(impl: ModuleType, columns: np.ndarray, error: type) -> None:
+    program = compile_condition("a > 0.0", CHANNELS)
+    with pytest.raises(error):
+        impl.evaluate(program, columns)
+
+
+def test_rejects_non_programs(impl: ModuleType) -> None:
+    with pytest.raises(TypeError):
+        impl.evaluate_many(["a > 0"], np.zeros((3, 1)))
+
+
+# -- Program: verified and immutable ----------------------------------------------
+
+OP = _policy_py.OPCODES
+
+
+@pytest.mark.parametrize(
+    ("opcodes", "operands", "reason"),
+    [
+        ([], [], "empty program"),
+        ([OP["LOAD_CHAN"]], [3], "operand 3 out of range"),
+        ([OP["LOAD_CONST"]], [0], "operand 0 out of range"),
+        ([OP["LOAD_BOOL"]], [2], "operand 2 out of range"),
+        ([OP["LOAD_CHAN"]], [0], "exactly one bool"),
+        ([OP["AND"]], [0], "stack underflow"),
+        ([OP["LOAD_CHAN"], OP["NOT"]], [0, 0], "types"),
+        ([OP["LOAD_BOOL"], OP["LOAD_BOOL"]], [1, 1], "exactly one bool"),
+        ([OP["LOAD_BOOL"], OP["LOAD_CHAN"], OP["EQ"]], [1, 0, 0], "types"),
+        ([0x7F], [0], "unknown opcode"),
+        ([OP["LOAD_BOOL"], OP["NOT"]], [1, 5], "operand must be 0"),
+        ([OP["LOAD_BOOL"]], [1, 1], "equal length"),
+    ],
+)
+def test_program_verification_rejects_malformed_code(
+    opcodes: list[int], operands: list[int], reason: str
+) -> None:
+    with pytest.raises(ValueError, match=reason):
+        Program(opcodes, operands, [], n_channels=3)
+
+
+def test_program_is_immutable_picklable_and_compares_by_code() -> None:
+    program = compile_condition("a >= 2.0 && !(b < -0.0)", CHANNELS)
+    with pytest.raises(AttributeError):
+        program.n_channels = 4  # type: ignore[misc]
+    with pytest.raises(ValueError, match="read-only"):
+        program.consts[0] = 1.0
+    clone = pickle.loads(pickle.dumps(program))
+    assert clone == program
+    assert clone is not program
+    assert not clone.opcodes.flags.writeable
+    assert program == compile_condition("a>=2.0&&!(b< -0.0)", CHANNELS)
+    assert program != compile_condition("a >= 2.0 && !(b < 0.0)", CHANNELS)  # -0.0 kept
+    assert program.channels_used == (0, 1)
+    assert program.max_stack >= 2
+    assert "LOAD_CHAN" in program.disassemble()
+
+
+def test_constant_subexpressions_are_folded() -> None:
+    program = compile_condition("a > 2.0 * 3.0 - 1.0 && (true || a > 0.0)", CHANNELS)
+    assert len(program) == 3  # LOAD_CHAN, LOAD_CONST 5.0, GT
+    assert program.consts.tolist() == [5.0]
+
+
+# -- the implementation selector ----------------------------------------------------
+
+
+def test_opcode_tables_match() -> None:
+    compiled = _compiled()
+    if compiled is None:
+        pytest.fail(BUILD_HINT)
+    assert compiled.OPCODES == _policy_py.OPCODES
+
+
+def _implementation(env_pure: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "EDGEGOV_PURE"}
+    if env_pure is not None:
+        env["EDGEGOV_PURE"] = env_pure
+    out = subprocess.run(
+        [sys.executable, "-c", "import native.policy as p; print(p.IMPLEMENTATION)"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_env_var_forces_pure_python() -> None:
+    assert _implementation("1") == "python"
+
+
+def test_compiled_module_is_used_by_default() -> None:
+    if _compiled() is None:
+        pytest.fail(BUILD_HINT)
+    assert _implementation(None) == "cython"
