@@ -10,13 +10,21 @@ ORACLE := .venv-oracle
 STAMP  := $(VENV)/.installed
 PIP_Q  := --quiet --disable-pip-version-check
 
-.PHONY: demo test system-deps mosquitto clean
+.PHONY: demo test lint system-deps mosquitto clean
 
 demo: $(STAMP)
 	$(VENV)/bin/edgegov demo
 
 test: $(STAMP) $(ORACLE)/.installed mosquitto
 	$(VENV)/bin/python -m pytest
+
+# ruff, ruff format, mypy --strict, cython-lint (not part of `make test`).
+lint: $(STAMP)
+	$(VENV)/bin/pip install $(PIP_Q) -e '.[lint]'
+	$(VENV)/bin/ruff check agent native firmware_bridge tests configs/models
+	$(VENV)/bin/ruff format --check agent native firmware_bridge tests configs/models
+	$(VENV)/bin/mypy
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/cython-lint --max-line-length 100 native/*.pyx
 
 # What a fresh Debian/Ubuntu machine lacks to build the Cython extensions.
 system-deps:

@@ -9,8 +9,9 @@ documents every label and every check.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import cbor2
 
@@ -120,8 +121,14 @@ def encode_claims(ev: Evidence) -> bytes:
             5: ev.config.config_version,
         },
         RULES: [
-            {1: r.rule_id, 2: r.evaluated, 3: r.violated, 4: r.errors,
-             5: r.first_violation_ms, 6: r.last_violation_ms}
+            {
+                1: r.rule_id,
+                2: r.evaluated,
+                3: r.violated,
+                4: r.errors,
+                5: r.first_violation_ms,
+                6: r.last_violation_ms,
+            }
             for r in ev.rules
         ],
         RISK: [{1: r.model_id, 2: r.score, 3: r.provider, 4: r.reason} for r in ev.risk],

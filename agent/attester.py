@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import cbor2
 
@@ -34,7 +34,7 @@ __all__ = ["Attester", "reading_record"]
 
 
 def reading_record(r: Reading) -> bytes:
-    """The bytes of one reading as a Merkle leaf: CBOR [received_ms, device_ms, source, seq, values]."""
+    """One reading as Merkle leaf bytes: CBOR [received_ms, device_ms, source, seq, values]."""
     return cbor2.dumps([r.received_ms, r.device_ms, r.source, r.frame_seq, list(r.values)])
 
 

@@ -47,7 +47,7 @@ class MosquittoBroker:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 5.0) -> "MosquittoBroker":
+    def start(self, timeout: float = 5.0) -> MosquittoBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
@@ -57,23 +57,26 @@ class MosquittoBroker:
             "log_type error\nlog_type warning\nlog_type notice\n"
             + (self.extra_config or "allow_anonymous true\n")
         )
-        self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 log = self.log_path.read_text() if self.log_path.exists() else ""
-                raise TransportError(f"mosquitto exited with {self.proc.returncode}: "
-                                     f"{(err + log).strip()[-500:]}")
+                raise TransportError(
+                    f"mosquitto exited with {self.proc.returncode}: {(err + log).strip()[-500:]}"
+                )
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return self
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise TransportError(f"mosquitto did not listen on 127.0.0.1:{self.port} "
-                             f"within {timeout} s")
+        raise TransportError(
+            f"mosquitto did not listen on 127.0.0.1:{self.port} within {timeout} s"
+        )
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -92,7 +95,7 @@ class MosquittoBroker:
             os.kill(self.proc.pid, 9)
             self.proc.wait()
 
-    def __enter__(self) -> "MosquittoBroker":
+    def __enter__(self) -> MosquittoBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

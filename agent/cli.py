@@ -10,8 +10,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from agent import __version__
 from agent.errors import Error
@@ -24,7 +24,9 @@ _Handler = Callable[[argparse.Namespace], int]
 def _cmd_demo(a: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
-    return run_demo(seconds=a.seconds, out=Path(a.out), scenario=a.scenario)
+    return run_demo(
+        seconds=a.seconds, out=Path(a.out), scenario=a.scenario, use_broker=not a.no_broker
+    )
 
 
 def _cmd_init(a: argparse.Namespace) -> int:
@@ -38,8 +40,11 @@ def _cmd_run(a: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.runner import Agent
 
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if a.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     agent = Agent(load_config(a.config))
     agent.install_signal_handlers()
     agent.run()
@@ -57,11 +62,22 @@ def _cmd_policy_check(a: argparse.Namespace) -> int:
 
     b = load_policy(a.file)
     if a.json:
-        print(json.dumps({"id": b.id, "version": b.version, "digest": b.digest,
-                          "rules": [r.id for r in b.rules], "models": [m.id for m in b.models]}))
+        print(
+            json.dumps(
+                {
+                    "id": b.id,
+                    "version": b.version,
+                    "digest": b.digest,
+                    "rules": [r.id for r in b.rules],
+                    "models": [m.id for m in b.models],
+                }
+            )
+        )
     else:
-        print(f"{a.file}: OK - policy {b.id} v{b.version}, {len(b.goals)} goal(s), "
-              f"{len(b.rules)} rule(s), {len(b.channels)} channel(s), {len(b.models)} model(s)")
+        print(
+            f"{a.file}: OK - policy {b.id} v{b.version}, {len(b.goals)} goal(s), "
+            f"{len(b.rules)} rule(s), {len(b.channels)} channel(s), {len(b.models)} model(s)"
+        )
         print(f"digest sha256:{b.digest}")
     return 0
 
@@ -78,62 +94,107 @@ def _cmd_audit_verify(a: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
-        prog="edgegov", formatter_class=fmt,
+        prog="edgegov",
+        formatter_class=fmt,
         description="Edge-device governance agent: signed, verifiable compliance evidence "
-                    "from serial sensors.",
+        "from serial sensors.",
         epilog="examples:\n  edgegov demo\n  edgegov run --config /etc/edgegov/agent.yaml\n"
-               "  edgegov audit verify attestations/ --key device.pub.pem",
+        "  edgegov audit verify attestations/ --key device.pub.pem",
     )
     p.add_argument("--version", action="version", version=f"edgegov {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    def cmd(name: str, handler: _Handler, help: str, example: str,
-            parent: argparse._SubParsersAction = sub) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-        sp = parent.add_parser(name, help=help, description=help, formatter_class=fmt,
-                               epilog=f"example:\n  {example}")
+    def cmd(
+        name: str,
+        handler: _Handler,
+        help: str,
+        example: str,
+        parent: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
+    ) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(
+            name, help=help, description=help, formatter_class=fmt, epilog=f"example:\n  {example}"
+        )
         sp.set_defaults(handler=handler)
         return sp
 
-    d = cmd("demo", _cmd_demo, "run the whole path on an emulated device, then audit it",
-            "edgegov demo --seconds 20 --out /tmp/edgegov-demo")
+    d = cmd(
+        "demo",
+        _cmd_demo,
+        "run the whole path on an emulated device, then audit it",
+        "edgegov demo --seconds 20 --out /tmp/edgegov-demo",
+    )
     d.add_argument("--seconds", type=float, default=15.0, help="how long the agent runs (15)")
     d.add_argument("--out", default="demo-out", help="output directory (./demo-out)")
-    d.add_argument("--scenario", default="excursion",
-                   help="emulator scenario: normal, excursion, drift, garbage, noisy-line")
+    d.add_argument(
+        "--scenario",
+        default="excursion",
+        choices=["normal", "excursion", "drift", "garbage", "noisy-line"],
+        help="emulator scenario (excursion)",
+    )
+    d.add_argument(
+        "--no-broker",
+        action="store_true",
+        help="write attestations to a local spool even if mosquitto is installed",
+    )
 
-    i = cmd("init", _cmd_init, "create a device key (0600) and a config skeleton",
-            "edgegov init --device-id gw-0001 --dir /etc/edgegov")
+    i = cmd(
+        "init",
+        _cmd_init,
+        "create a device key (0600) and a config skeleton",
+        "edgegov init --device-id gw-0001 --dir /etc/edgegov",
+    )
     i.add_argument("--device-id", required=True)
     i.add_argument("--dir", default=".", help="where to write keys/ and agent.yaml (.)")
     i.add_argument("--key-type", choices=["ed25519", "p256"], default="ed25519")
 
-    r = cmd("run", _cmd_run, "run the agent daemon (SIGTERM flushes and exits 0, SIGHUP reloads "
-            "the policy)", "edgegov run --config /etc/edgegov/agent.yaml")
+    r = cmd(
+        "run",
+        _cmd_run,
+        "run the agent daemon (SIGTERM flushes and exits 0, SIGHUP reloads the policy)",
+        "edgegov run --config /etc/edgegov/agent.yaml",
+    )
     r.add_argument("--config", required=True, help="agent config file (YAML)")
     r.add_argument("-v", "--verbose", action="store_true")
 
-    e = cmd("emulate", _cmd_emulate, "run the device emulator (see 'edgegov emulate --help')",
-            "edgegov emulate --pty --scenario excursion")
+    e = cmd(
+        "emulate",
+        _cmd_emulate,
+        "run the device emulator (see 'edgegov emulate --help')",
+        "edgegov emulate --pty --scenario excursion",
+    )
     e.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     pol = sub.add_parser("policy", help="check policy bundles")
     psub = pol.add_subparsers(dest="policy_command", metavar="COMMAND")
     psub.required = True
-    pc = cmd("check", _cmd_policy_check, "lint a policy bundle and print its digest",
-             "edgegov policy check configs/policies/cold-chain.yaml", psub)
+    pc = cmd(
+        "check",
+        _cmd_policy_check,
+        "lint a policy bundle and print its digest",
+        "edgegov policy check configs/policies/cold-chain.yaml",
+        psub,
+    )
     pc.add_argument("file")
     pc.add_argument("--json", action="store_true")
 
     aud = sub.add_parser("audit", help="verify attestation streams offline")
     asub = aud.add_subparsers(dest="audit_command", metavar="COMMAND")
     asub.required = True
-    av = cmd("verify", _cmd_audit_verify, "verify signatures and the hash chain of attestations",
-             "edgegov audit verify demo-out/attestations --key demo-out/device/device.pub.pem",
-             asub)
+    av = cmd(
+        "verify",
+        _cmd_audit_verify,
+        "verify signatures and the hash chain of attestations",
+        "edgegov audit verify demo-out/attestations --key demo-out/device/device.pub.pem",
+        asub,
+    )
     av.add_argument("paths", nargs="+", help=".cose files or directories")
-    av.add_argument("--key", action="append", required=True,
-                    help="trusted device public key (PEM); repeat for several devices")
+    av.add_argument(
+        "--key",
+        action="append",
+        required=True,
+        help="trusted device public key (PEM); repeat for several devices",
+    )
     av.add_argument("--json", action="store_true", help="machine-readable verdict")
     return p
 

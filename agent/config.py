@@ -19,9 +19,10 @@ the field (``sources[0].baud``) and says what was expected.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -68,8 +69,9 @@ class _Fields:
 
     def __init__(self, data: Any, file: Path, path: str) -> None:
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{file}: {path or 'the file'} must be a mapping, "
-                              f"got {type(data).__name__}")
+            raise ConfigError(
+                f"{file}: {path or 'the file'} must be a mapping, got {type(data).__name__}"
+            )
         self.data, self.file, self.path = data, file, path
 
     def _name(self, key: str) -> str:
@@ -96,14 +98,16 @@ class _Fields:
         p = Path(v).expanduser()
         return p if p.is_absolute() else (self.file.parent / p)
 
-    def sub(self, key: str) -> "_Fields":
+    def sub(self, key: str) -> _Fields:
         return _Fields(self.data.get(key), self.file, self._name(key))
 
     def reject_unknown(self, known: set[str]) -> None:
         extra = sorted(set(map(str, self.data)) - known)
         if extra:
-            raise ConfigError(f"{self.file}: {self.path or 'top level'}: unknown field(s) "
-                              f"{', '.join(extra)} (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"{self.file}: {self.path or 'top level'}: unknown field(s) "
+                f"{', '.join(extra)} (known: {', '.join(sorted(known))})"
+            )
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -150,8 +154,11 @@ def load_config(path: str | Path) -> AgentConfig:
         m = out.sub("mqtt")
         m.reject_unknown({"url", "topic_prefix", "ca", "cert", "key"})
         mqtt_cfg = MqttOutput(
-            m.get("url", str), m.get("topic_prefix", str, "edgegov"),
-            m.path_of("ca", None), m.path_of("cert", None), m.path_of("key", None),
+            m.get("url", str),
+            m.get("topic_prefix", str, "edgegov"),
+            m.path_of("ca", None),
+            m.path_of("cert", None),
+            m.path_of("key", None),
         )
     spool = out.path_of("spool", None)
     if (mqtt_cfg is None) == (spool is None):

@@ -18,8 +18,9 @@ an empty external AAD.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import cbor2
 
@@ -90,7 +91,9 @@ def decode_sign1(raw: bytes) -> Sign1:
         raise VerificationError("COSE_Sign1 must be an array of 4 elements")
     protected, unprotected, payload, signature = parts
     if not all(isinstance(x, bytes) for x in (protected, payload, signature)):
-        raise VerificationError("COSE_Sign1 protected header, payload and signature must be byte strings")
+        raise VerificationError(
+            "COSE_Sign1 protected header, payload and signature must be byte strings"
+        )
     if not isinstance(unprotected, Mapping):
         raise VerificationError("COSE_Sign1 unprotected header must be a map")
     try:
@@ -103,7 +106,9 @@ def decode_sign1(raw: bytes) -> Sign1:
         raise VerificationError("alg must be in the protected header, found it unprotected")
     alg = headers.get(HDR_ALG)
     if alg not in _KNOWN_ALGS:
-        raise VerificationError(f"unsupported or missing alg {alg!r} (expected -8 EdDSA or -7 ES256)")
+        raise VerificationError(
+            f"unsupported or missing alg {alg!r} (expected -8 EdDSA or -7 ES256)"
+        )
     kid = headers.get(HDR_KID)
     if not isinstance(kid, bytes):
         raise VerificationError("kid missing from the protected header")

@@ -41,73 +41,117 @@ def _packaged_policy() -> Path:
 def _prepare_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / _MARKER).exists():
-            raise Error(f"{out} exists and is not an earlier demo's output; "
-                        "choose another --out DIR")
+            raise Error(
+                f"{out} exists and is not an earlier demo's output; choose another --out DIR"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / _MARKER).write_text("created by edgegov demo; removed by the next demo run\n")
 
 
+def _show(path: Path) -> str:
+    """A path as short as it can be for the reader: relative to the working directory."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _cli_name() -> str:
     exe = Path(sys.executable).with_name("edgegov")
-    if shutil.which("edgegov") == str(exe) or shutil.which("edgegov"):
+    if shutil.which("edgegov") == str(exe):
         return "edgegov"
-    return str(exe) if exe.exists() else f"{sys.executable} -m agent"
+    return _show(exe) if exe.exists() else f"{sys.executable} -m agent"
 
 
-def run_demo(seconds: float = 15.0, out: Path = Path("demo-out"), scenario: str = "excursion",
-             rate_hz: float = 20.0) -> int:
+_SCENARIO_WORDS = {
+    "excursion": "8 s in, the door opens and the temperature leaves 2-8 °C: expect violations",
+    "normal": "a well-behaved cold store: expect no violations",
+    "drift": "the temperature creeps upwards (a failing compressor)",
+    "garbage": "random bytes and corrupted frames on the line: expect them counted, not used",
+    "noisy-line": "bit flips on the line: expect CRC errors counted, not used",
+}
+
+
+def run_demo(
+    seconds: float = 15.0,
+    out: Path = Path("demo-out"),
+    scenario: str = "excursion",
+    rate_hz: float = 20.0,
+    use_broker: bool = True,
+) -> int:
     """Run the demo; returns the exit code (0 only if every attestation verified)."""
     out = out.resolve()
     _prepare_out(out)
     logging.basicConfig(level=logging.INFO, format="  | %(message)s", stream=sys.stderr)
     say = print
-    say(f"edgegov demo: {seconds:g} s of an emulated cold-store sensor (scenario '{scenario}')\n")
+    say(f"edgegov demo: {seconds:g} s of an emulated cold-store sensor, scenario '{scenario}'")
+    say(f"({_SCENARIO_WORDS.get(scenario, scenario)})\n")
 
     key_path = out / "device" / "device.key"
     generate_key(key_path)
     pub_path = public_key_path(key_path)
-    say(f"1. device key      {key_path} (Ed25519, mode 0600)")
+    say(f"1. device key      {_show(key_path)} (Ed25519, mode 0600)")
 
     pty = open_pty()
     emulator = Emulator(scenario=scenario, rate_hz=rate_hz, seed=7)
     stop_emu = threading.Event()
-    emu_thread = threading.Thread(target=emulator.run, args=(pty.master_fd, stop_emu),
-                                  name="emulator", daemon=True)
+    emu_thread = threading.Thread(
+        target=emulator.run, args=(pty.master_fd, stop_emu), name="emulator", daemon=True
+    )
     emu_thread.start()
-    say(f"2. sensor          emulated device EMU-0001 writing framed data to {pty.slave_path} "
-        f"at {rate_hz:g} Hz")
+    say(
+        f"2. sensor          emulated device EMU-0001 writing framed serial data to "
+        f"{pty.slave_path} "
+        f"at {rate_hz:g} Hz"
+    )
 
     broker: MosquittoBroker | None = None
     collector: FileCollector | None = None
     evidence_dir = out / "attestations"
     output: dict[str, object]
-    if find_mosquitto():
+    if use_broker and find_mosquitto():
         broker = MosquittoBroker(out / "broker").start()
         collector = FileCollector(broker.url, evidence_dir, fleet=FLEET)
         collector.start()
         output = {"mqtt": {"url": broker.url}}
-        say(f"3. broker          private Mosquitto at {broker.url}; a collector subscribes to "
-            f"edgegov/{FLEET}/+/attestation")
+        say(
+            f"3. broker          private Mosquitto at {broker.url}; a collector subscribes to "
+            f"edgegov/{FLEET}/+/attestation"
+        )
     else:
         output = {"spool": str(evidence_dir)}
-        say("3. broker          mosquitto is not installed, so attestations go to a local spool "
-            f"directory instead ({evidence_dir}); install it with: sudo apt-get install mosquitto")
+        why = (
+            "--no-broker was given"
+            if not use_broker
+            else "mosquitto is not installed (sudo apt-get install mosquitto to use one)"
+        )
+        say(
+            f"3. broker          none: {why}; attestations go to the spool directory "
+            f"{_show(evidence_dir)} instead"
+        )
 
     config_path = out / "agent.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "device": {"id": DEVICE_ID, "key": str(key_path)},
-        "fleet": FLEET,
-        "policy": str(_packaged_policy()),
-        "state_dir": str(out / "state"),
-        "sources": [{"port": pty.slave_path, "baud": 115200, "protocol": "framed"}],
-        "output": output,
-    }, sort_keys=False))
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "device": {"id": DEVICE_ID, "key": str(key_path)},
+                "fleet": FLEET,
+                "policy": str(_packaged_policy()),
+                "state_dir": str(out / "state"),
+                "sources": [{"port": pty.slave_path, "baud": 115200, "protocol": "framed"}],
+                "output": output,
+            },
+            sort_keys=False,
+        )
+    )
     agent = Agent(load_config(config_path))
     p = agent.policy
-    say(f"4. agent           policy {p.id} v{p.version} ({len(p.rules)} rules, "
+    say(
+        f"4. agent           policy {p.id} v{p.version} ({len(p.rules)} rules, "
         f"{p.window_seconds:g} s windows), models: "
-        f"{', '.join(f'{m.id} on {m.provider}' for m in agent.models) or 'none'}")
+        f"{', '.join(f'{m.id} on {m.provider}' for m in agent.models) or 'none'}"
+    )
     say(f"\nrunning for {seconds:g} s (Ctrl-C stops early, cleanly)...")
     if threading.current_thread() is threading.main_thread():
         agent.install_signal_handlers()
@@ -131,31 +175,36 @@ def run_demo(seconds: float = 15.0, out: Path = Path("demo-out"), scenario: str 
     if broker is not None:
         broker.stop()
 
-    say("\naudit: verifying what the broker delivered, with only the device's public key")
+    source = "the broker delivered" if broker else "the agent spooled"
+    say(f"\naudit: verifying what {source}, with only the device's public key")
     result = verify_paths([evidence_dir], [load_public_key(pub_path)])
-    say("\n".join("   " + line for line in format_result(result).splitlines()))
+    say("\n".join(("   " + line).rstrip() for line in format_result(result).splitlines()))
 
     ok = result.ok and result.verified == stats.attestations == received
     violations = ", ".join(f"{k} in {v} window(s)" for k, v in stats.violations.items()) or "none"
     cli = _cli_name()
+    via = " via MQTT" if broker else ""
     say(f"""
 summary
   readings        {stats.readings} received in {stats.windows} window(s)
   violations      {violations}
-  attestations    {stats.attestations} signed, {received} delivered{' via MQTT' if broker else ''}, \
+  attestations    {stats.attestations} signed, {received} delivered{via}, \
 {result.verified} verified
-  verdict         {'PASS' if ok else 'FAIL'}
+  verdict         {"PASS" if ok else "FAIL"}
 
 files
-  attestations    {evidence_dir}/
-  evidence store  {out / 'state' / 'evidence.sqlite'}  (chain state, outbox)
-  device key      {key_path}  (private, 0600)  and  {pub_path}
-  agent config    {config_path}
+  attestations    {_show(evidence_dir)}/  (COSE_Sign1 files, as {source} them)
+  evidence store  {_show(out / "state" / "evidence.sqlite")}  (chain state, outbox)
+  device key      {_show(key_path)}  (private, 0600)
+  public key      {_show(pub_path)}  (all an auditor needs)
+  agent config    {_show(config_path)}
 
-verify by hand
-  {cli} audit verify {evidence_dir} --key {pub_path}
-  {cli} audit verify {evidence_dir} --key {pub_path} --json""")
+verify by hand (then try deleting or editing one .cose file and verify again)
+  {cli} audit verify {_show(evidence_dir)} --key {_show(pub_path)}
+  {cli} audit verify {_show(evidence_dir)} --key {_show(pub_path)} --json""")
     if not ok and result.verified != stats.attestations:
-        say(f"\n{stats.attestations - result.verified} attestation(s) were signed but not "
-            "verified from the delivered files")
+        say(
+            f"\n{stats.attestations - result.verified} attestation(s) were signed but not "
+            "verified from the delivered files"
+        )
     return 0 if ok else 1

@@ -41,4 +41,6 @@ def init_device(device_id: str, directory: Path, key_type: str = "ed25519") -> N
     print(f"device key   {key} ({key_type}, mode 0600)")
     print(f"public key   {public_key_path(key)}  (give this to your auditors)")
     print(f"key id       {signer.kid.hex()}")
-    print(f"config       {cfg}  (edit sources, policy and output, then: edgegov run --config {cfg})")
+    print(
+        f"config       {cfg}  (edit sources, policy and output, then: edgegov run --config {cfg})"
+    )

@@ -67,7 +67,7 @@ class PublicKey:
     source: str = ""
 
     @classmethod
-    def from_key(cls, key: _PubKey, source: str = "") -> "PublicKey":
+    def from_key(cls, key: _PubKey, source: str = "") -> PublicKey:
         if isinstance(key, ed25519.Ed25519PublicKey):
             return cls(key, ALG_EDDSA, _kid(key), source)
         if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):

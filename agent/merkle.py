@@ -9,7 +9,7 @@ O(log N) hashes and enough to append and to compute the root.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 __all__ = ["CompactRange", "leaf_hash", "node_hash", "root_of"]
 
@@ -27,7 +27,7 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 class CompactRange:
     """Append-only Merkle tree state of O(log N) hashes."""
 
-    __slots__ = ("size", "_nodes")
+    __slots__ = ("_nodes", "size")
 
     def __init__(self, size: int = 0, nodes: Sequence[bytes] = ()) -> None:
         if bin(size).count("1") != len(nodes):

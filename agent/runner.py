@@ -61,15 +61,18 @@ class Agent:
         if self.store.new_log:
             log.info("starting a new evidence log %s", self.store.state.origin)
         else:
-            log.info("continuing evidence log %s at seq %d (boot %d)", self.store.state.origin,
-                     self.store.state.next_seq, self.store.state.bootcount)
+            log.info(
+                "continuing evidence log %s at seq %d (boot %d)",
+                self.store.state.origin,
+                self.store.state.next_seq,
+                self.store.state.bootcount,
+            )
         prefix = config.mqtt.topic_prefix if config.mqtt else "edgegov"
         self.topics = Topics(prefix, config.fleet, config.device_id)
         self.attester = Attester(config.device_id, self.signer, self.store, self.topics.attestation)
         self.publisher = self._make_publisher()
         self.sources = [
-            SerialSource(i, s.port, s.baud, [c.name for c in self.policy.channels],
-                         self._queue.put)
+            SerialSource(i, s.port, s.baud, [c.name for c in self.policy.channels], self._queue.put)
             for i, s in enumerate(config.sources)
         ]
         self._unsigned: list[tuple[Window, dict[str, int]]] = []  # windows the store refused
@@ -80,10 +83,18 @@ class Agent:
         models, problems = [], []
         for ref in bundle.models:
             try:
-                models.append(load_model(
-                    ref.id, ref.path, ref.sha256, ref.features, ref.output, ref.threshold,
-                    providers=self.config.providers, intra_op_threads=self.config.risk_threads,
-                ))
+                models.append(
+                    load_model(
+                        ref.id,
+                        ref.path,
+                        ref.sha256,
+                        ref.features,
+                        ref.output,
+                        ref.threshold,
+                        providers=self.config.providers,
+                        intra_op_threads=self.config.risk_threads,
+                    )
+                )
             except ModelError as e:
                 log.error("%s; continuing with the rules alone (evidence marked degraded)", e)
                 problems.append(f"model {ref.id} refused: {e}")
@@ -93,8 +104,14 @@ class Agent:
         cfg = self.config
         if cfg.mqtt is not None:
             m = cfg.mqtt
-            return MqttPublisher(BrokerURL.parse(m.url), self.topics, self.store.acknowledge,
-                                 ca_file=m.ca, cert_file=m.cert, key_file=m.key)
+            return MqttPublisher(
+                BrokerURL.parse(m.url),
+                self.topics,
+                self.store.acknowledge,
+                ca_file=m.ca,
+                cert_file=m.cert,
+                key_file=m.key,
+            )
         assert cfg.spool_dir is not None
         return SpoolPublisher(cfg.spool_dir, cfg.device_id, self.store.acknowledge)
 
@@ -119,8 +136,10 @@ class Agent:
     def run(self) -> AgentStats:
         pending = self.store.pending()
         if pending:
-            log.info("%d attestation(s) from before are still in the outbox; sending them first",
-                     len(pending))
+            log.info(
+                "%d attestation(s) from before are still in the outbox; sending them first",
+                len(pending),
+            )
         self.publisher.start(pending)
         self.publisher.publish_status(self._status())
         for s in self.sources:
@@ -155,8 +174,11 @@ class Agent:
             self._close(window)  # the partial last window is attested too: nothing is dropped
             left = self.publisher.stop(timeout=5.0)
             if left:
-                log.warning("%d attestation(s) not yet acknowledged; they stay in the outbox "
-                            "and are sent at the next start", left)
+                log.warning(
+                    "%d attestation(s) not yet acknowledged; they stay in the outbox "
+                    "and are sent at the next start",
+                    left,
+                )
             self.store.close()
         return self.stats
 
@@ -201,15 +223,20 @@ class Agent:
         degraded = tuple(self._model_problems) + tuple(
             f"risk {r.model_id}: {r.reason}" for r in risk if r.score is None and window.n
         )
-        config = ConfigInForce(p.id, p.version, p.digest,
-                               {m.id: m.sha256 for m in p.models}, 0)
-        item = self.attester.attest((window.start_ms, window.end_ms), window.records, config,
-                                    rules, risk, health, degraded)
+        config = ConfigInForce(p.id, p.version, p.digest, {m.id: m.sha256 for m in p.models}, 0)
+        item = self.attester.attest(
+            (window.start_ms, window.end_ms), window.records, config, rules, risk, health, degraded
+        )
         bad = ", ".join(f"{r.rule_id} {r.violated}/{r.evaluated}" for r in rules if r.violated)
         scores = ", ".join(f"{r.model_id} {r.score:.2f}" for r in risk if r.score is not None)
-        log.info("attestation seq %d signed: %d readings, violations: %s; risk: %s%s",
-                 item.seq, window.n, bad or "none", scores or "n/a",
-                 f"; DEGRADED: {'; '.join(degraded)}" if degraded else "")
+        log.info(
+            "attestation seq %d signed: %d readings, violations: %s; risk: %s%s",
+            item.seq,
+            window.n,
+            bad or "none",
+            scores or "n/a",
+            f"; DEGRADED: {'; '.join(degraded)}" if degraded else "",
+        )
         return item
 
     def _score(self, window: Window, cols: np.ndarray) -> tuple[RiskResult, ...]:
@@ -241,8 +268,9 @@ class Agent:
         try:
             bundle = load_policy(self.config.policy_path)
         except Error as e:
-            log.error("policy reload refused, keeping %s v%d: %s", self.policy.id,
-                      self.policy.version, e)
+            log.error(
+                "policy reload refused, keeping %s v%d: %s", self.policy.id, self.policy.version, e
+            )
             return
         if [c.name for c in bundle.channels] != [c.name for c in self.policy.channels]:
             log.error("policy reload refused: the channel list changed; restart the agent")
@@ -256,8 +284,11 @@ class Agent:
             "state": "online",
             "device": self.config.device_id,
             "agent_version": __version__,
-            "policy": {"id": self.policy.id, "version": self.policy.version,
-                       "digest": self.policy.digest},
+            "policy": {
+                "id": self.policy.id,
+                "version": self.policy.version,
+                "digest": self.policy.digest,
+            },
             "models": {m.id: {"sha256": m.sha256, "provider": m.provider} for m in self.models},
             "degraded": list(self._model_problems),
             "last_seq": self.stats.last_seq,

@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import serial
 
@@ -28,9 +28,18 @@ log = logging.getLogger("edgegov.source")
 
 _SEQ_MOD = 1 << 32
 _HEALTH_KEYS = (
-    "frames_ok", "crc_errors", "framing_errors", "unknown_types", "version_errors",
-    "bytes_discarded", "seq_gaps", "frames_missed", "reboots", "offline_ms",
-    "data_before_hello", "unknown_channels",
+    "frames_ok",
+    "crc_errors",
+    "framing_errors",
+    "unknown_types",
+    "version_errors",
+    "bytes_discarded",
+    "seq_gaps",
+    "frames_missed",
+    "reboots",
+    "offline_ms",
+    "data_before_hello",
+    "unknown_channels",
 )
 
 
@@ -55,7 +64,9 @@ class SerialSource:
         self.max_backoff_s = max_backoff_s
         self.decoder = FrameDecoder()
         self.device_serial: str | None = None
-        self._map: tuple[int, ...] | None = None  # device channel i -> policy channel index (-1: unknown)
+        self._map: tuple[int, ...] | None = (
+            None  # device channel i -> policy channel index (-1: unknown)
+        )
         self._last_seq: int | None = None
         self._hello_requested = 0.0
         self._cmd_seq = 0  # our own frame counter towards the device
@@ -94,7 +105,9 @@ class SerialSource:
             try:
                 self._ser = serial.Serial(self.port, self.baud, timeout=0.1)
             except (serial.SerialException, OSError) as e:
-                log.warning("serial %s: cannot open (%s); retrying in %.1f s", self.port, e, backoff)
+                log.warning(
+                    "serial %s: cannot open (%s); retrying in %.1f s", self.port, e, backoff
+                )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
@@ -150,15 +163,25 @@ class SerialSource:
                     if time.monotonic() - self._hello_requested > 1.0:
                         self._request_hello(ser)
                     continue
-                out.append(Reading(now_ms, f.timestamp_ms, self.index, f.seq,
-                                   self._to_policy_order(body.values)))
+                out.append(
+                    Reading(
+                        now_ms,
+                        f.timestamp_ms,
+                        self.index,
+                        f.seq,
+                        self._to_policy_order(body.values),
+                    )
+                )
         return out
 
     def _request_hello(self, ser: serial.Serial) -> None:
         self._hello_requested = time.monotonic()
         self._cmd_seq = (self._cmd_seq + 1) % _SEQ_MOD
-        ser.write(encode_frame(Frame(self._cmd_seq, int(time.time() * 1000),
-                                     Command(CommandCode.SEND_HELLO))))
+        ser.write(
+            encode_frame(
+                Frame(self._cmd_seq, int(time.time() * 1000), Command(CommandCode.SEND_HELLO))
+            )
+        )
 
     def _on_hello(self, f: Frame, hello: Hello) -> None:
         names = [c.name for c in hello.channels]
@@ -170,8 +193,13 @@ class SerialSource:
         self._last_seq = f.seq
         self._map = mapping
         if hello.serial != self.device_serial:
-            log.info("serial %s: device %s firmware %s, channels %s", self.port, hello.serial,
-                     hello.firmware, ", ".join(f"{c.name} [{c.unit}]" for c in hello.channels))
+            log.info(
+                "serial %s: device %s firmware %s, channels %s",
+                self.port,
+                hello.serial,
+                hello.firmware,
+                ", ".join(f"{c.name} [{c.unit}]" for c in hello.channels),
+            )
         self.device_serial = hello.serial
 
     def _check_seq(self, seq: int) -> None:

@@ -102,7 +102,7 @@ class EvidenceStore:
             self._write_state(state)
             return state
 
-    def _wrap(self, what: str) -> "_SqliteGuard":
+    def _wrap(self, what: str) -> _SqliteGuard:
         return _SqliteGuard(self.path, what)
 
     def _write_state(self, s: ChainState) -> None:
@@ -121,7 +121,8 @@ class EvidenceStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
-                    "INSERT INTO attestations VALUES (?, ?, ?, ?)", (seq, window[0], window[1], cose)
+                    "INSERT INTO attestations VALUES (?, ?, ?, ?)",
+                    (seq, window[0], window[1], cose),
                 )
                 self._db.execute("INSERT INTO outbox VALUES (?, ?, ?)", (seq, topic, cose))
                 self._write_state(new_state)
@@ -134,7 +135,9 @@ class EvidenceStore:
     def pending(self) -> list[OutboxItem]:
         """Outbox entries not yet acknowledged by the broker, in seq order."""
         with self._lock, self._wrap("read outbox"):
-            rows = self._db.execute("SELECT seq, topic, payload FROM outbox ORDER BY seq").fetchall()
+            rows = self._db.execute(
+                "SELECT seq, topic, payload FROM outbox ORDER BY seq"
+            ).fetchall()
         return [OutboxItem(*r) for r in rows]
 
     def acknowledge(self, seq: int) -> None:

@@ -8,15 +8,17 @@ in the SQLite outbox, so an outage or a crash loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -45,8 +47,10 @@ class Topics:
         for name in ("prefix", "fleet", "device"):
             value = getattr(self, name)
             if not value or any(c in value for c in "+#/\x00"):
-                raise ConfigError(f"MQTT topic part {name}={value!r} must be non-empty "
-                                  "and contain no '+', '#', '/' or NUL")
+                raise ConfigError(
+                    f"MQTT topic part {name}={value!r} must be non-empty "
+                    "and contain no '+', '#', '/' or NUL"
+                )
 
     @property
     def base(self) -> str:
@@ -74,7 +78,7 @@ class BrokerURL:
     password: str | None = None
 
     @classmethod
-    def parse(cls, url: str, where: str = "mqtt.url") -> "BrokerURL":
+    def parse(cls, url: str, where: str = "mqtt.url") -> BrokerURL:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ConfigError(f"{where}: {url!r} must start with mqtt:// or mqtts://")
@@ -177,8 +181,12 @@ class MqttPublisher:
                 keyfile=str(key_file) if key_file else None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
-        c.will_set(topics.status, json.dumps({"state": "offline", "device": topics.device}),
-                   qos=1, retain=True)
+        c.will_set(
+            topics.status,
+            json.dumps({"state": "offline", "device": topics.device}),
+            qos=1,
+            retain=True,
+        )
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
@@ -210,17 +218,15 @@ class MqttPublisher:
         if self._connected.is_set():
             offline = {**self._status, "state": "offline"}
             info = self._client.publish(self.topics.status, json.dumps(offline), qos=1, retain=True)
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):  # best effort; the LWT covers it
                 info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
-            except (RuntimeError, ValueError):
-                pass
         self._client.disconnect()
         self._client.loop_stop()
         return left
 
     # -- publishing ------------------------------------------------------------
     def publish(self, item: OutboxItem) -> None:
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ContentType = CONTENT_TYPE
         with self._lock:
             # Queued by paho if we are offline; sent on (re)connect, in order.
@@ -229,18 +235,20 @@ class MqttPublisher:
 
     def publish_status(self, status: dict[str, Any]) -> None:
         self._status = status
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ContentType = "application/json"
-        self._client.publish(self.topics.status, json.dumps(status), qos=1, retain=True,
-                             properties=props)
+        self._client.publish(
+            self.topics.status, json.dumps(status), qos=1, retain=True, properties=props
+        )
 
     def unacknowledged(self) -> int:
         with self._lock:
             return len(self._inflight)
 
     # -- paho callbacks (network thread) -----------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
-                    props: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
         if rc.is_failure:
             log.error("broker %s refused the connection: %s", self.url, rc)
             return
@@ -255,18 +263,22 @@ class MqttPublisher:
             self._last_fail_log = now
             log.warning(
                 "cannot reach broker %s; retrying with backoff. %d attestation(s) wait in the "
-                "outbox and will be sent in order when it is back", self.url, self.unacknowledged(),
+                "outbox and will be sent in order when it is back",
+                self.url,
+                self.unacknowledged(),
             )
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
-                       props: Any) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         if was and rc.value != 0:
             log.warning("lost the broker %s (%s); reconnecting, nothing is lost", self.url, rc)
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
-                    props: Any) -> None:
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any
+    ) -> None:
         with self._lock:
             seq = self._inflight.get(mid)
             if seq is None:

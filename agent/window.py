@@ -7,8 +7,8 @@ features run over typed arrays, never per reading in Python.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -69,7 +69,10 @@ class Window:
 def summarise_rules(
     rule_ids: Sequence[str], results: np.ndarray, timestamps: np.ndarray
 ) -> tuple[RuleResult, ...]:
-    """Per-rule counts from the evaluator's (n_rules, n) uint8 matrix (1 ok, 0 violated, 2 error)."""
+    """Per-rule counts from the evaluator's (n_rules, n) uint8 results.
+
+    Each result is 1 (condition holds), 0 (violated) or 2 (not evaluable).
+    """
     out = []
     for i, rule_id in enumerate(rule_ids):
         row = results[i] if results.size else np.empty(0, dtype=np.uint8)
@@ -77,6 +80,7 @@ def summarise_rules(
         errors = int(np.count_nonzero(row == 2))
         first = int(timestamps[violated_at[0]]) if violated_at.size else None
         last = int(timestamps[violated_at[-1]]) if violated_at.size else None
-        out.append(RuleResult(rule_id, int(row.size) - errors, int(violated_at.size), errors,
-                              first, last))
+        out.append(
+            RuleResult(rule_id, int(row.size) - errors, int(violated_at.size), errors, first, last)
+        )
     return tuple(out)

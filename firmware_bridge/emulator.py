@@ -252,12 +252,28 @@ class Emulator:
         side went away).
         """
         counts = dict.fromkeys(
-            ("frames", "hello", "data", "heartbeat", "error", "bytes", "garbage_bytes",
-             "corrupted_frames", "dropped_frames", "commands", "acks", "reader_gone"),
+            (
+                "frames",
+                "hello",
+                "data",
+                "heartbeat",
+                "error",
+                "bytes",
+                "garbage_bytes",
+                "corrupted_frames",
+                "dropped_frames",
+                "commands",
+                "acks",
+                "reader_gone",
+            ),
             0,
         )
-        kind_key = {MsgType.HELLO: "hello", MsgType.DATA: "data",
-                    MsgType.HEARTBEAT: "heartbeat", MsgType.ERROR: "error"}
+        kind_key = {
+            MsgType.HELLO: "hello",
+            MsgType.DATA: "data",
+            MsgType.HEARTBEAT: "heartbeat",
+            MsgType.ERROR: "error",
+        }
         t0 = time.monotonic()
         device = _Device(self, int(time.time() * 1000))
         deadline = None if duration_s is None else t0 + duration_s
@@ -382,11 +398,21 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--port", metavar="DEV", help="write to an existing serial device")
     parser.add_argument("--scenario", choices=SCENARIOS, default="normal", help="default: normal")
-    parser.add_argument("--rate", type=_positive_float, default=20.0, metavar="HZ",
-                        help=f"DATA frames per second, at most {MAX_RATE_HZ:g} (default: 20)")
+    parser.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=20.0,
+        metavar="HZ",
+        help=f"DATA frames per second, at most {MAX_RATE_HZ:g} (default: 20)",
+    )
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="noise seed (default: 0)")
-    parser.add_argument("--seconds", type=_positive_float, default=None, metavar="N",
-                        help="stop after N seconds (default: run until Ctrl-C)")
+    parser.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=None,
+        metavar="N",
+        help="stop after N seconds (default: run until Ctrl-C)",
+    )
     parser.add_argument(
         "--serial", default="EMU-0001", help="device serial in HELLO (default: EMU-0001)"
     )

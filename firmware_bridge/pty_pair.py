@@ -31,8 +31,16 @@ def _make_raw(fd: int) -> None:
     """cfmakeraw(3), plus no software flow control, applied immediately."""
     iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(fd)
     iflag &= ~(
-        termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP | termios.INLCR
-        | termios.IGNCR | termios.ICRNL | termios.IXON | termios.IXOFF | termios.IXANY
+        termios.IGNBRK
+        | termios.BRKINT
+        | termios.PARMRK
+        | termios.ISTRIP
+        | termios.INLCR
+        | termios.IGNCR
+        | termios.ICRNL
+        | termios.IXON
+        | termios.IXOFF
+        | termios.IXANY
         | termios.INPCK
     )
     oflag &= ~termios.OPOST

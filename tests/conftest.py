@@ -13,15 +13,19 @@ from agent.broker import MosquittoBroker, find_mosquitto
 from agent.keys import Signer, generate_key
 
 ROOT = Path(__file__).resolve().parent.parent
-ORACLE_PYTHON = Path(os.environ.get("EDGEGOV_COSE_ORACLE", ROOT / ".venv-oracle" / "bin" / "python"))
+ORACLE_PYTHON = Path(
+    os.environ.get("EDGEGOV_COSE_ORACLE", ROOT / ".venv-oracle" / "bin" / "python")
+)
 
 
 @pytest.fixture
 def broker(tmp_path: Path):
     """A private Mosquitto on a free loopback port. Missing mosquitto is a failure, not a skip."""
     if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed; run the README's test command (make test), "
-                    "which installs it with apt-get")
+        pytest.fail(
+            "mosquitto is not installed; run the README's test command (make test), "
+            "which installs it with apt-get"
+        )
     with MosquittoBroker(tmp_path / "broker") as b:
         yield b
 
@@ -37,8 +41,12 @@ def cose_oracle(cose: bytes | list[bytes], public_pem: bytes) -> str:
     if not ORACLE_PYTHON.exists():
         pytest.fail(f"the pycose oracle venv is missing ({ORACLE_PYTHON}); run 'make test'")
     script = ROOT / "tests" / "oracle_pycose.py"
-    proc = subprocess.run([str(ORACLE_PYTHON), str(script)], input=public_pem + b"\n--\n" + b"\n".join(m.hex().encode() for m in msgs),
-                          capture_output=True, timeout=60)
+    proc = subprocess.run(
+        [str(ORACLE_PYTHON), str(script)],
+        input=public_pem + b"\n--\n" + b"\n".join(m.hex().encode() for m in msgs),
+        capture_output=True,
+        timeout=60,
+    )
     if proc.returncode != 0:
         raise AssertionError(f"pycose rejected the message: {proc.stderr.decode()[-2000:]}")
     return proc.stdout.decode()
@@ -47,7 +55,15 @@ def cose_oracle(cose: bytes | list[bytes], public_pem: bytes) -> str:
 @pytest.fixture
 def run_cli():
     """Run the real `edgegov` entry point in a subprocess."""
+
     def run(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True,
-                              text=True, timeout=timeout, cwd=kw.pop("cwd", ROOT), **kw)
+        return subprocess.run(
+            [sys.executable, "-m", "agent", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=kw.pop("cwd", ROOT),
+            **kw,
+        )
+
     return run

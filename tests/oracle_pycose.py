@@ -6,28 +6,27 @@ Exit 0 and print one line per message if pycose verifies every signature; exit 1
 
 import sys
 
-from pycose.messages import Sign1Message
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from pycose.headers import KID, Algorithm
+from pycose.messages import Sign1Message
 
 pem, _, hexmsg = sys.stdin.read().partition("\n--\n")
 pub = serialization.load_pem_public_key(pem.encode())
 if isinstance(pub, ed25519.Ed25519PublicKey):
-    from pycose.keys.okp import OKPKey
     from pycose.keys.curves import Ed25519
+    from pycose.keys.okp import OKPKey
 
     raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     key = OKPKey(crv=Ed25519, x=raw)
 elif isinstance(pub, ec.EllipticCurvePublicKey):
-    from pycose.keys.ec2 import EC2Key
     from pycose.keys.curves import P256
+    from pycose.keys.ec2 import EC2Key
 
     nums = pub.public_numbers()
     key = EC2Key(crv=P256, x=nums.x.to_bytes(32, "big"), y=nums.y.to_bytes(32, "big"))
 else:
     sys.exit("unsupported key type")
-from pycose.headers import KID, Algorithm
-
 for n, line in enumerate(hexmsg.split()):
     msg = Sign1Message.decode(bytes.fromhex(line))
     msg.key = key

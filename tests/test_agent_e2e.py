@@ -27,8 +27,9 @@ POLICY = ROOT / "configs" / "policies" / "cold-chain.yaml"
 MODEL = ROOT / "configs" / "models" / "excursion-v1.onnx"
 
 
-def make_site(tmp: Path, *, window_s: float = 1.0, output: dict, model_sha: str | None = None,
-              port: str) -> Path:
+def make_site(
+    tmp: Path, *, window_s: float = 1.0, output: dict, model_sha: str | None = None, port: str
+) -> Path:
     """Key, policy (short windows), model and agent config in ``tmp``; returns the config."""
     (tmp / "models").mkdir(parents=True, exist_ok=True)
     (tmp / "policies").mkdir(exist_ok=True)
@@ -40,14 +41,18 @@ def make_site(tmp: Path, *, window_s: float = 1.0, output: dict, model_sha: str 
     (tmp / "policies" / "cold-chain.yaml").write_text(text)
     generate_key(tmp / "keys" / "device.key")
     cfg = tmp / "agent.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "device": {"id": "gw-test", "key": "keys/device.key"},
-        "fleet": "t",
-        "policy": "policies/cold-chain.yaml",
-        "state_dir": "state",
-        "sources": [{"port": port, "baud": 115200}],
-        "output": output,
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "device": {"id": "gw-test", "key": "keys/device.key"},
+                "fleet": "t",
+                "policy": "policies/cold-chain.yaml",
+                "state_dir": "state",
+                "sources": [{"port": port, "baud": 115200}],
+                "output": output,
+            }
+        )
+    )
     return cfg
 
 
@@ -58,10 +63,11 @@ class Device:
         self.pty = open_pty()
         self.stop = threading.Event()
         self.emu = Emulator(scenario=scenario, rate_hz=rate_hz, seed=1)
-        self.thread = threading.Thread(target=self.emu.run, args=(self.pty.master_fd, self.stop),
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.emu.run, args=(self.pty.master_fd, self.stop), daemon=True
+        )
 
-    def __enter__(self) -> "Device":
+    def __enter__(self) -> Device:
         self.thread.start()
         return self
 
@@ -158,14 +164,17 @@ def test_broker_outage_loses_nothing_and_delivers_in_order(tmp_path):
 
 def test_model_with_wrong_digest_is_refused_and_evidence_says_degraded(tmp_path):
     with Device("normal") as dev:
-        cfg = make_site(tmp_path, output={"spool": "spool"}, model_sha="0" * 64,
-                        port=dev.pty.slave_path)
+        cfg = make_site(
+            tmp_path, output={"spool": "spool"}, model_sha="0" * 64, port=dev.pty.slave_path
+        )
         agent, stats = run_agent(cfg, 2.2)
     assert agent.models == []  # refused, the rules still ran
     res = verify_paths([tmp_path / "spool"], [agent.signer.public])
     assert res.ok and res.verified == stats.attestations >= 2
-    evidence = [parse_claims(decode_sign1(f.read_bytes()).claims())
-                for f in sorted((tmp_path / "spool").rglob("*.cose"))]
+    evidence = [
+        parse_claims(decode_sign1(f.read_bytes()).claims())
+        for f in sorted((tmp_path / "spool").rglob("*.cose"))
+    ]
     for ev in evidence:  # every window says it, empty or not
         assert any("excursion-risk refused" in d and "SHA-256" in d for d in ev.degraded)
         assert [r.model_id for r in ev.risk] == []
@@ -187,7 +196,7 @@ def test_restart_continues_the_chain(tmp_path):
     with Device("normal") as dev:
         cfg = make_site(tmp_path, output={"spool": "spool"}, port=dev.pty.slave_path)
         a1, s1 = run_agent(cfg, 1.5)
-        a2, s2 = run_agent(cfg, 1.5)
+        _, s2 = run_agent(cfg, 1.5)
     res = verify_paths([tmp_path / "spool"], [a1.signer.public])
     assert res.ok, [str(f) for f in res.findings]
     assert len(res.devices) == 1 and res.verified == s1.attestations + s2.attestations

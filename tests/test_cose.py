@@ -55,15 +55,18 @@ def test_alg_in_unprotected_header_is_refused(signer):
         decode_sign1(raw)
 
 
-@pytest.mark.parametrize("raw,reason", [
-    (b"\xff\x00", "CBOR"),
-    (cbor2.dumps([b"", {}, b"", b""]), "tag 18"),
-    (cbor2.dumps(cbor2.CBORTag(98, [b"", {}, b"", b""])), "tag 18"),
-    (cbor2.dumps(cbor2.CBORTag(18, [b"", {}, b""])), "4 elements"),
-    (cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: -999, 4: b"k"}), {}, b"", b""])), "alg"),
-    (cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: -8}), {}, b"", b""])), "kid"),
-    (b"\x00" * (MAX_MESSAGE_BYTES + 1), "limit"),
-])
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        (b"\xff\x00", "CBOR"),
+        (cbor2.dumps([b"", {}, b"", b""]), "tag 18"),
+        (cbor2.dumps(cbor2.CBORTag(98, [b"", {}, b"", b""])), "tag 18"),
+        (cbor2.dumps(cbor2.CBORTag(18, [b"", {}, b""])), "4 elements"),
+        (cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: -999, 4: b"k"}), {}, b"", b""])), "alg"),
+        (cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: -8}), {}, b"", b""])), "kid"),
+        (b"\x00" * (MAX_MESSAGE_BYTES + 1), "limit"),
+    ],
+)
 def test_malformed_messages_get_a_precise_error(raw, reason):
     with pytest.raises(VerificationError, match=reason):
         decode_sign1(raw)

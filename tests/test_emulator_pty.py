@@ -113,19 +113,18 @@ def test_control_bytes_pass_through_pyserial_unmangled_both_ways():
 
 def test_device_side_keeps_running_while_the_agent_closes_and_reopens_the_port():
     emulator = Emulator("normal", rate_hz=50)
-    with open_pty() as pair:
-        with running(emulator, pair.master_fd) as counts:
-            time.sleep(0.2)  # nobody has the port open yet
-            for _ in range(2):
-                with serial.Serial(pair.slave_path, timeout=0.05) as port:
-                    frames = read_for(port, FrameDecoder(), 0.3)
-                assert sum(isinstance(f.body, Data) for f in frames) >= 10
-            fd = os.open(pair.slave_path, os.O_RDWR | os.O_NOCTTY)
-            try:  # still raw after pyserial closed it
-                lflag = termios.tcgetattr(fd)[3]
-                assert not lflag & (termios.ICANON | termios.ECHO | termios.ISIG)
-            finally:
-                os.close(fd)
+    with open_pty() as pair, running(emulator, pair.master_fd) as counts:
+        time.sleep(0.2)  # nobody has the port open yet
+        for _ in range(2):
+            with serial.Serial(pair.slave_path, timeout=0.05) as port:
+                frames = read_for(port, FrameDecoder(), 0.3)
+            assert sum(isinstance(f.body, Data) for f in frames) >= 10
+        fd = os.open(pair.slave_path, os.O_RDWR | os.O_NOCTTY)
+        try:  # still raw after pyserial closed it
+            lflag = termios.tcgetattr(fd)[3]
+            assert not lflag & (termios.ICANON | termios.ECHO | termios.ISIG)
+        finally:
+            os.close(fd)
     assert counts["reader_gone"] == 0 and counts["dropped_frames"] == 0
     assert pair.closed and not os.path.exists(pair.slave_path)
 
@@ -218,7 +217,10 @@ def test_run_stops_after_duration():
 def test_emulate_pty_prints_the_path_and_serves_a_device_there():
     proc = subprocess.Popen(
         [sys.executable, "-c", EMULATE, "--pty", "--seconds", "1", "--rate", "50"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -243,7 +245,10 @@ def test_emulate_pty_prints_the_path_and_serves_a_device_there():
 def test_emulate_stops_cleanly_on_ctrl_c_or_sigterm(sig):
     proc = subprocess.Popen(
         [sys.executable, "-c", EMULATE, "--pty"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -333,9 +338,9 @@ def test_first_frame_after_boot_is_preceded_by_a_delimiter():
 def test_normal_scenario_holds_about_5_degrees_with_the_door_mostly_shut():
     frames = take(Emulator("normal", rate_hz=5), 600)
     temps = [t for _, t in temperatures(frames)]
-    assert 4.3 < min(temps) and max(temps) < 5.7
+    assert min(temps) > 4.3 and max(temps) < 5.7
     humid = [f.body.values[1] for f in frames if isinstance(f.body, Data)]
-    assert 45 <= min(humid) and max(humid) <= 55 and max(humid) - min(humid) > 3
+    assert min(humid) >= 45 and max(humid) <= 55 and max(humid) - min(humid) > 3
     door = [f.body.values[2] for f in frames if isinstance(f.body, Data)]
     assert set(door) == {0.0, 1.0} and 0 < sum(door) / len(door) < 0.2
 

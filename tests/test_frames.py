@@ -95,10 +95,26 @@ small_frames = st.builds(Frame, u32, u64, small_bodies)
 
 def test_public_names_are_exactly_the_documented_api():
     assert set(firmware_bridge.__all__) == {
-        "MAX_FRAME_LEN", "PROTOCOL_VERSION", "SCENARIOS",
-        "Ack", "Body", "ChannelSpec", "Command", "CommandCode", "Data", "DecoderStats",
-        "DeviceError", "Emulator", "Frame", "FrameDecoder", "Heartbeat", "Hello", "MsgType",
-        "PtyPair", "encode_frame", "open_pty",
+        "MAX_FRAME_LEN",
+        "PROTOCOL_VERSION",
+        "SCENARIOS",
+        "Ack",
+        "Body",
+        "ChannelSpec",
+        "Command",
+        "CommandCode",
+        "Data",
+        "DecoderStats",
+        "DeviceError",
+        "Emulator",
+        "Frame",
+        "FrameDecoder",
+        "Heartbeat",
+        "Hello",
+        "MsgType",
+        "PtyPair",
+        "encode_frame",
+        "open_pty",
     }
     for name in firmware_bridge.__all__:
         assert hasattr(firmware_bridge, name), name
@@ -106,7 +122,12 @@ def test_public_names_are_exactly_the_documented_api():
 
 def test_message_type_values_match_the_protocol():
     assert {t.name: t.value for t in MsgType} == {
-        "HELLO": 1, "DATA": 2, "HEARTBEAT": 3, "ERROR": 4, "ACK": 0x81, "COMMAND": 0x82,
+        "HELLO": 1,
+        "DATA": 2,
+        "HEARTBEAT": 3,
+        "ERROR": 4,
+        "ACK": 0x81,
+        "COMMAND": 0x82,
     }
 
 
@@ -120,8 +141,12 @@ def test_frame_type_follows_body_class():
 def test_stats_as_dict_lists_every_counter():
     stats = DecoderStats(frames_ok=3, crc_errors=1)
     assert stats.as_dict() == {
-        "frames_ok": 3, "crc_errors": 1, "framing_errors": 0, "unknown_types": 0,
-        "version_errors": 0, "bytes_discarded": 0,
+        "frames_ok": 3,
+        "crc_errors": 1,
+        "framing_errors": 0,
+        "unknown_types": 0,
+        "version_errors": 0,
+        "bytes_discarded": 0,
     }
 
 
@@ -211,7 +236,7 @@ def test_header_layout_is_little_endian_at_the_documented_offsets():
     wire = encode_frame(Frame(0x11223344, 0x0102030405060708, Heartbeat(0xAABBCCDD)))
     raw = cobs.decode(wire[:-1])
     assert raw is not None
-    assert raw[:18].hex() == "0103" "44332211" "0807060504030201" "ddccbbaa"
+    assert raw[:18].hex() == "0103443322110807060504030201ddccbbaa"
     assert raw[18:] == struct.pack("<I", _crc32_bitwise(raw[:18]))
 
 
@@ -289,7 +314,7 @@ def test_vector_file_covers_every_type_and_every_kind_of_corruption():
     assert {v[1] for v in VECTOR_LIST} == {"ok", "ignored", *COUNTERS}
     assert {frame_from_json(v[3]).type for v in VALID} == set(MsgType)  # type: ignore[arg-type]
     raw_sizes = {len(cobs.decode(v[2][:-1]) or b"") for v in VALID}
-    assert 256 in raw_sizes and 18 < min(raw_sizes)
+    assert 256 in raw_sizes and min(raw_sizes) > 18
 
 
 @pytest.mark.parametrize(("name", "expect", "wire", "expected"), VALID, ids=[v[0] for v in VALID])
@@ -402,8 +427,12 @@ def test_byte_at_a_time_equals_bulk_on_a_mixed_stream():
     assert single_out == bulk_out == [good[0], good[1], good[2], good[4]]
     assert single.stats == bulk.stats
     assert bulk.stats.as_dict() == {
-        "frames_ok": 4, "crc_errors": 0, "framing_errors": 2, "unknown_types": 0,
-        "version_errors": 0, "bytes_discarded": 2 + 400 + 3 + len(encode_frame(good[3])) - 1,
+        "frames_ok": 4,
+        "crc_errors": 0,
+        "framing_errors": 2,
+        "unknown_types": 0,
+        "version_errors": 0,
+        "bytes_discarded": 2 + 400 + 3 + len(encode_frame(good[3])) - 1,
     }
 
 
@@ -422,7 +451,9 @@ def test_a_long_run_before_the_first_delimiter_is_discarded_and_then_errors_coun
     assert decoder.feed(b"\x55" * 1000) == []  # overflows while not yet in sync
     assert decoder.feed(b"\x00" + bytes(bad)) == []
     assert decoder.stats.as_dict() == {
-        **DecoderStats().as_dict(), "crc_errors": 1, "bytes_discarded": 1000 + len(bad) - 1,
+        **DecoderStats().as_dict(),
+        "crc_errors": 1,
+        "bytes_discarded": 1000 + len(bad) - 1,
     }
 
 

@@ -26,10 +26,24 @@ def _attest(store: EvidenceStore, signer, n_windows: int, start_ms: int = 1_000_
     for w in range(n_windows):
         t0 = start_ms + w * 1000
         readings = [Reading(t0 + i, t0 + i, 0, i, (5.0, 50.0)) for i in range(w + 1)]
-        item = att.attest((t0, t0 + 1000), readings, CONFIG,
-                          (RuleResult("r", w + 1, 1 if w == 1 else 0, 0, t0 if w == 1 else None,
-                                      t0 if w == 1 else None),),
-                          (RiskResult("m", 0.25, "CPUExecutionProvider"),), {"frames_ok": w + 1}, ())
+        item = att.attest(
+            (t0, t0 + 1000),
+            readings,
+            CONFIG,
+            (
+                RuleResult(
+                    "r",
+                    w + 1,
+                    1 if w == 1 else 0,
+                    0,
+                    t0 if w == 1 else None,
+                    t0 if w == 1 else None,
+                ),
+            ),
+            (RiskResult("m", 0.25, "CPUExecutionProvider"),),
+            {"frames_ok": w + 1},
+            (),
+        )
         out.append(item.payload)
     return out
 
@@ -108,7 +122,7 @@ def test_replayed_duplicate_is_reported(tmp_path, chain, signer):
 def test_forged_byte_fails_the_signature(tmp_path, chain, signer):
     bad = bytearray(chain[2])
     bad[len(bad) // 2] ^= 0x40
-    res, codes = _codes(tmp_path, chain[:2] + [bytes(bad)] + chain[3:], [signer.public])
+    _, codes = _codes(tmp_path, chain[:2] + [bytes(bad)] + chain[3:], [signer.public])
     assert "INVALID" in codes and "CHAIN_GAP" in codes  # the forged one does not count
 
 

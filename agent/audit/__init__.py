@@ -3,5 +3,11 @@
 from agent.audit.text import format_result
 from agent.audit.verify import AuditResult, DeviceReport, Finding, collect_files, verify_paths
 
-__all__ = ["AuditResult", "DeviceReport", "Finding", "collect_files", "format_result",
-           "verify_paths"]
+__all__ = [
+    "AuditResult",
+    "DeviceReport",
+    "Finding",
+    "collect_files",
+    "format_result",
+    "verify_paths",
+]

@@ -33,8 +33,11 @@ class FileCollector:
         self.stored: set[str] = set()
         self._subscribed = threading.Event()
         self._lock = threading.Lock()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                        client_id=f"edgegov-collector-{os.getpid()}")
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            protocol=mqtt.MQTTv5,
+            client_id=f"edgegov-collector-{os.getpid()}",
+        )
         if self.url.username:
             c.username_pw_set(self.url.username, self.url.password)
         c.on_connect = self._on_connect
@@ -56,8 +59,9 @@ class FileCollector:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
-                    props: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
         if not rc.is_failure:
             client.subscribe(self.topic, qos=1)
 

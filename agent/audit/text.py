@@ -15,6 +15,22 @@ def _ts(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+# What each health counter means, in a reader's words (docs/attestation-profile.md).
+HEALTH_WORDS = {
+    "crc_errors": "frames with a bad CRC (dropped)",
+    "framing_errors": "malformed frames (dropped)",
+    "unknown_types": "frames of an unknown type",
+    "version_errors": "frames of an unknown protocol version",
+    "bytes_discarded": "line bytes not part of a valid frame",
+    "seq_gaps": "sequence gaps",
+    "frames_missed": "frames missing in those gaps",
+    "reboots": "device reboots",
+    "offline_ms": "ms with the serial port unavailable",
+    "data_before_hello": "readings before the device announced its channels (not used)",
+    "unknown_channels": "device channels the policy does not know",
+}
+
+
 def format_result(res: AuditResult) -> str:
     lines = [f"checked {res.files} file(s): {res.verified} signature(s) valid"]
     for d in res.devices:
@@ -25,19 +41,27 @@ def format_result(res: AuditResult) -> str:
         lines.append(f"  period         {_ts(d.period_start_ms)} -> {_ts(d.period_end_ms)}")
         lines.append(f"  readings       {d.readings}  (Merkle log size {d.log_size})")
         lines.append(f"  policy         {', '.join(d.policies)}")
+        width = max([len(x) for x in [*d.rules, *d.risk]] or [0])
         for rule, r in d.rules.items():
-            lines.append(f"  rule {rule:<20} {r['violated']:>6} of {r['evaluated']:>6} readings "
-                         f"violated, in {r['windows_violated']} window(s)"
-                         + (f"; {r['errors']} not evaluable" if r["errors"] else ""))
+            lines.append(
+                f"  rule {rule:<{width}}  {r['violated']:>6} of {r['evaluated']:>6} readings "
+                f"violated, in {r['windows_violated']} window(s)"
+                + (f"; {r['errors']} not evaluable" if r["errors"] else "")
+            )
         for model, k in d.risk.items():
             if k["scored_windows"]:
-                lines.append(f"  risk {model:<20} max {k['max']:.3f}, mean {k['mean']:.3f} over "
-                             f"{k['scored_windows']} window(s) ({', '.join(k['providers'])})")
+                lines.append(
+                    f"  risk {model:<{width}}  max {k['max']:.3f}, mean {k['mean']:.3f} over "
+                    f"{k['scored_windows']} window(s) ({', '.join(k['providers'])})"
+                )
             else:
-                lines.append(f"  risk {model:<20} not scored")
-        bad = {k: v for k, v in d.health.items() if v and k != "frames_ok"}
-        lines.append(f"  data quality   {d.health.get('frames_ok', 0)} frames ok"
-                     + ("; " + ", ".join(f"{k} {v}" for k, v in sorted(bad.items())) if bad else ""))
+                lines.append(f"  risk {model:<{width}}  not scored")
+        lines.append(f"  data quality   {d.health.get('frames_ok', 0)} frames ok")
+        known = [k for k in HEALTH_WORDS if k in d.health]
+        for key in known + sorted(set(d.health) - set(known) - {"frames_ok"}):
+            v = d.health[key]
+            if v:
+                lines.append(f"                 {v} {HEALTH_WORDS.get(key, key)}")
         if d.degraded_windows:
             lines.append(f"  degraded       {d.degraded_windows} window(s) (see --json)")
     lines.append("")

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from agent.attestation import Evidence, parse_claims
 from agent.cose import decode_sign1
@@ -110,7 +111,9 @@ def verify_paths(paths: Sequence[Path], anchors: Sequence[PublicKey]) -> AuditRe
             msg = decode_sign1(raw)
             key = keys.get(msg.kid)
             if key is None:
-                raise VerificationError(f"signed by kid {msg.kid.hex()}, which is not a trusted key")
+                raise VerificationError(
+                    f"signed by kid {msg.kid.hex()}, which is not a trusted key"
+                )
             msg.verify(key)
             ev = parse_claims(msg.claims())
         except VerificationError as e:
@@ -131,9 +134,15 @@ def _check_log(origin: str, entries: list[_Entry], findings: list[Finding]) -> D
     prev_ev: Evidence | None = None
     prev_raw = b""
     if first.seq != 0:
-        findings.append(Finding(dev, first.seq, "CHAIN_START",
-                                f"log {origin} starts at seq {first.seq}: seq 0..{first.seq - 1} "
-                                "are missing", entries[0].file))
+        findings.append(
+            Finding(
+                dev,
+                first.seq,
+                "CHAIN_START",
+                f"log {origin} starts at seq {first.seq}: seq 0..{first.seq - 1} are missing",
+                entries[0].file,
+            )
+        )
     for entry in entries:
         ev, raw, file = entry.ev, entry.raw, entry.file
 
@@ -154,11 +163,20 @@ def _check_log(origin: str, entries: list[_Entry], findings: list[Finding]) -> D
             elif ev.prev != hashlib.sha256(prev_raw).digest():
                 add("PREV_MISMATCH", f"prev does not hash the attestation seq {prev_ev.seq}")
             if ev.window_start_ms < prev_ev.window_end_ms:
-                add("WINDOW_ORDER", f"window starts at {ev.window_start_ms}, before the previous "
-                    f"one ended ({prev_ev.window_end_ms})")
-            if ev.seq == prev_ev.seq + 1 and ev.checkpoint.size != prev_ev.checkpoint.size + ev.readings:
-                add("CHECKPOINT", f"log size {ev.checkpoint.size} != previous "
-                    f"{prev_ev.checkpoint.size} + {ev.readings} readings in this window")
+                add(
+                    "WINDOW_ORDER",
+                    f"window starts at {ev.window_start_ms}, before the previous "
+                    f"one ended ({prev_ev.window_end_ms})",
+                )
+            if (
+                ev.seq == prev_ev.seq + 1
+                and ev.checkpoint.size != prev_ev.checkpoint.size + ev.readings
+            ):
+                add(
+                    "CHECKPOINT",
+                    f"log size {ev.checkpoint.size} != previous "
+                    f"{prev_ev.checkpoint.size} + {ev.readings} readings in this window",
+                )
         elif ev.seq == 0:
             if ev.prev is not None:
                 add("PREV_MISMATCH", "seq 0 must have no prev")
@@ -175,10 +193,14 @@ def _accumulate(rep: DeviceReport, ev: Evidence) -> None:
     rep.attestations += 1
     rep.first_seq = ev.seq if rep.first_seq is None else min(rep.first_seq, ev.seq)
     rep.last_seq = ev.seq if rep.last_seq is None else max(rep.last_seq, ev.seq)
-    rep.period_start_ms = (ev.window_start_ms if rep.period_start_ms is None
-                           else min(rep.period_start_ms, ev.window_start_ms))
-    rep.period_end_ms = (ev.window_end_ms if rep.period_end_ms is None
-                         else max(rep.period_end_ms, ev.window_end_ms))
+    rep.period_start_ms = (
+        ev.window_start_ms
+        if rep.period_start_ms is None
+        else min(rep.period_start_ms, ev.window_start_ms)
+    )
+    rep.period_end_ms = (
+        ev.window_end_ms if rep.period_end_ms is None else max(rep.period_end_ms, ev.window_end_ms)
+    )
     rep.readings += ev.readings
     rep.log_size = max(rep.log_size, ev.checkpoint.size)
     pol = f"{ev.config.policy_id} v{ev.config.policy_version} ({ev.config.policy_digest[:16]})"
@@ -187,15 +209,17 @@ def _accumulate(rep: DeviceReport, ev: Evidence) -> None:
     if ev.degraded:
         rep.degraded_windows += 1
     for r in ev.rules:
-        agg = rep.rules.setdefault(r.rule_id, {"evaluated": 0, "violated": 0, "errors": 0,
-                                               "windows_violated": 0})
+        agg = rep.rules.setdefault(
+            r.rule_id, {"evaluated": 0, "violated": 0, "errors": 0, "windows_violated": 0}
+        )
         agg["evaluated"] += r.evaluated
         agg["violated"] += r.violated
         agg["errors"] += r.errors
         agg["windows_violated"] += 1 if r.violated else 0
     for k in ev.risk:
-        agg2 = rep.risk.setdefault(k.model_id, {"scored_windows": 0, "max": None, "mean": None,
-                                                "providers": []})
+        agg2 = rep.risk.setdefault(
+            k.model_id, {"scored_windows": 0, "max": None, "mean": None, "providers": []}
+        )
         if k.score is not None:
             n = agg2["scored_windows"]
             agg2["mean"] = k.score if n == 0 else (agg2["mean"] * n + k.score) / (n + 1)
