@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -262,11 +263,20 @@ class MqttPublisher:
         if now - self._last_fail_log > 30:
             self._last_fail_log = now
             log.warning(
-                "cannot reach broker %s; retrying with backoff. %d attestation(s) wait in the "
-                "outbox and will be sent in order when it is back",
+                "cannot reach broker %s (%s); retrying with backoff. Attestations are kept in "
+                "the outbox (%d waiting) and sent in order when it is back",
                 self.url,
+                self._probe(),
                 self.unacknowledged(),
             )
+
+    def _probe(self) -> str:
+        """Why the broker is unreachable, in the operating system's words (diagnostics only)."""
+        try:
+            socket.create_connection((self.url.host, self.url.port), timeout=2).close()
+        except OSError as e:
+            return e.strerror or str(e) or type(e).__name__
+        return "TCP connects, but the MQTT connection failed"
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any

@@ -132,3 +132,62 @@ def test_console_script_is_installed():
     assert shutil.which("edgegov", path=os.path.dirname(os.sys.executable)), (
         "the edgegov console script is missing from the venv"
     )
+
+
+def _spool_site(tmp_path, port: str) -> str:
+    from tests.test_agent_e2e import make_site
+
+    return str(make_site(tmp_path, output={"spool": "spool"}, port=port))
+
+
+def test_run_exits_0_on_sigterm_and_signs_the_last_partial_window(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from agent.audit import verify_paths
+    from agent.keys import load_public_key
+    from tests.test_agent_e2e import Device
+
+    with Device("normal") as dev:
+        cfg = _spool_site(tmp_path, dev.pty.slave_path)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", cfg],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        time.sleep(3.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "attestation seq 0 signed" in err
+    res = verify_paths([tmp_path / "spool"], [load_public_key(tmp_path / "keys/device.pub.pem")])
+    assert res.ok, [str(f) for f in res.findings]
+    assert res.devices[0].readings > 50  # nothing received was left unsigned
+
+
+def test_broker_that_is_not_there_is_named_with_the_reason(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from agent.broker import free_port
+    from tests.test_agent_e2e import Device, make_site
+
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    with Device("normal") as dev:
+        cfg = make_site(tmp_path, output={"mqtt": {"url": url}}, port=dev.pty.slave_path)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        time.sleep(2.5)
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err  # the agent kept running and stopped cleanly
+    assert f"cannot reach broker {url} (Connection refused)" in err
+    assert "stay in the outbox" in err  # and said where its evidence is
