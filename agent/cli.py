@@ -91,6 +91,18 @@ def _cmd_audit_verify(a: argparse.Namespace) -> int:
     return 0 if res.ok else 1
 
 
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from agent.bench import SECTIONS, format_rows, run_sections
+
+    names = tuple(a.only.split(",")) if a.only else SECTIONS
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise Error(f"unknown bench section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    rows = run_sections(names, quick=a.quick)
+    print(json.dumps([r.to_json() for r in rows], indent=2) if a.json else format_rows(rows))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
@@ -177,6 +189,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     pc.add_argument("file")
     pc.add_argument("--json", action="store_true")
+
+    b = cmd(
+        "bench",
+        _cmd_bench,
+        "measure the hot paths beside their baselines, in one run",
+        "edgegov bench --only policy",
+    )
+    b.add_argument("--only", help="comma-separated sections")
+    b.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
+    b.add_argument("--json", action="store_true")
 
     aud = sub.add_parser("audit", help="verify attestation streams offline")
     asub = aud.add_subparsers(dest="audit_command", metavar="COMMAND")

@@ -191,3 +191,15 @@ def test_broker_that_is_not_there_is_named_with_the_reason(tmp_path):
     assert proc.returncode == 0, err  # the agent kept running and stopped cleanly
     assert f"cannot reach broker {url} (Connection refused)" in err
     assert "stay in the outbox" in err  # and said where its evidence is
+
+
+def test_bench_runs_and_prints_ratios_side_by_side(run_cli):
+    r = run_cli("bench", "--quick", "--only", "policy")
+    assert r.returncode == 0, r.stderr
+    assert (
+        "cython evaluator" in r.stdout
+        and "x numpy" in r.stdout
+        and "x pure-python twin" in r.stdout
+    )
+    bad = run_cli("bench", "--only", "nope")
+    assert bad.returncode == 2 and "unknown bench section" in bad.stderr
