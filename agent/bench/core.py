@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["SECTIONS", "Row", "format_rows", "machine", "run_sections", "timeit"]
 
@@ -60,7 +61,8 @@ def run_sections(names: tuple[str, ...] = SECTIONS, quick: bool = False) -> list
 def machine() -> str:
     import os
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def _fmt_rate(r: float) -> str:

@@ -6,6 +6,8 @@ The rule is the one in ../shared/bench (a 3-condition threshold rule), over
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from agent.bench.core import Row, timeit
@@ -25,10 +27,11 @@ def _columns(n: int) -> np.ndarray:
 
 def run(quick: bool) -> list[Row]:
     from agent.policy import compile_condition
-    from native import _policy_py
 
+    # Both implementations explicitly, whatever EDGEGOV_PURE says.
+    _policy_py = importlib.import_module("native._policy_py")
     try:
-        from native import _policy as compiled
+        compiled = importlib.import_module("native._policy")
     except ImportError as e:  # pragma: no cover - make test always builds it
         raise RuntimeError("native._policy is not built (pip install . builds it)") from e
 
