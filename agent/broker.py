@@ -55,6 +55,8 @@ class MosquittoBroker:
             "persistence false\n"
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
+            # Run as root, mosquitto drops to user 'mosquitto', which cannot read our files.
+            + ("user root\n" if os.geteuid() == 0 else "")
             + (self.extra_config or "allow_anonymous true\n")
         )
         self.proc = subprocess.Popen(
@@ -63,7 +65,10 @@ class MosquittoBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                err = ""
+                if self.proc.stderr:
+                    err = self.proc.stderr.read().decode(errors="replace")
+                    self.proc.stderr.close()
                 log = self.log_path.read_text() if self.log_path.exists() else ""
                 raise TransportError(
                     f"mosquitto exited with {self.proc.returncode}: {(err + log).strip()[-500:]}"

@@ -198,7 +198,17 @@ class MqttPublisher:
     # -- lifecycle -------------------------------------------------------------
     def start(self, pending: list[OutboxItem]) -> None:
         """Connect in the background and queue everything still in the outbox."""
-        self._client.connect_async(self.url.host, self.url.port, keepalive=self._keepalive)
+        # A persistent session (clean start off, RFC: MQTT v5 §3.1.2.4) so the broker keeps
+        # our subscriptions and QoS 1 state across short outages.
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 24 * 3600
+        self._client.connect_async(
+            self.url.host,
+            self.url.port,
+            keepalive=self._keepalive,
+            clean_start=False,
+            properties=props,
+        )
         self._client.loop_start()
         for item in pending:
             self.publish(item)
