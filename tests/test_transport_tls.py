@@ -161,8 +161,9 @@ _STATUS_CHILD = r"""
 import sys, time
 from pathlib import Path
 from agent.transport import BrokerURL, MqttPublisher, Topics
+ca, cert, key = (Path(p) for p in sys.argv[2:5])
 pub = MqttPublisher(BrokerURL.parse(sys.argv[1]), Topics("edgegov", "f", "gw-1"), print,
-                    ca_file=Path(sys.argv[2]), cert_file=Path(sys.argv[3]), key_file=Path(sys.argv[4]))
+                    ca_file=ca, cert_file=cert, key_file=key)
 pub.publish_status({"state": "online", "device": "gw-1"})
 pub.start([])
 assert pub.wait_connected(5)
