@@ -24,11 +24,13 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 
 from .frames import (
+    PROTOCOL_VERSION,
+    ChannelKind,
     ChannelSpec,
     Command,
     CommandCode,
@@ -46,7 +48,16 @@ from .pty_pair import open_pty
 __all__ = ["SCENARIOS", "Emulator", "emulate_main"]
 
 #: Scenario names, in the order ``--help`` lists them.
-SCENARIOS = ("normal", "excursion", "drift", "garbage", "noisy-line")
+SCENARIOS = (
+    "normal",
+    "excursion",
+    "drift",
+    "garbage",
+    "noisy-line",
+    "unplug",
+    "reboot",
+    "slow-trickle",
+)
 MAX_RATE_HZ = 1000.0
 
 # ERROR codes 0x0001-0x00FF are defined by the protocol (PROTOCOL.md §4.4).
@@ -56,6 +67,13 @@ _ERR_SAFE_STATE = 0x0003
 
 _HEARTBEAT_MS = 1000
 _EXCURSION_PERIOD_S = 20.0
+#: ``reboot``: the device resets this often (device time) and starts again at seq 0.
+REBOOT_PERIOD_MS = 4000
+#: ``unplug``: the port is there this long, then gone for UNPLUG_OFFLINE_S.
+UNPLUG_ONLINE_S = 3.0
+UNPLUG_OFFLINE_S = 1.0
+#: ``slow-trickle``: pause between single bytes on the line.
+TRICKLE_BYTE_S = 0.0005
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +91,8 @@ class _Device:
     def __init__(self, emu: Emulator, start_ms: int) -> None:
         self.emu = emu
         self.boot_ms = start_ms
+        self.origin_ms = start_ms  # never moves: maps device time to wall time
+        self.boots = 1
         self.sensor_rng = random.Random(emu.seed)
         self.line_rng = random.Random(f"edgegov-line-{emu.seed}")
         self.seq = 0
@@ -127,6 +147,12 @@ class _Device:
             self.rate_hz = mhz / 1000.0
             self.data_base_ms = float(self.last_ms)
             self.data_k = 1
+        elif cmd.code == CommandCode.USE_VERSION:
+            # Only version 1 exists (PROTOCOL.md §6): confirm it with a HELLO.
+            if cmd.arg == bytes([PROTOCOL_VERSION]):
+                self.pending.append(self.emu.hello())
+            else:
+                self.pending.append(DeviceError(_ERR_BAD_ARGUMENT, f"version {cmd.arg.hex()}"))
         elif cmd.code == CommandCode.ENTER_SAFE_STATE:
             if not self.safe_state:
                 self.safe_state = True
@@ -135,7 +161,18 @@ class _Device:
             self.pending.append(DeviceError(_ERR_UNKNOWN_COMMAND, f"unknown command {cmd.code}"))
 
     # -- output --------------------------------------------------------------
+    def _reboot(self, t_ms: int) -> None:
+        """A reset: seq restarts at 0, HELLO first, after a fresh 0x00 (§2.3, §5)."""
+        self.boots += 1
+        self.boot_ms = t_ms
+        self.seq = 0
+        self.next_hb_ms = t_ms + _HEARTBEAT_MS
+        self.pending = [self.emu.hello()]
+        self.first = True
+
     def next(self) -> _Emission:
+        if self.emu.scenario == "reboot" and self.last_ms - self.boot_ms >= REBOOT_PERIOD_MS:
+            self._reboot(self.last_ms)
         if self.pending:
             t_ms = self.last_ms
             body: Hello | Data | Heartbeat | DeviceError = self.pending.pop(0)
@@ -174,6 +211,13 @@ class _Device:
         return _Emission(t_ms, kind, wire, garbage, corrupted)
 
 
+def _relink(link: str, target: str) -> None:
+    """Point the symlink *link* at *target* atomically (rename over the old one)."""
+    tmp = f"{link}.{os.getpid()}.tmp"
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
 def _flip_bits(wire: bytes, n: int, rng: random.Random) -> bytes:
     buf = bytearray(wire)
     for _ in range(n):
@@ -196,9 +240,9 @@ class Emulator:
     """
 
     CHANNELS = (
-        ChannelSpec("temperature", "Cel"),
-        ChannelSpec("humidity", "%RH"),
-        ChannelSpec("door", "bool"),
+        ChannelSpec("temperature", "Cel", ChannelKind.REAL, -40.0, 85.0),
+        ChannelSpec("humidity", "%RH", ChannelKind.REAL, 0.0, 100.0),
+        ChannelSpec("door", "bool", ChannelKind.BOOLEAN, 0.0, 1.0),
     )
 
     def __init__(
@@ -236,7 +280,12 @@ class Emulator:
             yield e.t_ms, e.wire
 
     def run(
-        self, fd: int, stop: threading.Event, duration_s: float | None = None
+        self,
+        fd: int,
+        stop: threading.Event,
+        duration_s: float | None = None,
+        _device: _Device | None = None,
+        _t0: float | None = None,
     ) -> dict[str, int]:
         """Emit frames to *fd* in real time until *stop*, *duration_s*, or reader loss.
 
@@ -274,22 +323,23 @@ class Emulator:
             MsgType.HEARTBEAT: "heartbeat",
             MsgType.ERROR: "error",
         }
-        t0 = time.monotonic()
-        device = _Device(self, int(time.time() * 1000))
-        deadline = None if duration_s is None else t0 + duration_s
+        t0 = time.monotonic() if _t0 is None else _t0
+        device = _Device(self, int(time.time() * 1000)) if _device is None else _device
+        trickle = self.scenario == "slow-trickle"
+        deadline = None if duration_s is None else time.monotonic() + duration_s
         decoder = FrameDecoder()
         old_flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, old_flags | os.O_NONBLOCK)
         try:
             while not stop.is_set():
                 e = device.next()
-                due = t0 + (e.t_ms - device.boot_ms) / 1000.0
+                due = t0 + (e.t_ms - device.origin_ms) / 1000.0
                 if deadline is not None and due > deadline:
                     self._serve(fd, deadline, stop, device, decoder, counts)
                     break
                 if not self._serve(fd, due, stop, device, decoder, counts):
                     break
-                if not _write_frame(fd, e.wire):
+                if not (_trickle(fd, e.wire) if trickle else _write_frame(fd, e.wire)):
                     counts["dropped_frames"] += 1
                     continue
                 counts["frames"] += 1
@@ -308,6 +358,53 @@ class Emulator:
             except OSError:
                 pass
         return counts
+
+    def serve_pty(
+        self,
+        link: str,
+        stop: threading.Event,
+        duration_s: float | None = None,
+        on_ready: Callable[[str], None] | None = None,
+    ) -> dict[str, int]:
+        """Run on ptys reached through the symlink *link*, like a udev by-id name.
+
+        In the ``unplug`` scenario the pty disappears every
+        ``UNPLUG_ONLINE_S`` seconds for ``UNPLUG_OFFLINE_S`` (the link is
+        removed, then points at a new pty), while the device keeps running:
+        what it sends meanwhile is lost, so the agent sees an offline interval
+        and a sequence gap. Other scenarios serve one pty until the end.
+        Returns :meth:`run`'s counts summed, plus ``unplugs``.
+        """
+        t0 = time.monotonic()
+        device = _Device(self, int(time.time() * 1000))
+        end = None if duration_s is None else t0 + duration_s
+        total: dict[str, int] = {"unplugs": 0}
+        while not stop.is_set() and (end is None or time.monotonic() < end):
+            with open_pty() as pair:
+                _relink(link, pair.slave_path)
+                if on_ready is not None:
+                    on_ready(link)
+                    on_ready = None
+                left = None if end is None else end - time.monotonic()
+                span = (
+                    left
+                    if self.scenario != "unplug"
+                    else (UNPLUG_ONLINE_S if left is None else min(left, UNPLUG_ONLINE_S))
+                )
+                counts = self.run(pair.master_fd, stop, span, device, t0)
+                os.unlink(link)
+            for k, v in counts.items():
+                total[k] = total.get(k, 0) + v
+            if self.scenario != "unplug" or stop.is_set():
+                break
+            total["unplugs"] += 1
+            # Unplugged: the device runs on, its frames go nowhere.
+            if stop.wait(UNPLUG_OFFLINE_S):
+                break
+            now_dev = device.origin_ms + (time.monotonic() - t0) * 1000.0
+            while device.last_ms < now_dev:
+                device.next()
+        return total
 
     @staticmethod
     def _serve(
@@ -340,6 +437,15 @@ class Emulator:
                     device.handle(frame.body)
                 elif frame.type is MsgType.ACK:
                     counts["acks"] += 1
+
+
+def _trickle(fd: int, wire: bytes) -> bool:
+    """``slow-trickle``: one byte per write, with a pause, so every read splits frames."""
+    for i in range(len(wire)):
+        if not _write_frame(fd, wire[i : i + 1]):
+            return False
+        time.sleep(TRICKLE_BYTE_S)
+    return True
 
 
 def _write_frame(fd: int, wire: bytes) -> bool:
@@ -389,7 +495,9 @@ def _build_parser() -> argparse.ArgumentParser:
             "  edgegov emulate --port /dev/ttyUSB1 --rate 5 --seconds 60\n\n"
             "scenarios: normal (5 degC +/- noise), excursion (to ~10.5 degC for ~5 s every\n"
             "20 s), drift (+0.6 degC/min), garbage (normal plus junk bytes and bit-flipped\n"
-            "frames), noisy-line (bit flips in ~2% of frames)"
+            "frames), noisy-line (bit flips in ~2% of frames), unplug (the pty vanishes for 1 s\n"
+            "every 3 s; give --link), reboot (device resets every 4 s), slow-trickle (one\n"
+            "byte per write)"
         ),
     )
     where = parser.add_mutually_exclusive_group(required=True)
@@ -397,6 +505,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--pty", action="store_true", help="create a pseudo-terminal and print its path"
     )
     where.add_argument("--port", metavar="DEV", help="write to an existing serial device")
+    parser.add_argument(
+        "--link",
+        metavar="PATH",
+        help="with --pty: reach the pty through this symlink (stable across unplugs)",
+    )
     parser.add_argument("--scenario", choices=SCENARIOS, default="normal", help="default: normal")
     parser.add_argument(
         "--rate",
@@ -448,7 +561,12 @@ def emulate_main(argv: list[str] | None = None) -> int:
     signals = (signal.SIGINT, signal.SIGTERM) if in_main else ()
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     try:
-        if args.pty:
+        if args.pty and (args.link or args.scenario == "unplug"):
+            link = args.link or f"/tmp/edgegov-emu-{os.getpid()}"
+            counts = emulator.serve_pty(
+                link, stop, args.seconds, lambda path: _announce(emulator, path)
+            )
+        elif args.pty:
             with open_pty() as pair:
                 _announce(emulator, pair.slave_path)
                 counts = emulator.run(pair.master_fd, stop, args.seconds)

@@ -13,6 +13,7 @@ line data: corrupt input is counted in :class:`DecoderStats` and skipped.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from collections.abc import Callable
@@ -32,6 +33,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
     "Body",
+    "ChannelKind",
     "ChannelSpec",
     "Command",
     "CommandCode",
@@ -44,6 +46,7 @@ __all__ = [
     "Hello",
     "MsgType",
     "encode_frame",
+    "parse_frame",
 ]
 
 PROTOCOL_VERSION = 1
@@ -58,6 +61,8 @@ _HEADER = struct.Struct("<BBIQ")
 _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+_CHANNEL_TAIL = struct.Struct("<Bff")  # kind, min, max
+_DATA_HEAD = struct.Struct("<BBH")  # n_channels, n_samples, interval_ms
 _U32_MAX = 0xFFFF_FFFF
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -79,30 +84,61 @@ class CommandCode(IntEnum):
     SEND_HELLO = 1
     SET_SAMPLING_RATE = 2  # arg: u32 LE, millihertz
     ENTER_SAFE_STATE = 3
+    USE_VERSION = 4  # arg: u8 protocol version (§6)
+
+
+class ChannelKind(IntEnum):
+    """What a channel's float32 values mean (§4.1)."""
+
+    REAL = 0
+    INTEGER = 1
+    BOOLEAN = 2
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelSpec:
-    """One measured channel announced in HELLO: its name and UCUM-style unit."""
+    """One measured channel announced in HELLO.
+
+    ``unit`` is a UCUM code; ``kind`` says how to read the float32 values;
+    ``min``/``max`` bound the physically valid range (±inf: unbounded).
+    """
 
     name: str
     unit: str
+    kind: ChannelKind = ChannelKind.REAL
+    min: float = -math.inf
+    max: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Sent first after every boot: who the device is and what DATA carries."""
+    """Sent first after every boot: who the device is and what DATA carries.
+
+    ``max_version`` is the highest protocol version the device can speak (§6).
+    """
 
     serial: str
     firmware: str
     channels: tuple[ChannelSpec, ...]
+    max_version: int = PROTOCOL_VERSION
 
 
 @dataclass(frozen=True, slots=True)
 class Data:
-    """One sample per channel, in HELLO channel order (float32 on the wire)."""
+    """``n_samples`` samples of every channel, sample-major, float32 on the wire.
+
+    ``values`` holds sample 0's channels in HELLO order, then sample 1's, ...;
+    sample ``k`` was taken at the frame's ``timestamp_ms + k * interval_ms``.
+    """
 
     values: tuple[float, ...]
+    n_samples: int = 1
+    interval_ms: int = 0
+
+    @property
+    def n_channels(self) -> int:
+        """Values per sample."""
+        return len(self.values) // self.n_samples if self.n_samples else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,11 +220,15 @@ def _uint(value: object, bits: int, what: str) -> int:
 
 def _payload(body: Body) -> bytes:
     if isinstance(body, Data):
+        ns = _uint(body.n_samples, 8, "Data.n_samples")
+        interval = _uint(body.interval_ms, 16, "Data.interval_ms")
         n = len(body.values)
-        if n > 255:
-            raise ValueError(f"DATA carries at most 255 values, got {n}")
+        if ns == 0 or n % ns or n // ns > 255:
+            raise ValueError(
+                f"Data.values ({n}) must be n_samples ({ns}, >= 1) times n_channels (<= 255)"
+            )
         try:
-            return struct.pack(f"<B{n}f", n, *body.values)
+            return _DATA_HEAD.pack(n // ns, ns, interval) + struct.pack(f"<{n}f", *body.values)
         except (struct.error, OverflowError, TypeError) as e:
             raise ValueError(f"DATA values must be floats in float32 range: {e}") from e
     if isinstance(body, Heartbeat):
@@ -200,6 +240,7 @@ def _payload(body: Body) -> bytes:
         parts = [
             _str_field(body.serial, "Hello.serial"),
             _str_field(body.firmware, "Hello.firmware"),
+            _U8.pack(_uint(body.max_version, 8, "Hello.max_version")),
             _U8.pack(n),
         ]
         for i, ch in enumerate(body.channels):
@@ -207,6 +248,11 @@ def _payload(body: Body) -> bytes:
                 raise ValueError(f"Hello.channels[{i}] must be a ChannelSpec")
             parts.append(_str_field(ch.name, f"Hello.channels[{i}].name"))
             parts.append(_str_field(ch.unit, f"Hello.channels[{i}].unit"))
+            kind = _uint(ch.kind, 8, f"Hello.channels[{i}].kind")
+            try:
+                parts.append(_CHANNEL_TAIL.pack(kind, ch.min, ch.max))
+            except (struct.error, OverflowError, TypeError) as e:
+                raise ValueError(f"Hello.channels[{i}] range must be float32: {e}") from e
         return b"".join(parts)
     if isinstance(body, DeviceError):
         code = _uint(body.code, 16, "DeviceError.code")
@@ -259,27 +305,37 @@ def _read_str(raw: bytes, off: int, end: int) -> tuple[str, int]:
 def _parse_hello(raw: bytes, off: int, end: int) -> Hello:
     serial, off = _read_str(raw, off, end)
     firmware, off = _read_str(raw, off, end)
-    if off >= end:
+    if off + 2 > end:
         raise _Malformed
-    n = raw[off]
-    off += 1
+    max_version, n = raw[off], raw[off + 1]
+    off += 2
     channels = []
     for _ in range(n):
         name, off = _read_str(raw, off, end)
         unit, off = _read_str(raw, off, end)
-        channels.append(ChannelSpec(name, unit))
+        if off + _CHANNEL_TAIL.size > end:
+            raise _Malformed
+        kind, lo, hi = _CHANNEL_TAIL.unpack_from(raw, off)
+        off += _CHANNEL_TAIL.size
+        if kind not in _KINDS:
+            raise _Malformed
+        channels.append(ChannelSpec(name, unit, ChannelKind(kind), lo, hi))
     if off != end:
         raise _Malformed
-    return Hello(serial, firmware, tuple(channels))
+    return Hello(serial, firmware, tuple(channels), max_version)
+
+
+_KINDS = frozenset(int(k) for k in ChannelKind)
 
 
 def _parse_data(raw: bytes, off: int, end: int) -> Data:
-    if off >= end:
+    if off + _DATA_HEAD.size > end:
         raise _Malformed
-    n = raw[off]
-    if off + 1 + 4 * n != end:
+    nc, ns, interval = _DATA_HEAD.unpack_from(raw, off)
+    n = nc * ns
+    if ns == 0 or off + _DATA_HEAD.size + 4 * n != end:
         raise _Malformed
-    return Data(struct.unpack_from(f"<{n}f", raw, off + 1))
+    return Data(struct.unpack_from(f"<{n}f", raw, off + _DATA_HEAD.size), ns, interval)
 
 
 def _parse_heartbeat(raw: bytes, off: int, end: int) -> Heartbeat:
@@ -317,6 +373,21 @@ _PARSERS: dict[int, Callable[[bytes, int, int], Body]] = {
     MsgType.ACK: _parse_ack,
     MsgType.COMMAND: _parse_command,
 }
+
+
+def parse_frame(raw: bytes) -> Frame | None:
+    """Parse a raw frame whose CRC, version and type have been checked.
+
+    Returns ``None`` when the payload does not have the shape of its type
+    (§4): wrong lengths, truncation, trailing bytes, invalid UTF-8, unknown
+    channel kind. Used by :class:`FrameDecoder` and the columnar decoders in
+    ``native``, so every decoder judges payloads identically.
+    """
+    _, mtype, seq, ts = _HEADER.unpack_from(raw)
+    try:
+        return Frame(seq, ts, _PARSERS[mtype](raw, HEADER_LEN, len(raw) - _CRC_LEN))
+    except (_Malformed, UnicodeDecodeError, KeyError):
+        return None
 
 
 @dataclass(slots=True)
@@ -422,19 +493,18 @@ class FrameDecoder:
             stats.bytes_discarded += len(seg)
             return None
         # From here on the bytes are what the sender sent: count even before sync.
-        version, mtype, seq, ts = _HEADER.unpack_from(raw)
+        version, mtype = raw[0], raw[1]
         parser = _PARSERS.get(mtype)
         if version != PROTOCOL_VERSION:
             stats.version_errors += 1
         elif parser is None:
             stats.unknown_types += 1
         else:
-            try:
-                body = parser(raw, HEADER_LEN, end)
-            except (_Malformed, UnicodeDecodeError):
+            frame = parse_frame(raw)
+            if frame is None:
                 stats.framing_errors += 1
             else:
                 stats.frames_ok += 1
-                return Frame(seq, ts, body)
+                return frame
         stats.bytes_discarded += len(seg)
         return None

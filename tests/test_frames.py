@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import firmware_bridge
 from firmware_bridge import (
     Ack,
+    ChannelKind,
     ChannelSpec,
     Command,
     Data,
@@ -41,7 +42,8 @@ def canon(frame: Frame) -> tuple[object, ...]:
     """A comparable form of a frame: float32 bit patterns instead of floats (NaN != NaN)."""
     body = frame.body
     if isinstance(body, Data):
-        body = tuple("nan" if math.isnan(v) else struct.pack("<f", v) for v in body.values)
+        bits = tuple("nan" if math.isnan(v) else struct.pack("<f", v) for v in body.values)
+        body = (bits, body.n_samples, body.interval_ms)
     return (frame.seq, frame.timestamp_ms, frame.type, body)
 
 
@@ -49,9 +51,9 @@ def payload_len(body: object) -> int:
     """Payload size computed independently of the encoder, from PROTOCOL.md §4."""
     if isinstance(body, Hello):
         strs = [body.serial, body.firmware] + [s for c in body.channels for s in (c.name, c.unit)]
-        return 1 + sum(1 + len(s.encode()) for s in strs)
+        return 2 + sum(1 + len(s.encode()) for s in strs) + 9 * len(body.channels)
     if isinstance(body, Data):
-        return 1 + 4 * len(body.values)
+        return 4 + 4 * len(body.values)
     if isinstance(body, (Heartbeat, Ack)):
         return 4
     if isinstance(body, DeviceError):
@@ -69,10 +71,31 @@ def decode_all(data: bytes) -> tuple[list[Frame], DecoderStats]:
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
 texts = st.text(max_size=24)
-channels = st.lists(st.builds(ChannelSpec, st.text(max_size=12), st.text(max_size=6)), max_size=6)
+f32 = st.floats(width=32, allow_nan=False)
+channels = st.lists(
+    st.builds(
+        ChannelSpec,
+        st.text(max_size=12),
+        st.text(max_size=6),
+        st.sampled_from(ChannelKind),
+        f32,
+        f32,
+    ),
+    max_size=6,
+)
+
+
+@st.composite
+def data_bodies(draw: st.DrawFn, max_values: int = 59, nan: bool = True) -> Data:
+    ns = draw(st.integers(1, 8))
+    nc = draw(st.integers(0, max(0, max_values // ns)))
+    values = draw(st.lists(st.floats(width=32, allow_nan=nan), min_size=nc * ns, max_size=nc * ns))
+    return Data(tuple(values), ns, draw(st.integers(0, 0xFFFF)))
+
+
 bodies = st.one_of(
-    st.builds(Hello, texts, texts, channels.map(tuple)),
-    st.builds(Data, st.lists(st.floats(width=32), max_size=59).map(tuple)),
+    st.builds(Hello, texts, texts, channels.map(tuple), st.integers(0, 255)),
+    data_bodies(),
     st.builds(Heartbeat, u32),
     st.builds(DeviceError, st.integers(0, 0xFFFF), st.text(max_size=60)),
     st.builds(Ack, u32),
@@ -81,7 +104,7 @@ bodies = st.one_of(
 # Frames that always fit and whose floats survive re-encoding bit for bit.
 small_bodies = st.one_of(
     st.builds(Hello, st.text(max_size=8), st.text(max_size=8), st.just((ChannelSpec("t", "Cel"),))),
-    st.builds(Data, st.lists(st.floats(width=32, allow_nan=False), max_size=8).map(tuple)),
+    data_bodies(max_values=8, nan=False),
     st.builds(Heartbeat, u32),
     st.builds(DeviceError, st.integers(0, 0xFFFF), st.text(max_size=8)),
     st.builds(Ack, u32),
@@ -100,6 +123,7 @@ def test_public_names_are_exactly_the_documented_api():
         "SCENARIOS",
         "Ack",
         "Body",
+        "ChannelKind",
         "ChannelSpec",
         "Command",
         "CommandCode",
@@ -260,7 +284,11 @@ def test_data_nan_decodes_to_a_python_float_nan():
         (Frame(0, 0, Hello("é" * 128, "", ())), "Hello.serial is 256 bytes"),
         (Frame(0, 0, Hello("s", "f", ("t",))), r"Hello.channels\[0\]"),  # type: ignore[arg-type]
         (Frame(0, 0, Data((1e39,))), "float32"),
-        (Frame(0, 0, Data((0.0,) * 60)), "maximum is 256"),
+        (Frame(0, 0, Data((0.0,) * 59)), "maximum is 256"),
+        (Frame(0, 0, Data((0.0,) * 3, 2)), "n_samples"),
+        (Frame(0, 0, Data((), 0)), "n_samples"),
+        (Frame(0, 0, Data((1.0,), 1, 70000)), "Data.interval_ms"),
+        (Frame(0, 0, Hello("s", "f", (), 256)), "Hello.max_version"),
         (Frame(0, 0, "body"), "not a frame body"),  # type: ignore[arg-type]
     ],
 )
@@ -286,9 +314,12 @@ def frame_from_json(d: dict) -> Frame:
     t = d["type"]
     body: object
     if t == "HELLO":
-        body = Hello(d["serial"], d["firmware"], tuple(ChannelSpec(n, u) for n, u in d["channels"]))
+        chans = tuple(
+            ChannelSpec(n, u, ChannelKind(k), lo, hi) for n, u, k, lo, hi in d["channels"]
+        )
+        body = Hello(d["serial"], d["firmware"], chans, d["max_version"])
     elif t == "DATA":
-        body = Data(tuple(float(v) for v in d["values"]))
+        body = Data(tuple(float(v) for v in d["values"]), d["n_samples"], d["interval_ms"])
     elif t == "HEARTBEAT":
         body = Heartbeat(d["uptime_s"])
     elif t == "ERROR":

@@ -1,0 +1,287 @@
+"""Framed-protocol sources (firmware_bridge/PROTOCOL.md) over pyserial.
+
+Bytes go through the columnar :class:`native.frames.BatchDecoder`; DATA
+samples become readings in the policy's channel order, every other frame is
+handled in stream order. What this module decides (PROTOCOL.md §5):
+
+* **Sequence**: next = last + 1 mod 2**32 is fine; a forward jump is a gap
+  with its exact missing range; a seq seen among the last
+  :data:`DUPLICATE_WINDOW` frames is a duplicate (dropped, counted); any
+  other backward jump without HELLO is an unannounced restart
+  (``seq_resets``, HELLO requested).
+* **Reboot**: HELLO with seq 0 after frames from the same device -- a reboot,
+  not a gap.
+* **Schema**: HELLO must agree with the config (``expect``) or, if none is
+  given, with the policy's channels of the same name (unit); a valid range
+  must be a real interval and names unique. Otherwise the source is
+  *quarantined*: an ALERT is logged, its readings are counted and withheld
+  from the policy, and the window's evidence is marked degraded.
+* Values outside the policy channel's valid range are counted
+  (``out_of_range``) and passed on unchanged, so rules still see them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+import serial
+
+from agent.config import SourceConfig
+from agent.sources.link import Deliver, PolicyChannel, PortSource, now_ms
+from agent.window import Reading
+from firmware_bridge import Command, CommandCode, Data, Frame, Hello, encode_frame
+from native.frames import Batch, BatchDecoder
+
+__all__ = ["DUPLICATE_WINDOW", "FramedSource", "schema_problem"]
+
+log = logging.getLogger("edgegov.source")
+
+DUPLICATE_WINDOW = 64
+_SEQ_MOD = 1 << 32
+_HALF = 1 << 31
+_HELLO_RETRY_S = 1.0
+_COALESCE_S = 0.05  # at most this much latency added on slow lines
+_COALESCE_BYTES = 4096
+
+
+def schema_problem(hello: Hello, expected: Sequence[tuple[str, str]], strict: bool) -> str | None:
+    """Why *hello* does not match *expected* ``(name, unit)`` pairs, or None.
+
+    *strict*: every expected channel must be announced (config ``expect``);
+    otherwise only channels the device does announce are checked (policy).
+    """
+    names = [c.name for c in hello.channels]
+    if len(set(names)) != len(names):
+        return f"HELLO repeats a channel name ({', '.join(names)})"
+    for c in hello.channels:
+        if math.isnan(c.min) or math.isnan(c.max) or c.min > c.max:
+            return f"HELLO channel {c.name!r} has an invalid range [{c.min}, {c.max}]"
+    units = {c.name: c.unit for c in hello.channels}
+    for name, unit in expected:
+        if name not in units:
+            if strict:
+                return f"HELLO lacks channel {name!r} (expected in config)"
+            continue
+        if units[name] != unit:
+            return f"channel {name!r} is in {units[name]!r} on the device, {unit!r} expected"
+    return None
+
+
+def _one_frame(frame: Frame, body: Data) -> Batch:
+    """A Batch holding one DATA frame decoded by the Python codec."""
+    ns, nc = body.n_samples, body.n_channels
+    return Batch(
+        np.full(ns, frame.seq, dtype=np.uint32),
+        np.array(
+            [frame.timestamp_ms + k * body.interval_ms for k in range(ns)], dtype=np.uint64
+        ).astype(np.int64),
+        np.array(body.values, dtype=np.float64).reshape(ns, nc).T.copy(),
+        [],
+        np.array([frame.seq], dtype=np.uint32),
+        np.array([ns], dtype=np.uint16),
+    )
+
+
+class FramedSource(PortSource):
+    """One serial port carrying the framed protocol."""
+
+    def __init__(
+        self,
+        index: int,
+        cfg: SourceConfig,
+        channels: Sequence[PolicyChannel],
+        deliver: Deliver,
+        config_file: str = "",
+    ) -> None:
+        super().__init__(index, cfg, channels, deliver, config_file)
+        if cfg.expect:
+            for j, e in enumerate(cfg.expect):
+                self._channel(e.name, f"expect[{j}].name")
+            self._expected = [(e.name, e.unit) for e in cfg.expect]
+        else:
+            self._expected = [(c.name, c.unit) for c in self.channels]
+        self._low = np.array([c.low for c in self.channels], dtype=np.float64)
+        self._high = np.array([c.high for c in self.channels], dtype=np.float64)
+        self.device_serial: str | None = None
+        self.decoder = BatchDecoder(0)
+        self._map: np.ndarray | None = None  # device channel -> policy index (-1 unknown)
+        self._quarantine: str | None = None
+        self._last_seq: int | None = None
+        self._recent: deque[int] = deque(maxlen=DUPLICATE_WINDOW)
+        self._stats_seen: dict[str, int] = {}
+        self._hello_requested = 0.0
+        self._cmd_seq = 0
+        self._ser: serial.Serial | None = None
+
+    # -- port ------------------------------------------------------------------------
+    def _serve(self, handle: object) -> None:
+        assert isinstance(handle, serial.Serial)
+        ser = handle
+        # A new connection: drop any partial frame from before, keep counting.
+        self._fold_stats()
+        self.decoder = BatchDecoder(self.decoder.n_channels)
+        self._stats_seen = {}
+        self._ser = ser
+        self._request_hello()  # pyserial flushed the input: a HELLO sent earlier is gone
+        while not self._stop.is_set():
+            chunk = ser.read(1)  # up to the port timeout, then take what is buffered
+            if not chunk:
+                continue
+            if ser.in_waiting < _COALESCE_BYTES:
+                # A slow line: let a few frames gather, so that the per-read work
+                # (syscalls, one batch) is shared by many frames (PRODUCT.md §9: <= 2%).
+                time.sleep(_COALESCE_S)
+            waiting = ser.in_waiting
+            if waiting:
+                chunk += ser.read(waiting)
+            self.feed(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        """Decode *chunk* and deliver its readings (the reader thread's work)."""
+        batch = self.decoder.feed(chunk)
+        received = now_ms()
+        out: list[Reading] = []
+        pos = 0
+        for sample_pos, frame in batch.others:
+            self._samples(batch, pos, sample_pos, received, out)
+            pos = sample_pos
+            self._control(frame, received, out)
+        self._samples(batch, pos, len(batch), received, out)
+        self._fold_stats()
+        if out:
+            self.deliver(out)
+
+    def _fold_stats(self) -> None:
+        now = self.decoder.stats()
+        seen = self._stats_seen
+        self.ledger.add_many({k: v - seen.get(k, 0) for k, v in now.items()})
+        self._stats_seen = now
+
+    def _request_hello(self) -> None:
+        """COMMAND 1 (send HELLO) to the device, when a port is open."""
+        self._hello_requested = time.monotonic()
+        ser = self._ser
+        if ser is None:
+            return
+        self._cmd_seq = (self._cmd_seq + 1) % _SEQ_MOD
+        cmd = Frame(self._cmd_seq, now_ms(), Command(CommandCode.SEND_HELLO))
+        ser.write(encode_frame(cmd))
+
+    # -- sequence numbers --------------------------------------------------------------
+    def _track(self, seq: int, hello: bool) -> bool:
+        """Judge one frame's seq; False if it is a duplicate (drop it)."""
+        last = self._last_seq
+        if last is not None:
+            if hello and seq == 0:
+                self.ledger.add("reboots")
+                self._recent.clear()
+            else:
+                d = (seq - last - 1) % _SEQ_MOD
+                if d and d < _HALF:
+                    self.ledger.gap((last + 1) % _SEQ_MOD, (seq - 1) % _SEQ_MOD)
+                elif d:
+                    if seq in self._recent:
+                        self.ledger.add("duplicates")
+                        return False
+                    self.ledger.add("seq_resets")
+                    self._recent.clear()
+                    if not hello:
+                        self._request_hello()
+        self._last_seq = seq
+        self._recent.append(seq)
+        return True
+
+    # -- frames ------------------------------------------------------------------------
+    def _control(self, frame: Frame, received: int, out: list[Reading]) -> None:
+        body = frame.body
+        if isinstance(body, Data) and self._map is not None and body.n_channels == len(self._map):
+            # Decoded before the decoder learnt this schema (same chunk as the HELLO).
+            self._samples(_one_frame(frame, body), 0, body.n_samples, received, out)
+            return
+        if not self._track(frame.seq, isinstance(body, Hello)):
+            return
+        if isinstance(body, Hello):
+            self._on_hello(body)
+        elif isinstance(body, Data) and self._map is None:
+            self.ledger.add("data_before_hello", body.n_samples)
+            if time.monotonic() - self._hello_requested > _HELLO_RETRY_S:
+                self._request_hello()
+        elif isinstance(body, Data):
+            # DATA whose channel count is not the announced schema's: never guess.
+            self.ledger.add("schema_mismatch_samples", body.n_samples)
+            self.ledger.problem("DATA does not match the channels announced in HELLO")
+            if time.monotonic() - self._hello_requested > _HELLO_RETRY_S:
+                self._request_hello()
+
+    def _on_hello(self, hello: Hello) -> None:
+        names = [c.name for c in hello.channels]
+        self._map = np.array([self.channel_index.get(n, -1) for n in names], dtype=np.intp)
+        self.ledger.add("unknown_channels", int(np.count_nonzero(self._map < 0)))
+        self.decoder.set_channels(len(names))
+        problem = schema_problem(hello, self._expected, strict=bool(self.cfg.expect))
+        if problem != self._quarantine:
+            if problem:
+                log.error(
+                    "ALERT source %s: device %s schema rejected: %s; its readings are "
+                    "quarantined and the evidence is marked degraded",
+                    self.cfg.name,
+                    hello.serial,
+                    problem,
+                )
+            else:
+                log.info("source %s: device schema accepted", self.cfg.name)
+        self._quarantine = problem
+        if hello.serial != self.device_serial:
+            log.info(
+                "source %s: device %s firmware %s, channels %s",
+                self.cfg.name,
+                hello.serial,
+                hello.firmware,
+                ", ".join(f"{c.name} [{c.unit}]" for c in hello.channels),
+            )
+        self.device_serial = hello.serial
+        self.ledger.device(hello.serial)
+
+    def _samples(self, b: Batch, lo: int, hi: int, received: int, out: list[Reading]) -> None:
+        if hi <= lo:
+            return
+        # Which frames hold samples lo..hi: walk frame_samples (cumulative).
+        ends = np.cumsum(b.frame_samples, dtype=np.int64)
+        f_lo = int(np.searchsorted(ends, lo, side="right"))
+        f_hi = int(np.searchsorted(ends, hi, side="left")) + 1
+        keep = np.ones(hi - lo, dtype=bool)
+        fseq = b.frame_seq
+        for f in range(f_lo, f_hi):
+            if not self._track(int(fseq[f]), False):
+                start = int(ends[f] - b.frame_samples[f])
+                keep[max(start, lo) - lo : int(ends[f]) - lo] = False
+        n = int(np.count_nonzero(keep))
+        if not n:
+            return
+        if self._map is None:
+            self.ledger.add("data_before_hello", n)
+            if time.monotonic() - self._hello_requested > _HELLO_RETRY_S:
+                self._request_hello()
+            return
+        if self._quarantine is not None:
+            self.ledger.add("quarantined", n)
+            self.ledger.problem(f"readings quarantined: {self._quarantine}")
+            return
+        vals = b.values[:, lo:hi][:, keep]
+        cols = np.full((len(self.channels), n), np.nan)
+        known = self._map >= 0
+        cols[self._map[known]] = vals[known]
+        with np.errstate(invalid="ignore"):
+            bad = (cols < self._low[:, None]) | (cols > self._high[:, None])
+        self.ledger.add("out_of_range", int(np.count_nonzero(bad)))
+        self.ledger.add("samples_ok", n)
+        seqs = b.seq[lo:hi][keep].tolist()
+        dev = b.device_ms[lo:hi][keep].tolist()
+        rows = cols.T.tolist()
+        idx = self.index
+        out.extend(Reading(received, d, idx, s, tuple(r)) for d, s, r in zip(dev, seqs, rows))

@@ -1,0 +1,28 @@
+"""Columnar stream decoding of the serial protocol: compiled module or pure twin.
+
+``native._frames`` (Cython) is used when it has been built and the
+environment variable ``EDGEGOV_PURE`` is unset (or ``0``); otherwise
+``native._frames_py``. Both implement the semantics documented in
+``native._frames_py``. ``IMPLEMENTATION`` says which one is in use.
+"""
+
+from __future__ import annotations
+
+import os
+
+from native._frames_py import STAT_NAMES, Batch
+
+__all__ = ["IMPLEMENTATION", "STAT_NAMES", "Batch", "BatchDecoder"]
+
+_PURE = os.environ.get("EDGEGOV_PURE", "") not in ("", "0")
+
+if not _PURE:
+    try:
+        from native._frames import BatchDecoder
+    except ImportError:  # not built (no compiler at install time): fall back
+        _PURE = True
+
+if _PURE:
+    from native._frames_py import BatchDecoder
+
+IMPLEMENTATION: str = "python" if _PURE else "cython"
