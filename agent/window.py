@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from agent.attestation import RuleResult
+from agent.attestation import RuleEpisode, RuleResult
 
 __all__ = ["Reading", "Window", "summarise_rules"]
 
@@ -39,6 +40,9 @@ class Window:
         self._cols = np.empty((n_channels, 256), dtype=np.float64)
         self.n = 0
         self.records: list[Reading] = []
+        # Set once the policy has run over this window (a retried window is not re-run:
+        # the evaluator's state has already advanced past it).
+        self.results: tuple[Any, Any, int] | None = None
 
     def add(self, r: Reading) -> None:
         if self.n == self._ts.shape[0]:
@@ -67,11 +71,16 @@ class Window:
 
 
 def summarise_rules(
-    rule_ids: Sequence[str], results: np.ndarray, timestamps: np.ndarray
+    rule_ids: Sequence[str],
+    results: np.ndarray,
+    timestamps: np.ndarray,
+    episodes: Sequence[Sequence[tuple[int, int | None, float | None]]] | None = None,
 ) -> tuple[RuleResult, ...]:
     """Per-rule counts from the evaluator's (n_rules, n) uint8 results.
 
     Each result is 1 (condition holds), 0 (violated) or 2 (not evaluable).
+    ``episodes``: per rule, the violation episodes (start_ms, end_ms or None
+    while open, peak) that the evaluator reported for this window.
     """
     out = []
     for i, rule_id in enumerate(rule_ids):
@@ -80,7 +89,10 @@ def summarise_rules(
         errors = int(np.count_nonzero(row == 2))
         first = int(timestamps[violated_at[0]]) if violated_at.size else None
         last = int(timestamps[violated_at[-1]]) if violated_at.size else None
+        eps = tuple(RuleEpisode(*e) for e in episodes[i]) if episodes else ()
         out.append(
-            RuleResult(rule_id, int(row.size) - errors, int(violated_at.size), errors, first, last)
+            RuleResult(
+                rule_id, int(row.size) - errors, int(violated_at.size), errors, first, last, eps
+            )
         )
     return tuple(out)

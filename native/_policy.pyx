@@ -25,14 +25,26 @@ underflow, types), which is what makes the unchecked indexing here safe.
 Errors are NaN and bools 0.0/1.0 throughout, as in the twin.
 """
 
-from libc.math cimport NAN
+cimport cython
+from libc.math cimport NAN, sqrt
+from libc.string cimport memcpy
+from libc.stdint cimport int64_t
 
 import numpy as np
 
 from native._policy_py import OPCODES as _PY_OPCODES
 from native._policy_py import Program, prepare
 
-__all__ = ["BLOCK", "OPCODES", "Program", "evaluate", "evaluate_many"]
+__all__ = [
+    "BLOCK",
+    "OPCODES",
+    "Program",
+    "agg_update",
+    "duration_update",
+    "evaluate",
+    "evaluate_many",
+    "rule_update",
+]
 
 cdef enum:
     BLOCK_ = 256
@@ -40,11 +52,16 @@ cdef enum:
     LOAD_CHAN = 0x01
     LOAD_CONST = 0x02
     LOAD_BOOL = 0x03
+    LOAD_ERR = 0x04
+    LOAD_BCHAN = 0x05
     NEG = 0x10
     ADD = 0x11
     SUB = 0x12
     MUL = 0x13
     DIV = 0x14
+    ABS = 0x15
+    MIN = 0x16
+    MAX = 0x17
     LT = 0x20
     LE = 0x21
     GT = 0x22
@@ -62,11 +79,16 @@ OPCODES = {
     "LOAD_CHAN": LOAD_CHAN,
     "LOAD_CONST": LOAD_CONST,
     "LOAD_BOOL": LOAD_BOOL,
+    "LOAD_ERR": LOAD_ERR,
+    "LOAD_BCHAN": LOAD_BCHAN,
     "NEG": NEG,
     "ADD": ADD,
     "SUB": SUB,
     "MUL": MUL,
     "DIV": DIV,
+    "ABS": ABS,
+    "MIN": MIN,
+    "MAX": MAX,
     "LT": LT,
     "LE": LE,
     "GT": GT,
@@ -83,145 +105,263 @@ if OPCODES != _PY_OPCODES:  # a build out of step with the twin must not run
     raise ImportError("native._policy opcode table differs from native._policy_py")
 
 
-# -- kernels: r[i] = f(a[i], b[i]) for i < n; r may equal a (same index only) --
+# -- kernels -------------------------------------------------------------------------
+# Plain C loops, written so that GCC vectorises them; on x86-64 each is built
+# for AVX-512, AVX2 and baseline and picked at load time (function
+# multiversioning), which is how NumPy reaches the same instructions.
+# Doubles carry the double values (NaN = error); bools travel as one byte per
+# reading, 0 false, 1 true, 2 error ("bool lanes"), an eighth of the traffic.
 
-cdef inline void _neg(double* r, const double* a, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        r[i] = -a[i]
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <math.h>
+    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+    #define EG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+    #else
+    #define EG_CLONES
+    #endif
+    #define EG_LT 0x20
+    #define EG_LE 0x21
+    #define EG_GT 0x22
+    #define EG_GE 0x23
+    #define EG_EQ 0x24
+    #define EG_NE 0x25
+    /* branch-free (bit arithmetic, no ?:) so that GCC vectorises across widths */
+    #define EG_CMP_LOOP(EXPR) \
+        for (Py_ssize_t i = 0; i < n; i++) { \
+            double x = a[i], y = b[i]; \
+            uint8_t ok = (uint8_t)((x == x) & (y == y)); \
+            r[i] = (uint8_t)(((EXPR) & ok) | ((ok ^ 1) << 1)); }
+    #define EG_CMPK_LOOP(EXPR) \
+        for (Py_ssize_t i = 0; i < n; i++) { \
+            double x = a[i]; \
+            uint8_t ok = (uint8_t)(x == x); \
+            r[i] = (uint8_t)(((EXPR) & ok) | ((ok ^ 1) << 1)); }
+    /* r = a OP b for doubles, as a bool lane */
+    EG_CLONES static void eg_cmp(int op, uint8_t *restrict r, const double *restrict a,
+                                 const double *restrict b, Py_ssize_t n) {
+        switch (op) {
+        case EG_LT: EG_CMP_LOOP(x < y) break;
+        case EG_LE: EG_CMP_LOOP(x <= y) break;
+        case EG_GT: EG_CMP_LOOP(x > y) break;
+        case EG_GE: EG_CMP_LOOP(x >= y) break;
+        case EG_EQ: EG_CMP_LOOP(x == y) break;
+        default: EG_CMP_LOOP(x != y) break;
+        }
+    }
+    /* r = a OP y for a constant y (never NaN: constants that are errors are not folded) */
+    EG_CLONES static void eg_cmpk(int op, uint8_t *restrict r, const double *restrict a,
+                                  double y, Py_ssize_t n) {
+        switch (op) {
+        case EG_LT: EG_CMPK_LOOP(x < y) break;
+        case EG_LE: EG_CMPK_LOOP(x <= y) break;
+        case EG_GT: EG_CMPK_LOOP(x > y) break;
+        case EG_GE: EG_CMPK_LOOP(x >= y) break;
+        case EG_EQ: EG_CMPK_LOOP(x == y) break;
+        default: EG_CMPK_LOOP(x != y) break;
+        }
+    }
+    /* CEL's commutative && and ||: false && x == false, true || x == true, even for errors */
+    EG_CLONES static void eg_and(uint8_t *r, const uint8_t *a, const uint8_t *b, Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint8_t x = a[i], y = b[i], m = x > y ? x : y;
+            r[i] = ((x == 0) | (y == 0)) ? 0 : m;
+        }
+    }
+    EG_CLONES static void eg_or(uint8_t *r, const uint8_t *a, const uint8_t *b, Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint8_t x = a[i], y = b[i], m = x > y ? x : y;
+            r[i] = ((x == 1) | (y == 1)) ? 1 : m;
+        }
+    }
+    EG_CLONES static void eg_not(uint8_t *r, const uint8_t *a, Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint8_t x = a[i];
+            r[i] = x ^ (uint8_t)(x < 2);
+        }
+    }
+    EG_CLONES static void eg_beq(int ne, uint8_t *r, const uint8_t *a, const uint8_t *b,
+                                 Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint8_t x = a[i], y = b[i];
+            uint8_t err = (uint8_t)((x == 2) | (y == 2));
+            r[i] = (uint8_t)((((x == y) ^ ne) & (err ^ 1)) | (err << 1));
+        }
+    }
+    EG_CLONES static void eg_selb(uint8_t *r, const uint8_t *c, const uint8_t *a,
+                                  const uint8_t *b, Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint8_t x = c[i], v = x == 1 ? a[i] : b[i];
+            r[i] = x == 2 ? 2 : v;
+        }
+    }
+    EG_CLONES static void eg_seld(double *r, const uint8_t *c, const double *a,
+                                  const double *b, Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint8_t x = c[i];
+            double v = x == 1 ? a[i] : b[i];
+            r[i] = x == 2 ? NAN : v;
+        }
+    }
+    /* a bool channel (0.0, 1.0, NaN) as a bool lane */
+    EG_CLONES static void eg_bchan(uint8_t *r, const double *a, Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double x = a[i];
+            uint8_t ok = (uint8_t)(x == x);
+            r[i] = (uint8_t)(((x == 1.0) & ok) | ((ok ^ 1) << 1));
+        }
+    }
+    EG_CLONES static void eg_arith(int op, double *r, const double *a, const double *b,
+                                   Py_ssize_t n) {
+        Py_ssize_t i;
+        switch (op) {
+        case 0x11: for (i = 0; i < n; i++) r[i] = a[i] + b[i]; break;
+        case 0x12: for (i = 0; i < n; i++) r[i] = a[i] - b[i]; break;
+        case 0x13: for (i = 0; i < n; i++) r[i] = a[i] * b[i]; break;
+        case 0x14: for (i = 0; i < n; i++) r[i] = a[i] / b[i]; break;
+        case 0x16:
+            for (i = 0; i < n; i++) {
+                double x = a[i], y = b[i], v = x <= y ? x : y;
+                r[i] = ((x == x) & (y == y)) ? v : NAN;
+            }
+            break;
+        default:
+            for (i = 0; i < n; i++) {
+                double x = a[i], y = b[i], v = x >= y ? x : y;
+                r[i] = ((x == x) & (y == y)) ? v : NAN;
+            }
+        }
+    }
+    EG_CLONES static void eg_neg(int op, double *r, const double *a, Py_ssize_t n) {
+        Py_ssize_t i;
+        if (op == 0x10) { for (i = 0; i < n; i++) r[i] = -a[i]; }
+        else { for (i = 0; i < n; i++) r[i] = fabs(a[i]); }
+    }
+    """
+    void eg_cmp(int op, unsigned char* r, const double* a, const double* b,
+                Py_ssize_t n) noexcept nogil
+    void eg_cmpk(int op, unsigned char* r, const double* a, double y,
+                 Py_ssize_t n) noexcept nogil
+    void eg_and(unsigned char* r, const unsigned char* a, const unsigned char* b,
+                Py_ssize_t n) noexcept nogil
+    void eg_or(unsigned char* r, const unsigned char* a, const unsigned char* b,
+               Py_ssize_t n) noexcept nogil
+    void eg_not(unsigned char* r, const unsigned char* a, Py_ssize_t n) noexcept nogil
+    void eg_beq(int ne, unsigned char* r, const unsigned char* a, const unsigned char* b,
+                Py_ssize_t n) noexcept nogil
+    void eg_selb(unsigned char* r, const unsigned char* c, const unsigned char* a,
+                 const unsigned char* b, Py_ssize_t n) noexcept nogil
+    void eg_seld(double* r, const unsigned char* c, const double* a, const double* b,
+                 Py_ssize_t n) noexcept nogil
+    void eg_bchan(unsigned char* r, const double* a, Py_ssize_t n) noexcept nogil
+    void eg_arith(int op, double* r, const double* a, const double* b,
+                  Py_ssize_t n) noexcept nogil
+    void eg_neg(int op, double* r, const double* a, Py_ssize_t n) noexcept nogil
 
 
-cdef inline void _arith(int op, double* r, const double* a, const double* b,
-                        Py_ssize_t n) noexcept nogil:
-    # IEEE arithmetic; NaN (error) propagates by itself.
-    cdef Py_ssize_t i
-    if op == ADD:
-        for i in range(n):
-            r[i] = a[i] + b[i]
-    elif op == SUB:
-        for i in range(n):
-            r[i] = a[i] - b[i]
-    elif op == MUL:
-        for i in range(n):
-            r[i] = a[i] * b[i]
-    else:
-        for i in range(n):
-            r[i] = a[i] / b[i]
+# Internal instruction set: the verified program rewritten with its static types
+# (which values are bool lanes) and with "x OP constant" fused into one step.
+cdef enum:
+    I_DCHAN = 1     # push a column (double, no copy)
+    I_DCONST = 2    # push a constant block (double)
+    I_BCONST = 3    # push a constant bool lane (arg 0, 1 or 2 = error)
+    I_DERR = 4      # push an error (double)
+    I_BCHAN = 5     # push a bool channel, converted to a lane
+    I_UNARY = 6     # NEG / ABS (sub = opcode)
+    I_ARITH = 7     # ADD SUB MUL DIV MIN MAX (sub = opcode)
+    I_CMP = 8       # double OP double -> lane (sub = opcode)
+    I_CMPK = 9      # double OP constant -> lane (sub = opcode, arg = constant index)
+    I_AND = 10
+    I_OR = 11
+    I_NOT = 12
+    I_BEQ = 13      # lane == / != lane (sub = opcode)
+    I_SELB = 14     # lane ? lane : lane
+    I_SELD = 15     # lane ? double : double
 
 
-cdef inline void _cmp(int op, double* r, const double* a, const double* b,
-                      Py_ssize_t n) noexcept nogil:
-    # Ordered result 1.0/0.0, then NaN if either side is an error. Written as
-    # selects rather than branches so the compiler can vectorise them.
-    cdef Py_ssize_t i
-    cdef double x, y, v
-    if op == LT:
-        for i in range(n):
-            x = a[i]
-            y = b[i]
-            v = 1.0 if x < y else 0.0
-            r[i] = v if (x == x) & (y == y) else NAN
-    elif op == LE:
-        for i in range(n):
-            x = a[i]
-            y = b[i]
-            v = 1.0 if x <= y else 0.0
-            r[i] = v if (x == x) & (y == y) else NAN
-    elif op == GT:
-        for i in range(n):
-            x = a[i]
-            y = b[i]
-            v = 1.0 if x > y else 0.0
-            r[i] = v if (x == x) & (y == y) else NAN
-    elif op == GE:
-        for i in range(n):
-            x = a[i]
-            y = b[i]
-            v = 1.0 if x >= y else 0.0
-            r[i] = v if (x == x) & (y == y) else NAN
-    elif op == EQ:
-        for i in range(n):
-            x = a[i]
-            y = b[i]
-            v = 1.0 if x == y else 0.0
-            r[i] = v if (x == x) & (y == y) else NAN
-    else:
-        for i in range(n):
-            x = a[i]
-            y = b[i]
-            v = 1.0 if x != y else 0.0
-            r[i] = v if (x == x) & (y == y) else NAN
-
-
-cdef inline void _logic(int op, double* r, const double* a, const double* b,
-                        Py_ssize_t n) noexcept nogil:
-    # Operands are 0.0, 1.0 or NaN. CEL: false && x == false, true || x == true
-    # even for x = error; otherwise an error operand makes an error.
-    cdef Py_ssize_t i
-    cdef double x, y, v
-    if op == AND:
-        for i in range(n):
-            x = a[i]
-            y = b[i]
-            v = 1.0 if (x == x) & (y == y) else NAN
-            r[i] = 0.0 if (x == 0.0) | (y == 0.0) else v
-    else:
-        for i in range(n):
-            x = a[i]
-            y = b[i]
-            v = 0.0 if (x == x) & (y == y) else NAN
-            r[i] = 1.0 if (x == 1.0) | (y == 1.0) else v
-
-
-cdef inline void _not(double* r, const double* a, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        r[i] = 1.0 - a[i]  # NaN stays NaN
-
-
-cdef inline void _select(double* r, const double* c, const double* a, const double* b,
-                         Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef double x, y, z, v
-    for i in range(n):
-        x = c[i]
-        y = a[i]  # both branches loaded unconditionally so that the select vectorises
-        z = b[i]
-        v = y if x == 1.0 else z
-        r[i] = v if x == x else NAN
-
-
-cdef inline void _store(unsigned char* out, const double* v, Py_ssize_t n) noexcept nogil:
-    # Final bool -> result byte: 1 holds, 0 violated, 2 error.
-    cdef Py_ssize_t i
-    cdef double x
-    for i in range(n):
-        x = v[i]
-        # x is 0.0, 1.0 or NaN; written as a select + conversion so it vectorises
-        out[i] = <unsigned char><int>(x if x == x else 2.0)
+@cython.boundscheck(True)
+@cython.wraparound(True)
+def _lower(program):
+    """(internal op, sub-op, arg) triples for one verified Program."""
+    ops = program.opcodes.tolist()
+    args = program.operands.tolist()
+    consts = program.consts
+    out = []
+    types = []  # static type of each stack slot: True = bool lane
+    for pc, (op, arg) in enumerate(zip(ops, args)):
+        nxt = ops[pc + 1] if pc + 1 < len(ops) else 0
+        if op == LOAD_CONST and LT <= nxt <= NE and not types[-1] and consts[arg] == consts[arg]:
+            out.append((-1, 0, arg))  # fused into the comparison that follows
+            continue
+        if out and out[-1][0] == -1:
+            out[-1] = (I_CMPK, op, out[-1][2])
+            types[-1] = True
+            continue
+        if op == LOAD_CHAN:
+            out.append((I_DCHAN, 0, arg))
+            types.append(False)
+        elif op == LOAD_CONST:
+            out.append((I_DCONST, 0, arg))
+            types.append(False)
+        elif op == LOAD_BOOL:
+            out.append((I_BCONST, 0, arg))
+            types.append(True)
+        elif op == LOAD_ERR:
+            out.append((I_BCONST, 0, 2) if arg == 1 else (I_DERR, 0, 0))
+            types.append(arg == 1)
+        elif op == LOAD_BCHAN:
+            out.append((I_BCHAN, 0, arg))
+            types.append(True)
+        elif op in (NEG, ABS):
+            out.append((I_UNARY, op, 0))
+        elif ADD <= op <= MAX:
+            out.append((I_ARITH, op, 0))
+            types.pop()
+        elif LT <= op <= NE:
+            is_bool = types[-1]
+            out.append((I_BEQ if is_bool else I_CMP, op, 0))
+            types.pop()
+            types[-1] = True
+        elif op == NOT:
+            out.append((I_NOT, 0, 0))
+        elif op == AND or op == OR:
+            out.append((I_AND if op == AND else I_OR, 0, 0))
+            types.pop()
+        else:  # SELECT
+            is_bool = types[-1]
+            out.append((I_SELB if is_bool else I_SELD, 0, 0))
+            types.pop()
+            types.pop()
+            types[-1] = is_bool
+    return out, types[0]
 
 
 cdef void _run(
-    const unsigned char* ops,
-    const int* args,
+    const int* code,
     const Py_ssize_t* prog_start,
     Py_ssize_t n_prog,
     const double* cols,
     Py_ssize_t n,
+    const double* consts,
     const double* constbuf,
-    const double* boolbuf,
-    double* scratch,
-    const double** stack,
+    const unsigned char* lanebuf,
+    double* dscratch,
+    unsigned char* bscratch,
+    const void** stack,
     unsigned char* out,
 ) noexcept nogil:
     """Run every program over readings [0, n), block by block.
 
-    Block-outer, program-inner: the column block read by one rule is still
-    in cache for the next.
+    Block-outer, program-inner: the column block read by one rule is still in
+    cache for the next. A value at stack depth ``d`` lives in scratch block
+    ``d`` (its double or its lane block) or in read-only data, so no live
+    value is overwritten. ``code`` holds (op, sub, arg) triples.
     """
     cdef Py_ssize_t start = 0, m, k, pc, sp
-    cdef int op
-    cdef double* r
+    cdef int op, sub, arg
+    cdef double* dr
+    cdef unsigned char* br
     while start < n:
         m = n - start
         if m > BLOCK_:
@@ -229,40 +369,81 @@ cdef void _run(
         for k in range(n_prog):
             sp = -1
             for pc in range(prog_start[k], prog_start[k + 1]):
-                op = ops[pc]
-                if op == LOAD_CHAN:
+                op = code[3 * pc]
+                sub = code[3 * pc + 1]
+                arg = code[3 * pc + 2]
+                dr = dscratch + sp * BLOCK_
+                br = bscratch + sp * BLOCK_
+                if op == I_DCHAN:
                     sp += 1
-                    stack[sp] = cols + args[pc] * n + start
-                elif op == LOAD_CONST:
-                    sp += 1
-                    stack[sp] = constbuf + args[pc] * BLOCK_
-                elif op == LOAD_BOOL:
-                    sp += 1
-                    stack[sp] = boolbuf + args[pc] * BLOCK_
-                elif op == NEG:
-                    r = scratch + sp * BLOCK_
-                    _neg(r, stack[sp], m)
-                    stack[sp] = r
-                elif op == NOT:
-                    r = scratch + sp * BLOCK_
-                    _not(r, stack[sp], m)
-                    stack[sp] = r
-                elif op == SELECT:
-                    sp -= 2
-                    r = scratch + sp * BLOCK_
-                    _select(r, stack[sp], stack[sp + 1], stack[sp + 2], m)
-                    stack[sp] = r
-                else:
+                    stack[sp] = cols + arg * n + start
+                elif op == I_CMPK:
+                    eg_cmpk(sub, br, <const double*> stack[sp], consts[arg], m)
+                    stack[sp] = br
+                elif op == I_AND:
                     sp -= 1
-                    r = scratch + sp * BLOCK_
-                    if op <= DIV:
-                        _arith(op, r, stack[sp], stack[sp + 1], m)
-                    elif op <= NE:
-                        _cmp(op, r, stack[sp], stack[sp + 1], m)
-                    else:
-                        _logic(op, r, stack[sp], stack[sp + 1], m)
-                    stack[sp] = r
-            _store(out + k * n + start, stack[0], m)
+                    br = bscratch + sp * BLOCK_
+                    eg_and(br, <const unsigned char*> stack[sp],
+                           <const unsigned char*> stack[sp + 1], m)
+                    stack[sp] = br
+                elif op == I_OR:
+                    sp -= 1
+                    br = bscratch + sp * BLOCK_
+                    eg_or(br, <const unsigned char*> stack[sp],
+                          <const unsigned char*> stack[sp + 1], m)
+                    stack[sp] = br
+                elif op == I_DCONST:
+                    sp += 1
+                    stack[sp] = constbuf + arg * BLOCK_
+                elif op == I_BCONST:
+                    sp += 1
+                    stack[sp] = lanebuf + arg * BLOCK_
+                elif op == I_DERR:
+                    sp += 1
+                    stack[sp] = constbuf - BLOCK_  # the NaN block before the constants
+                elif op == I_BCHAN:
+                    sp += 1
+                    br = bscratch + sp * BLOCK_
+                    eg_bchan(br, cols + arg * n + start, m)
+                    stack[sp] = br
+                elif op == I_UNARY:
+                    eg_neg(sub, dr, <const double*> stack[sp], m)
+                    stack[sp] = dr
+                elif op == I_ARITH:
+                    sp -= 1
+                    dr = dscratch + sp * BLOCK_
+                    eg_arith(sub, dr, <const double*> stack[sp],
+                             <const double*> stack[sp + 1], m)
+                    stack[sp] = dr
+                elif op == I_CMP:
+                    sp -= 1
+                    br = bscratch + sp * BLOCK_
+                    eg_cmp(sub, br, <const double*> stack[sp],
+                           <const double*> stack[sp + 1], m)
+                    stack[sp] = br
+                elif op == I_NOT:
+                    eg_not(br, <const unsigned char*> stack[sp], m)
+                    stack[sp] = br
+                elif op == I_BEQ:
+                    sp -= 1
+                    br = bscratch + sp * BLOCK_
+                    eg_beq(1 if sub == NE else 0, br, <const unsigned char*> stack[sp],
+                           <const unsigned char*> stack[sp + 1], m)
+                    stack[sp] = br
+                elif op == I_SELB:
+                    sp -= 2
+                    br = bscratch + sp * BLOCK_
+                    eg_selb(br, <const unsigned char*> stack[sp],
+                            <const unsigned char*> stack[sp + 1],
+                            <const unsigned char*> stack[sp + 2], m)
+                    stack[sp] = br
+                else:  # I_SELD
+                    sp -= 2
+                    dr = dscratch + sp * BLOCK_
+                    eg_seld(dr, <const unsigned char*> stack[sp],
+                            <const double*> stack[sp + 1], <const double*> stack[sp + 2], m)
+                    stack[sp] = dr
+            memcpy(out + k * n + start, stack[0], m)
         start += m
 
 
@@ -281,45 +462,270 @@ def evaluate_many(programs, columns):
     if n_prog == 0 or n == 0:
         return out_arr
 
-    # Concatenate the programs; rebase LOAD_CONST operands onto one constant table.
-    ops_arr = np.concatenate([p.opcodes for p in programs])
-    parts = []
+    # Lower and concatenate the programs; rebase constant indices onto one table.
+    triples = []
+    starts = [0]
     consts = []
     n_consts = 0
     for p in programs:
-        a = p.operands.copy()
-        a[p.opcodes == LOAD_CONST] += n_consts
-        parts.append(a)
+        lowered, is_lane = _lower(p)
+        if not is_lane:  # a verified program ends with a bool; guard the invariant anyway
+            raise ValueError("program does not end with a bool")
+        for op, sub, arg in lowered:
+            if op in (I_DCONST, I_CMPK):
+                arg += n_consts
+            triples.append((op, sub, arg))
+        starts.append(len(triples))
         consts.append(p.consts)
         n_consts += p.consts.size
-    args_arr = np.ascontiguousarray(np.concatenate(parts), dtype=np.intc)
-    starts_arr = np.zeros(n_prog + 1, dtype=np.intp)
-    starts_arr[1:] = np.cumsum([p.opcodes.size for p in programs])
-    const_arr = np.repeat(np.concatenate(consts + [np.zeros(1)]), BLOCK_)
-    bool_arr = np.repeat(np.array([0.0, 1.0]), BLOCK_)
+    code_arr = np.ascontiguousarray(np.array(triples, dtype=np.intc).reshape(-1))
+    starts_arr = np.array(starts, dtype=np.intp)
+    const_arr = np.concatenate(consts + [np.zeros(1)])
+    # a NaN block, then one block per constant
+    constbuf_arr = np.concatenate([np.full(BLOCK_, np.nan), np.repeat(const_arr, BLOCK_)])
+    lane_arr = np.repeat(np.array([0, 1, 2], dtype=np.uint8), BLOCK_)
     max_stack = max(p.max_stack for p in programs)
-    scratch_arr = np.empty(max_stack * BLOCK_, dtype=np.float64)
+    dscratch_arr = np.empty(max_stack * BLOCK_, dtype=np.float64)
+    bscratch_arr = np.empty(max_stack * BLOCK_, dtype=np.uint8)
     stack_arr = np.zeros(max_stack, dtype=np.uintp)  # storage for the pointer stack
 
-    cdef const unsigned char[::1] ops_v = ops_arr
-    cdef const int[::1] args_v = args_arr
+    cdef const int[::1] code_v = code_arr
     cdef const Py_ssize_t[::1] starts_v = starts_arr
     cdef const double[:, ::1] cols_v = cols_arr
     cdef const double[::1] const_v = const_arr
-    cdef const double[::1] bool_v = bool_arr
-    cdef double[::1] scratch_v = scratch_arr
+    cdef const double[::1] constbuf_v = constbuf_arr
+    cdef const unsigned char[::1] lane_v = lane_arr
+    cdef double[::1] dscratch_v = dscratch_arr
+    cdef unsigned char[::1] bscratch_v = bscratch_arr
     cdef size_t[::1] stack_v = stack_arr
     cdef unsigned char[:, ::1] out_v = out_arr
     # A program using no channel may see a (0, n) array: no valid row pointer.
     cdef const double* cols_p = &cols_v[0, 0] if cols_v.shape[0] > 0 else NULL
 
     with nogil:
-        _run(&ops_v[0], &args_v[0], &starts_v[0], n_prog, cols_p, n,
-             &const_v[0], &bool_v[0], &scratch_v[0], <const double**> &stack_v[0],
-             &out_v[0, 0])
+        _run(&code_v[0], &starts_v[0], n_prog, cols_p, n, &const_v[0],
+             &constbuf_v[BLOCK_], &lane_v[0], &dscratch_v[0], &bscratch_v[0],
+             <const void**> &stack_v[0], &out_v[0, 0])
     return out_arr
 
 
 def evaluate(program, columns):
     """Evaluate one program on every reading: uint8 array (n_readings,)."""
     return evaluate_many([program], columns)[0]
+
+
+# -- stateful kernels (same algorithms and arithmetic as native._policy_py) --------
+
+cdef enum:
+    AGG_MEAN = 1
+    AGG_MIN = 2
+    AGG_MAX = 3
+    AGG_STDDEV = 4
+    AGG_COUNT = 5
+    AGG_RATE = 6
+    AGG_DELTA = 7
+    AGG_COMPLETENESS = 8
+
+
+def agg_update(int kind, int64_t dur_ms, const int64_t[::1] ts, const double[::1] x,
+               double[::1] out, int64_t[::1] rt, double[::1] rx, int64_t[::1] dq,
+               int64_t[::1] ist, double[::1] fst):
+    """Sliding-window aggregate; see ``native._policy_py.agg_update``."""
+    cdef Py_ssize_t j, n = ts.shape[0]
+    cdef int64_t head = ist[0], tail = ist[1], dqh = ist[2], dqt = ist[3]
+    cdef int64_t isum = ist[4], last_t = ist[5], evicted = ist[6]
+    cdef int64_t mask = rt.shape[0] - 1
+    cdef int64_t t, lim, k, cnt, span, q
+    cdef int ok
+    cdef double mean = fst[0], m2 = fst[1], v, old, d, r, s
+    if ist.shape[0] != 7 or fst.shape[0] != 2:
+        raise ValueError("aggregate state must be int64[7] and double[2]")
+    if ts.shape[0] != x.shape[0] or out.shape[0] < n:
+        raise ValueError("ts, x and out must have the same length")
+    if rt.shape[0] == 0 or (rt.shape[0] & mask) or rx.shape[0] != rt.shape[0] \
+            or dq.shape[0] != rt.shape[0] or tail - head + n > rt.shape[0]:
+        raise ValueError("ring buffers too small or not a power of two")
+    with nogil:
+        for j in range(n):
+            t = ts[j]
+            if t < last_t:
+                t = last_t
+            last_t = t
+            v = x[j]
+            lim = t - dur_ms
+            while head < tail and rt[head & mask] <= lim:
+                old = rx[head & mask]
+                if kind == AGG_MEAN or kind == AGG_STDDEV:
+                    k = tail - head - 1
+                    if k == 0:
+                        mean = 0.0
+                        m2 = 0.0
+                    else:
+                        d = old - mean
+                        mean -= d / k
+                        m2 -= d * (old - mean)
+                elif kind == AGG_COMPLETENESS:
+                    isum -= <int64_t>old
+                head += 1
+                evicted += 1
+            if (kind == AGG_MEAN or kind == AGG_STDDEV) and evicted > 0 \
+                    and evicted >= tail - head:
+                evicted = 0
+                mean = 0.0
+                m2 = 0.0
+                k = tail - head
+                if k > 0:
+                    s = 0.0
+                    for q in range(head, tail):
+                        s += rx[q & mask]
+                    mean = s / k
+                    for q in range(head, tail):
+                        d = rx[q & mask] - mean
+                        m2 += d * d
+            while dqh < dqt and dq[dqh & mask] < head:
+                dqh += 1
+            if kind == AGG_COMPLETENESS:
+                ok = 1 if v == v else 0
+                rt[tail & mask] = t
+                rx[tail & mask] = <double>ok
+                tail += 1
+                isum += ok
+            elif v == v:
+                rt[tail & mask] = t
+                rx[tail & mask] = v
+                tail += 1
+                if kind == AGG_MEAN or kind == AGG_STDDEV:
+                    k = tail - head
+                    d = v - mean
+                    mean += d / k
+                    m2 += d * (v - mean)
+                elif kind == AGG_MIN:
+                    while dqh < dqt and rx[dq[(dqt - 1) & mask] & mask] >= v:
+                        dqt -= 1
+                    dq[dqt & mask] = tail - 1
+                    dqt += 1
+                elif kind == AGG_MAX:
+                    while dqh < dqt and rx[dq[(dqt - 1) & mask] & mask] <= v:
+                        dqt -= 1
+                    dq[dqt & mask] = tail - 1
+                    dqt += 1
+            cnt = tail - head
+            r = NAN
+            if kind == AGG_COUNT:
+                r = <double>cnt
+            elif kind == AGG_COMPLETENESS:
+                r = <double>isum / <double>cnt
+            elif cnt > 0:
+                if kind == AGG_MEAN:
+                    r = mean
+                elif kind == AGG_STDDEV:
+                    r = sqrt(m2 / cnt) if m2 > 0.0 else 0.0
+                elif kind == AGG_MIN or kind == AGG_MAX:
+                    r = rx[dq[dqh & mask] & mask]
+                elif kind == AGG_DELTA:
+                    r = rx[(tail - 1) & mask] - rx[head & mask]
+                elif kind == AGG_RATE:
+                    span = rt[(tail - 1) & mask] - rt[head & mask]
+                    if span > 0:
+                        r = (rx[(tail - 1) & mask] - rx[head & mask]) / (span / 1000.0)
+            out[j] = r
+    ist[0] = head
+    ist[1] = tail
+    ist[2] = dqh
+    ist[3] = dqt
+    ist[4] = isum
+    ist[5] = last_t
+    ist[6] = evicted
+    fst[0] = mean
+    fst[1] = m2
+
+
+def duration_update(const int64_t[::1] ts, const unsigned char[::1] cond, double[::1] out,
+                    int64_t[::1] ist):
+    """``duration_true``; see ``native._policy_py.duration_update``."""
+    cdef Py_ssize_t j, n = ts.shape[0]
+    cdef int64_t running = ist[0], start = ist[1], last_t = ist[2], t
+    cdef int c
+    if cond.shape[0] != n or out.shape[0] < n:
+        raise ValueError("ts, cond and out must have the same length")
+    with nogil:
+        for j in range(n):
+            t = ts[j]
+            if t < last_t:
+                t = last_t
+            last_t = t
+            c = cond[j]
+            if c == 2:
+                out[j] = NAN
+            elif c == 1:
+                if not running:
+                    running = 1
+                    start = t
+                out[j] = (t - start) / 1000.0
+            else:
+                running = 0
+                out[j] = 0.0
+    ist[0] = running
+    ist[1] = start
+    ist[2] = last_t
+
+
+def rule_update(const int64_t[::1] ts, const unsigned char[::1] cond,
+                const unsigned char[::1] clear, const double[::1] measure,
+                int64_t for_ms, int64_t clear_ms, int peak_max, unsigned char[::1] out,
+                int64_t[::1] ist, double[::1] fst, int64_t[::1] ep_start,
+                int64_t[::1] ep_end, double[::1] ep_peak):
+    """A rule's state machine; see ``native._policy_py.rule_update``."""
+    cdef Py_ssize_t j, n = ts.shape[0], closed = 0
+    cdef int64_t phase = ist[0], t0 = ist[1], t1 = ist[2], start = ist[3], last_t = ist[4], t
+    cdef int c, cc
+    cdef double peak = fst[0], m
+    if (cond.shape[0] != n or clear.shape[0] != n or measure.shape[0] != n
+            or out.shape[0] < n or ep_start.shape[0] < n or ep_end.shape[0] < n
+            or ep_peak.shape[0] < n):
+        raise ValueError("rule_update: array lengths differ")
+    with nogil:
+        for j in range(n):
+            t = ts[j]
+            if t < last_t:
+                t = last_t
+            last_t = t
+            c = cond[j]
+            cc = clear[j]
+            m = measure[j]
+            if phase == 0 and c == 0:
+                phase = 1
+                t0 = t
+                peak = NAN
+            elif phase == 1 and c == 1:
+                phase = 0
+            if c == 0 and phase != 0 and m == m:
+                if peak != peak or ((m > peak) if peak_max else (m < peak)):
+                    peak = m
+            if phase == 1 and c == 0 and t - t0 >= for_ms:
+                phase = 2
+                start = t0
+            elif phase == 2 or phase == 3:
+                if cc == 1:
+                    if phase == 2:
+                        phase = 3
+                        t1 = t
+                    if t - t1 >= clear_ms:
+                        ep_start[closed] = start
+                        ep_end[closed] = t
+                        ep_peak[closed] = peak
+                        closed += 1
+                        phase = 0
+                elif cc == 0:
+                    phase = 2
+            if phase == 2 or phase == 3:
+                out[j] = 0
+            else:
+                out[j] = 2 if c == 2 else 1
+    ist[0] = phase
+    ist[1] = t0
+    ist[2] = t1
+    ist[3] = start
+    ist[4] = last_t
+    fst[0] = peak
+    return closed

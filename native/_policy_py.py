@@ -32,10 +32,14 @@ Result
     One uint8 per reading per program: ``1`` the condition holds
     (compliant), ``0`` it is violated, ``2`` it cannot be evaluated (error).
 
-Known deviations from CEL in this version (to be fixed as the subset grows):
+CEL ``int`` and ``string`` values are all constants (channels are doubles),
+so the compiler folds them with CEL's exact semantics (64-bit overflow and
+division by zero are errors) and programs only ever see doubles and bools;
+an int beside a double in a comparison is compared as a double (exact up to
+2**53). Known deviations from CEL in this version:
 
-* integer literals are doubles (CEL would type ``7 / 2`` as int and give 3;
-  here it is 3.5, and ``1 + 1.0`` type-checks);
+* an int-valued ``?:`` whose condition is known only at run time is refused
+  by the compiler (write double literals);
 * a NaN *produced* by arithmetic (``0.0 / 0.0``, ``inf - inf``,
   ``0.0 * inf``) is treated as an error, where CEL would carry the double
   NaN (and e.g. ``NaN == NaN`` would be ``false`` rather than an error).
@@ -52,11 +56,16 @@ Program format (``Program``)
     0x01    LOAD_CHAN   push ``columns[operand, j]``             -> double
     0x02    LOAD_CONST  push ``consts[operand]``                 -> double
     0x03    LOAD_BOOL   push ``operand`` (0 or 1)                -> bool
+    0x04    LOAD_ERR    push an error; operand 0 double, 1 bool  -> T
+    0x05    LOAD_BCHAN  push ``columns[operand, j]`` (0, 1, NaN) -> bool
     0x10    NEG         ``-a``                                   double
     0x11    ADD         ``a + b``                                double
     0x12    SUB         ``a - b``                                double
     0x13    MUL         ``a * b``                                double
     0x14    DIV         ``a / b``                                double
+    0x15    ABS         ``abs(a)``                               double
+    0x16    MIN         ``min(a, b)`` (``a`` if ``a <= b``)        double
+    0x17    MAX         ``max(a, b)`` (``a`` if ``a >= b``)        double
     0x20    LT          ``a < b``                                double->bool
     0x21    LE          ``a <= b``                               double->bool
     0x22    GT          ``a > b``                                double->bool
@@ -83,16 +92,30 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["OPCODES", "Program", "evaluate", "evaluate_many"]
+__all__ = [
+    "AGG_KINDS",
+    "OPCODES",
+    "Program",
+    "agg_update",
+    "duration_update",
+    "evaluate",
+    "evaluate_many",
+    "rule_update",
+]
 
 LOAD_CHAN = 0x01
 LOAD_CONST = 0x02
 LOAD_BOOL = 0x03
+LOAD_ERR = 0x04
+LOAD_BCHAN = 0x05
 NEG = 0x10
 ADD = 0x11
 SUB = 0x12
 MUL = 0x13
 DIV = 0x14
+ABS = 0x15
+MIN = 0x16
+MAX = 0x17
 LT = 0x20
 LE = 0x21
 GT = 0x22
@@ -109,11 +132,16 @@ OPCODES: dict[str, int] = {
     "LOAD_CHAN": LOAD_CHAN,
     "LOAD_CONST": LOAD_CONST,
     "LOAD_BOOL": LOAD_BOOL,
+    "LOAD_ERR": LOAD_ERR,
+    "LOAD_BCHAN": LOAD_BCHAN,
     "NEG": NEG,
     "ADD": ADD,
     "SUB": SUB,
     "MUL": MUL,
     "DIV": DIV,
+    "ABS": ABS,
+    "MIN": MIN,
+    "MAX": MAX,
     "LT": LT,
     "LE": LE,
     "GT": GT,
@@ -208,6 +236,15 @@ def apply_op(op: int, args: Sequence[float]) -> float:
         return args[0] * args[1]
     if op == DIV:
         return _div(args[0], args[1])
+    if op == ABS:
+        return ERROR if _is_error(args[0]) else abs(args[0])
+    if op in (MIN, MAX):
+        a, b = args[0], args[1]
+        if _is_error(a) or _is_error(b):
+            return ERROR
+        if op == MIN:
+            return a if a <= b else b
+        return a if a >= b else b
     if LT <= op <= NE:
         return _cmp(op, args[0], args[1])
     if op == NOT:
@@ -231,6 +268,7 @@ def result_code(v: float) -> int:
 # -- programs ----------------------------------------------------------------
 
 _ARITY = {NEG: 1, ADD: 2, SUB: 2, MUL: 2, DIV: 2, NOT: 1, AND: 2, OR: 2, SELECT: 3}
+_ARITY.update({ABS: 1, MIN: 2, MAX: 2})
 _ARITY.update(dict.fromkeys((LT, LE, GT, GE, EQ, NE), 2))
 
 
@@ -350,7 +388,7 @@ class Program:
             zip(self.opcodes.tolist(), self.operands.tolist(), strict=True)
         ):
             name = _NAMES[op]
-            if op == LOAD_CHAN:
+            if op in (LOAD_CHAN, LOAD_BCHAN, LOAD_ERR):
                 lines.append(f"{pc:4d}  {name:<10} {arg}")
             elif op == LOAD_CONST:
                 lines.append(f"{pc:4d}  {name:<10} {arg}  ({float(self.consts[arg])!r})")
@@ -359,6 +397,9 @@ class Program:
             else:
                 lines.append(f"{pc:4d}  {name}")
         return "\n".join(lines)
+
+
+_LOADS = (LOAD_CHAN, LOAD_CONST, LOAD_BOOL, LOAD_ERR, LOAD_BCHAN)
 
 
 def _verify(
@@ -372,13 +413,20 @@ def _verify(
     used: set[int] = set()
     for pc, (op, arg) in enumerate(zip(ops, args, strict=True)):
         where = f"instruction {pc} ({_NAMES.get(op, hex(op))})"
-        if op in (LOAD_CHAN, LOAD_CONST, LOAD_BOOL):
-            limit = {LOAD_CHAN: n_channels, LOAD_CONST: n_consts, LOAD_BOOL: 2}[op]
+        if op in _LOADS:
+            limit = {
+                LOAD_CHAN: n_channels,
+                LOAD_BCHAN: n_channels,
+                LOAD_CONST: n_consts,
+                LOAD_BOOL: 2,
+                LOAD_ERR: 2,
+            }[op]
             if not 0 <= arg < limit:
                 raise ValueError(f"{where}: operand {arg} out of range [0, {limit})")
-            if op == LOAD_CHAN:
+            if op in (LOAD_CHAN, LOAD_BCHAN):
                 used.add(arg)
-            types.append(_BOOL if op == LOAD_BOOL else _DOUBLE)
+            is_bool = op in (LOAD_BOOL, LOAD_BCHAN) or (op == LOAD_ERR and arg == 1)
+            types.append(_BOOL if is_bool else _DOUBLE)
             max_stack = max(max_stack, len(types))
             continue
         if op not in _ARITY:
@@ -397,7 +445,7 @@ def _verify(
 
 
 def _result_type(op: int, t: list[str], where: str) -> str:
-    if op in (NEG, ADD, SUB, MUL, DIV) and all(x == _DOUBLE for x in t):
+    if op in (NEG, ADD, SUB, MUL, DIV, ABS, MIN, MAX) and all(x == _DOUBLE for x in t):
         return _DOUBLE
     if LT <= op <= GE and t == [_DOUBLE, _DOUBLE]:
         return _BOOL
@@ -445,8 +493,10 @@ def _run(program: Program, rows: list[list[float]], n: int) -> list[int]:
     for j in range(n):
         stack: list[float] = []
         for op, arg in code:
-            if op == LOAD_CHAN:
+            if op in (LOAD_CHAN, LOAD_BCHAN):
                 stack.append(rows[arg][j])  # NaN (missing) is already the error value
+            elif op == LOAD_ERR:
+                stack.append(ERROR)
             elif op == LOAD_CONST:
                 stack.append(consts[arg])
             elif op == LOAD_BOOL:
@@ -475,3 +525,265 @@ def evaluate_many(programs: Sequence[Program], columns: object) -> npt.NDArray[n
 def evaluate(program: Program, columns: object) -> npt.NDArray[np.uint8]:
     """Evaluate one program on every reading: uint8 array (n_readings,)."""
     return evaluate_many([program], columns).reshape(-1)
+
+
+# -- stateful kernels: window aggregates, durations, rule state machines ---------
+#
+# Each kernel processes one batch and carries its state in small numpy arrays
+# owned by the caller (agent.policy.evaluator), so that the state survives
+# between batches and can be saved and restored across restarts. The compiled
+# module implements the same kernels with the same floating-point operations
+# in the same order, so both give bit-identical results.
+#
+# Timestamps are int64 ms and must not go backwards; one that does is taken
+# as the previous one (``last_t`` in the state). A window of duration ``D``
+# at reading time ``t`` holds the readings with ``t - D < time <= t``.
+
+AGG_MEAN, AGG_MIN, AGG_MAX, AGG_STDDEV, AGG_COUNT, AGG_RATE, AGG_DELTA, AGG_COMPLETENESS = range(
+    1, 9
+)
+#: function name -> aggregate kind
+AGG_KINDS = {
+    "mean": AGG_MEAN,
+    "min": AGG_MIN,
+    "max": AGG_MAX,
+    "stddev": AGG_STDDEV,
+    "count": AGG_COUNT,
+    "rate": AGG_RATE,
+    "delta": AGG_DELTA,
+    "completeness": AGG_COMPLETENESS,
+}
+#: indices into an aggregate's int64 state: ring head/tail (absolute sequence
+#: numbers), deque head/tail, integer sum (completeness), last timestamp,
+#: evictions since the running mean/M2 were last recomputed
+AGG_HEAD, AGG_TAIL, AGG_DQH, AGG_DQT, AGG_ISUM, AGG_LAST_T, AGG_EVICTED = range(7)
+#: rule phases: compliant, condition false but not for long enough yet,
+#: violated, violated but the clear condition holds (hysteresis running)
+PHASE_OK, PHASE_PENDING, PHASE_VIOLATED, PHASE_CLEARING = range(4)
+RULE_PHASE, RULE_T0, RULE_T1, RULE_EP_START, RULE_LAST_T = range(5)
+NO_TIME = -(2**62)
+
+
+def agg_update(
+    kind: int,
+    dur_ms: int,
+    ts: npt.NDArray[np.int64],
+    x: npt.NDArray[np.float64],
+    out: npt.NDArray[np.float64],
+    rt: npt.NDArray[np.int64],
+    rx: npt.NDArray[np.float64],
+    dq: npt.NDArray[np.int64],
+    ist: npt.NDArray[np.int64],
+    fst: npt.NDArray[np.float64],
+) -> None:
+    """Sliding-window aggregate of ``x`` over the last ``dur_ms``, one output per reading.
+
+    The ring (``rt`` times, ``rx`` values; power-of-two capacity, at least the
+    readings in the window plus this batch) holds the valid readings in the
+    window (all readings, as 0/1 validity, for completeness); ``dq`` is the
+    monotonic deque for min/max; ``fst`` = Welford mean and M2. Missing
+    (NaN) readings are left out; an aggregate over no valid readings is an
+    error (NaN), ``count`` is then 0. ``stddev`` is the population standard
+    deviation; ``rate`` is per second between the first and last reading in
+    the window.
+
+    Mean and M2 are updated incrementally (Welford, with removal), and
+    recomputed exactly (two passes over the ring) each time as many readings
+    have left the window as are in it, which costs O(1) amortised and keeps
+    rounding from accumulating: the error stays within ~1e-7 of the largest
+    magnitude seen in the last two windows.
+    """
+    head, tail, dqh, dqt, isum, last_t, evicted = (int(v) for v in ist)
+    mean, m2 = float(fst[0]), float(fst[1])
+    mask = rt.shape[0] - 1
+    for j in range(ts.shape[0]):
+        t = int(ts[j])
+        if t < last_t:
+            t = last_t
+        last_t = t
+        v = float(x[j])
+        lim = t - dur_ms
+        while head < tail and int(rt[head & mask]) <= lim:
+            old = float(rx[head & mask])
+            if kind in (AGG_MEAN, AGG_STDDEV):
+                k = tail - head - 1
+                if k == 0:
+                    mean = 0.0
+                    m2 = 0.0
+                else:
+                    d = old - mean
+                    mean -= d / k
+                    m2 -= d * (old - mean)
+            elif kind == AGG_COMPLETENESS:
+                isum -= int(old)
+            head += 1
+            evicted += 1
+        if kind in (AGG_MEAN, AGG_STDDEV) and evicted > 0 and evicted >= tail - head:
+            evicted = 0
+            mean = 0.0
+            m2 = 0.0
+            k = tail - head
+            if k > 0:
+                s = 0.0
+                for q in range(head, tail):
+                    s += float(rx[q & mask])
+                mean = s / k
+                for q in range(head, tail):
+                    d = float(rx[q & mask]) - mean
+                    m2 += d * d
+        while dqh < dqt and int(dq[dqh & mask]) < head:
+            dqh += 1
+        if kind == AGG_COMPLETENESS:
+            ok = 1 if v == v else 0
+            rt[tail & mask] = t
+            rx[tail & mask] = float(ok)
+            tail += 1
+            isum += ok
+        elif v == v:
+            rt[tail & mask] = t
+            rx[tail & mask] = v
+            tail += 1
+            if kind in (AGG_MEAN, AGG_STDDEV):
+                k = tail - head
+                d = v - mean
+                mean += d / k
+                m2 += d * (v - mean)
+            elif kind == AGG_MIN:
+                while dqh < dqt and float(rx[int(dq[(dqt - 1) & mask]) & mask]) >= v:
+                    dqt -= 1
+                dq[dqt & mask] = tail - 1
+                dqt += 1
+            elif kind == AGG_MAX:
+                while dqh < dqt and float(rx[int(dq[(dqt - 1) & mask]) & mask]) <= v:
+                    dqt -= 1
+                dq[dqt & mask] = tail - 1
+                dqt += 1
+        n = tail - head
+        r = ERROR
+        if kind == AGG_COUNT:
+            r = float(n)
+        elif kind == AGG_COMPLETENESS:
+            r = isum / n
+        elif n > 0:
+            if kind == AGG_MEAN:
+                r = mean
+            elif kind == AGG_STDDEV:
+                r = math.sqrt(m2 / n) if m2 > 0.0 else 0.0
+            elif kind in (AGG_MIN, AGG_MAX):
+                r = float(rx[int(dq[dqh & mask]) & mask])
+            elif kind == AGG_DELTA:
+                r = float(rx[(tail - 1) & mask]) - float(rx[head & mask])
+            elif kind == AGG_RATE:
+                span = int(rt[(tail - 1) & mask]) - int(rt[head & mask])
+                if span > 0:
+                    r = (float(rx[(tail - 1) & mask]) - float(rx[head & mask])) / (span / 1000.0)
+        out[j] = r
+    ist[:] = (head, tail, dqh, dqt, isum, last_t, evicted)
+    fst[0] = mean
+    fst[1] = m2
+
+
+def duration_update(
+    ts: npt.NDArray[np.int64],
+    cond: npt.NDArray[np.uint8],
+    out: npt.NDArray[np.float64],
+    ist: npt.NDArray[np.int64],
+) -> None:
+    """``duration_true``: seconds the condition has held without a break, per reading.
+
+    ``cond`` are result codes (1 true, 0 false, 2 error). A false reading ends
+    the run (0.0); an error reading is an error and leaves the run as it was.
+    ``ist`` = [running, run start, last timestamp].
+    """
+    running, start, last_t = (int(v) for v in ist)
+    for j in range(ts.shape[0]):
+        t = int(ts[j])
+        if t < last_t:
+            t = last_t
+        last_t = t
+        c = int(cond[j])
+        if c == 2:
+            out[j] = ERROR
+        elif c == 1:
+            if not running:
+                running = 1
+                start = t
+            out[j] = (t - start) / 1000.0
+        else:
+            running = 0
+            out[j] = 0.0
+    ist[:] = (running, start, last_t)
+
+
+def rule_update(
+    ts: npt.NDArray[np.int64],
+    cond: npt.NDArray[np.uint8],
+    clear: npt.NDArray[np.uint8],
+    measure: npt.NDArray[np.float64],
+    for_ms: int,
+    clear_ms: int,
+    peak_max: int,
+    out: npt.NDArray[np.uint8],
+    ist: npt.NDArray[np.int64],
+    fst: npt.NDArray[np.float64],
+    ep_start: npt.NDArray[np.int64],
+    ep_end: npt.NDArray[np.int64],
+    ep_peak: npt.NDArray[np.float64],
+) -> int:
+    """A rule's state machine over one batch; returns the number of episodes closed.
+
+    ``cond``/``clear`` are result codes of the condition and of the clear
+    condition (the same array when the rule has none). A rule is *violated*
+    once its condition has been false (0) for ``for_ms`` without a true (1)
+    reading in between; it stays violated until the clear condition has held
+    for ``clear_ms`` without a false reading in between. Error readings (2)
+    change no state. ``out`` per reading: 0 violated, else 1 (2 for an error
+    reading while not violated). An episode starts when the condition first
+    went false and ends at the reading that clears it; its peak is the
+    largest (``peak_max``) or smallest ``measure`` over the readings where
+    the condition was false. ``ist``/``fst`` carry the phase, timers, the
+    open episode's start and peak.
+    """
+    phase, t0, t1, start, last_t = (int(v) for v in ist)
+    peak = float(fst[0])
+    closed = 0
+    for j in range(ts.shape[0]):
+        t = int(ts[j])
+        if t < last_t:
+            t = last_t
+        last_t = t
+        c = int(cond[j])
+        cc = int(clear[j])
+        m = float(measure[j])
+        if phase == PHASE_OK and c == 0:
+            phase = PHASE_PENDING
+            t0 = t
+            peak = ERROR
+        elif phase == PHASE_PENDING and c == 1:
+            phase = PHASE_OK
+        better = peak != peak or (m > peak if peak_max else m < peak)
+        if c == 0 and phase != PHASE_OK and m == m and better:
+            peak = m
+        if phase == PHASE_PENDING and c == 0 and t - t0 >= for_ms:
+            phase = PHASE_VIOLATED
+            start = t0
+        elif phase in (PHASE_VIOLATED, PHASE_CLEARING):
+            if cc == 1:
+                if phase == PHASE_VIOLATED:
+                    phase = PHASE_CLEARING
+                    t1 = t
+                if t - t1 >= clear_ms:
+                    ep_start[closed] = start
+                    ep_end[closed] = t
+                    ep_peak[closed] = peak
+                    closed += 1
+                    phase = PHASE_OK
+            elif cc == 0:
+                phase = PHASE_VIOLATED
+        if phase in (PHASE_VIOLATED, PHASE_CLEARING):
+            out[j] = 0
+        else:
+            out[j] = 2 if c == 2 else 1
+    ist[:] = (phase, t0, t1, start, last_t)
+    fst[0] = peak
+    return closed

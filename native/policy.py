@@ -3,7 +3,10 @@
 ``native._policy`` (Cython) is used when it has been built and the
 environment variable ``EDGEGOV_PURE`` is unset (or ``0``); otherwise
 ``native._policy_py``. Both implement the same semantics, documented in
-``native._policy_py``. ``IMPLEMENTATION`` says which one is in use.
+``native._policy_py``: the stateless program evaluator (``evaluate``,
+``evaluate_many``) and the stateful kernels (``agg_update``,
+``duration_update``, ``rule_update``). ``IMPLEMENTATION`` says which one is
+in use.
 """
 
 from __future__ import annotations
@@ -12,17 +15,37 @@ import os
 
 from native._policy_py import Program
 
-__all__ = ["IMPLEMENTATION", "Program", "evaluate", "evaluate_many"]
+__all__ = [
+    "IMPLEMENTATION",
+    "Program",
+    "agg_update",
+    "duration_update",
+    "evaluate",
+    "evaluate_many",
+    "rule_update",
+]
 
 _PURE = os.environ.get("EDGEGOV_PURE", "") not in ("", "0")
 
 if not _PURE:
     try:
-        from native._policy import evaluate, evaluate_many
+        from native._policy import (
+            agg_update,
+            duration_update,
+            evaluate,
+            evaluate_many,
+            rule_update,
+        )
     except ImportError:  # not built (no compiler at install time): fall back
         _PURE = True
 
 if _PURE:
-    from native._policy_py import evaluate, evaluate_many
+    from native._policy_py import (
+        agg_update,
+        duration_update,
+        evaluate,
+        evaluate_many,
+        rule_update,
+    )
 
 IMPLEMENTATION: str = "python" if _PURE else "cython"

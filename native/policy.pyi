@@ -3,7 +3,15 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["IMPLEMENTATION", "Program", "evaluate", "evaluate_many"]
+__all__ = [
+    "IMPLEMENTATION",
+    "Program",
+    "agg_update",
+    "duration_update",
+    "evaluate",
+    "evaluate_many",
+    "rule_update",
+]
 
 IMPLEMENTATION: str  # "cython" or "python"
 
@@ -32,3 +40,36 @@ class Program:
 
 def evaluate(program: Program, columns: npt.ArrayLike) -> npt.NDArray[np.uint8]: ...
 def evaluate_many(programs: Sequence[Program], columns: npt.ArrayLike) -> npt.NDArray[np.uint8]: ...
+def agg_update(
+    kind: int,
+    dur_ms: int,
+    ts: npt.NDArray[np.int64],
+    x: npt.NDArray[np.float64],
+    out: npt.NDArray[np.float64],
+    rt: npt.NDArray[np.int64],
+    rx: npt.NDArray[np.float64],
+    dq: npt.NDArray[np.int64],
+    ist: npt.NDArray[np.int64],
+    fst: npt.NDArray[np.float64],
+) -> None: ...
+def duration_update(
+    ts: npt.NDArray[np.int64],
+    cond: npt.NDArray[np.uint8],
+    out: npt.NDArray[np.float64],
+    ist: npt.NDArray[np.int64],
+) -> None: ...
+def rule_update(
+    ts: npt.NDArray[np.int64],
+    cond: npt.NDArray[np.uint8],
+    clear: npt.NDArray[np.uint8],
+    measure: npt.NDArray[np.float64],
+    for_ms: int,
+    clear_ms: int,
+    peak_max: int,
+    out: npt.NDArray[np.uint8],
+    ist: npt.NDArray[np.int64],
+    fst: npt.NDArray[np.float64],
+    ep_start: npt.NDArray[np.int64],
+    ep_end: npt.NDArray[np.int64],
+    ep_peak: npt.NDArray[np.float64],
+) -> int: ...

@@ -26,7 +26,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.policy.compiler import compile_condition
-from agent.policy.parser import Binary, Bool, Conditional, Expr, Ident, Number, Unary, parse
+from agent.policy.parser import (
+    Binary,
+    Bool,
+    Call,
+    Conditional,
+    Expr,
+    Ident,
+    Int,
+    ListLit,
+    Number,
+    Str,
+    Unary,
+    parse,
+)
 from native import _policy_py
 from native._policy_py import Program
 
@@ -73,9 +86,31 @@ def cols(*rows: list[float]) -> np.ndarray:
 ERR = object()  # the CEL error value
 
 
+def _int(v: int) -> Any:
+    return v if -(2**63) <= v < 2**63 else ERR
+
+
 def oracle(e: Expr, env: dict[str, float]) -> Any:
     if isinstance(e, Number):
         return e.value
+    if isinstance(e, (Int, Str)):
+        return e.value
+    if isinstance(e, Call):
+        args = [oracle(a, env) for a in e.args]
+        if ERR in args:
+            return ERR
+        if e.name == "abs":
+            return _int(abs(args[0])) if type(args[0]) is int else abs(args[0])
+        return (min if e.name == "min" else max)(args)
+    if isinstance(e, Binary) and e.op == "in":
+        assert isinstance(e.right, ListLit)
+        left = oracle(e.left, env)
+        items = [oracle(i, env) for i in e.right.items]
+        if not items:
+            return False
+        if left is ERR or ERR in items:
+            return True if left is not ERR and left in [i for i in items if i is not ERR] else ERR
+        return left in items
     if isinstance(e, Bool):
         return e.value
     if isinstance(e, Ident):
@@ -85,6 +120,8 @@ def oracle(e: Expr, env: dict[str, float]) -> Any:
         v = oracle(e.operand, env)
         if v is ERR:
             return ERR
+        if type(v) is int:
+            return _int(-v)
         return -v if e.op == "-" else not v
     if isinstance(e, Conditional):
         c = oracle(e.cond, env)
@@ -102,6 +139,15 @@ def oracle(e: Expr, env: dict[str, float]) -> Any:
         return ERR if ERR in (left, right) else False
     if left is ERR or right is ERR:
         return ERR
+    if e.op in ("+", "-", "*", "/") and type(left) is int:
+        if e.op == "/":
+            if right == 0:
+                return ERR
+            q = abs(left) // abs(right)
+            return _int(q if (left < 0) == (right < 0) else -q)
+        return _int({"+": left + right, "-": left - right, "*": left * right}[e.op])
+    if e.op == "+" and isinstance(left, str):
+        return left + right
     if e.op in ("+", "-", "*", "/"):
         with np.errstate(all="ignore"):
             x, y = np.float64(left), np.float64(right)
@@ -321,7 +367,21 @@ KNOWN = [
     ("b / c - b / c == 0.0", 2),
     ("c * (b / c) == 0.0", 2),
     # ints are doubles in this version (documented deviation)
-    ("7 / 2 == 3.5", 1),
+    ("7 / 2 == 3", 1),  # CEL int division truncates
+    ("-7 / 2 == -3", 1),
+    ("7.0 / 2.0 == 3.5", 1),
+    ("9223372036854775807 + 1 == 0 || b > 0.0", 1),  # overflow is an error, absorbed by ||
+    ("9223372036854775807 + 1 == 0 && b > 0.0", 2),
+    ("1 / 0 == 0 || b < 0.0", 2),
+    ("-9223372036854775808 - 1 < 0", 2),
+    ("abs(-9223372036854775808) > 0", 2),
+    ("abs(-b) == 1.0 && min(b, c) == 0.0 && max(b, c, -b) == 1.0", 1),
+    ("min(a, b) > 0.0", 2),
+    ("b in [0.0, 1.0] && !(c in [1.0, 2.0]) && !(b in [])", 1),
+    ("a in [1.0, 2.0]", 2),
+    ("b in [1, 2] && 2 in [1, 2] && 'x' in ['x', 'y']", 1),
+    ("'abc' < 'abd' && 'a' + 'b' == 'ab' && b > 0", 1),
+    ("b == 1 && 1 == b && b < 2 && 0 < b", 1),
     ("0x10 == 16.0", 1),
     # precedence and associativity (CEL)
     ("b + 2.0 * 3.0 == 7.0", 1),

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import agent.policy
 from agent.errors import PolicyError, PolicySyntaxError
 from agent.policy import PolicyBundle, compile_condition, evaluate_rules, load_policy
-from agent.policy.parser import Binary, Bool, Conditional, Ident, Number, Unary, parse
+from agent.policy.parser import Binary, Bool, Conditional, Ident, Int, Number, Unary, parse
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "configs" / "policies" / "cold-chain.yaml"
@@ -27,6 +27,10 @@ CHANNELS = ["temperature", "humidity", "door"]
 
 def test_public_api_is_what_we_export() -> None:
     assert set(agent.policy.__all__) == {
+        "BatchResult",
+        "Episode",
+        "Evaluator",
+        "Plan",
         "Channel",
         "Goal",
         "ModelRef",
@@ -71,10 +75,10 @@ def test_public_api_is_what_we_export() -> None:
                 "+",
                 Binary(
                     "+",
-                    Binary("+", Binary("+", Number(1.0), Number(0.5)), Number(2000.0)),
+                    Binary("+", Binary("+", Int(1), Number(0.5)), Number(2000.0)),
                     Number(0.015),
                 ),
-                Number(31.0),
+                Int(31),
             ),
         ),
         ("true != false // a comment", Binary("!=", Bool(True), Bool(False))),
@@ -91,16 +95,26 @@ SYNTAX_ERRORS = [
     ("(temperature > 1.0", 19, "expected ')'"),
     ("temperature > 1.0 humidity", 19, "after a complete expression"),
     ("temperature % 2.0 == 0.0", 13, "'%' operator is not supported"),
-    ("abs(temperature) < 1.0", 1, "function calls are not supported"),
+    ("abs(temperature, 1.0) < 1.0", 1, "abs() takes one number"),
+    ("avg(temperature, 10m) < 1.0", 1, "unknown function 'avg'"),
+    ("mean(temperature) < 1.0", 1, "takes a channel name and a duration"),
+    ("mean(temperature + 1.0, 10m) < 1.0", 6, "must be a channel name"),
+    ("mean(temperature, 10) < 1.0", 1, "takes a channel name and a duration"),
+    ("temperature < 10m", 15, "its right operand is duration"),
+    ("temperature + 1 > 0.0", 13, "CEL does not convert between int and double"),
+    ("temperature in 1.0", 13, "'in' needs a list literal"),
+    ("temperature in [1.0, true]", 22, "list element is bool"),
+    ('temperature > "5', 15, "unterminated string"),
+    ("(temperature > 1.0 ? 1 : 2) == 1", 1, "run-time condition is not supported"),
+    ("9223372036854775808 > 1", 1, "out of range for an int"),
     ("temperature = 1.0", 13, "did you mean '=='"),
     ("temperature > 1.0 & door < 1.0", 19, "did you mean '&&'"),
-    ("door in [0.0, 1.0]", 6, "'in' operator is not supported"),
     ("temperature > 1.", 15, "malformed number"),
     ("temperature > 5u", 15, "unsigned integer literals"),
     ("temperature > 1e999", 15, "out of range"),
     ("temperature > 0x" + "f" * 300, 15, "out of range"),
     ("temperature > \u0663", 15, "unexpected character"),  # a non-ASCII digit
-    ('temperature > "5"', 15, "string literals are not supported"),
+    ('temperature > "5"', 15, "its right operand is string"),
     ("!-temperature", 2, "cannot follow"),
     ("door < 0.5 ? true", 18, "expected ':'"),
     ("temperature > null", 15, "'null' is not supported"),
@@ -149,6 +163,9 @@ TYPE_ERRORS = [
     ("-(door < 0.5) < 1.0", 2, "operator '-' needs a double operand"),
     ("(door < 0.5) + 1.0 > 0.0", 1, "operator '+' needs double operands"),
     ("(door < 0.5) < true", 1, "operator '<' needs double operands"),
+    ("abs(door < 0.5) < 1.0", 5, "abs() needs a number"),
+    ("min(temperature, 1) < 1.0", 1, "min() needs numbers of one type"),
+    ("duration_true(temperature) > 1.0", 15, "duration_true() needs a bool"),
     ("(door < 0.5) == 1.0", 14, "compares bool with double"),
     ("temperature ? true : false", 1, "condition of '?:' must be bool"),
     ("door < 0.5 ? 1.0 : true", 20, "branches of '?:' have different types"),
@@ -508,9 +525,11 @@ def test_example_bundle_loads_and_evaluates() -> None:
     )
     result = evaluate_rules(bundle, columns)
     assert result.dtype == np.uint8
-    assert result.tolist() == [
-        [1, 0, 2, 1, 0],  # temp-2-8
-        [1, 1, 1, 0, 2],  # humidity <= 65
+    ids = [r.id for r in bundle.rules]
+    rows = [ids.index(k) for k in ("temp-2-8", "humidity-max-65", "door-closed-unless-margin")]
+    assert result[rows].tolist() == [
+        [1, 0, 0, 1, 0],  # temp-2-8 (a missing reading leaves a violation in force)
+        [1, 1, 1, 0, 0],  # humidity <= 65
         [1, 1, 2, 0, 1],  # door < 0.5 || temperature <= 6.0
     ]
 

@@ -13,6 +13,19 @@ Everything is validated at this boundary; a failure raises
 YAML is read with the safe loader, duplicate keys and unknown keys are
 rejected.
 
+A bundle may ``extend`` a baseline (a path relative to it): it inherits the
+baseline's goals, channels, rules, models and window, may add its own, and
+may *override* an inherited rule only by tightening it (``layering.py``);
+a layer that would loosen one, redefine a goal or channel, or an ``extend``
+cycle is refused with an explanation.
+
+Rules may carry ``for`` (violated only once the condition has been false
+that long), ``clear`` (hysteresis: a ``condition`` and/or a ``for`` that
+must hold before a violation ends), ``measure``/``peak`` (what the peak of
+a violation episode is), and an ``explain`` template. Channels have a
+``type`` (double or bool) and a valid ``range``: readings outside it are
+data-quality findings, treated as missing.
+
 The *canonical form* (what gets signed) is deterministic JSON of the parsed
 content, so reformatting the YAML (comments, key order, quoting, block
 scalars, ``85`` vs ``85.0``) does not change ``digest``, while any change to
@@ -35,9 +48,12 @@ import numpy.typing as npt
 import yaml
 
 from agent.errors import PolicyError, PolicySyntaxError
-from agent.policy.compiler import compile_expr, offset_to_line_col
-from agent.policy.parser import RESERVED, ConditionError
-from native.policy import Program, evaluate_many
+from agent.policy.compiler import DurationNode, PlanBuilder, offset_to_line_col
+from agent.policy.evaluator import ChannelSpec, Evaluator, Plan, RuleSpec
+from agent.policy.layering import check_override
+from agent.policy.parser import RESERVED, ConditionError, DurationLit, parse
+from native import _policy_py as _ops
+from native.policy import Program
 
 __all__ = [
     "Channel",
@@ -50,9 +66,15 @@ __all__ = [
 ]
 
 #: Identifies the canonical form; bump if its shape changes.
-CANONICAL_FORMAT = "edgegov-policy/1"
+CANONICAL_FORMAT = "edgegov-policy/2"
 SEVERITIES = ("info", "warning", "critical")
 MAX_BUNDLE_BYTES = 1 << 20
+#: deepest chain of ``extend`` layers
+MAX_LAYERS = 8
+CHANNEL_TYPES = ("double", "bool")
+#: placeholders an ``explain`` template may use
+EXPLAIN_FIELDS = ("rule", "goal", "severity", "start", "end", "duration", "peak")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _CHANNEL = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]{0,63}")  # a CEL identifier
@@ -77,6 +99,7 @@ class Channel:
     unit: str
     low: float
     high: float
+    type: str = "double"
 
 
 @dataclass(frozen=True)
@@ -90,6 +113,27 @@ class Rule:
     explain: str
     line: int
     program: Program = field(compare=False, repr=False)
+    for_ms: int = 0
+    clear_condition: str | None = None
+    clear_ms: int = 0
+    measure: str | None = None
+    peak: str = "max"
+    origin: str = ""  # file that defined (or last overrode) this rule
+
+    def explain_text(
+        self, start_ms: int, end_ms: int | None, peak: float | None, *, goal: str = ""
+    ) -> str:
+        """The ``explain`` template filled in for one violation episode."""
+        values = {
+            "rule": self.id,
+            "goal": goal or self.goal,
+            "severity": self.severity,
+            "start": _iso(start_ms),
+            "end": _iso(end_ms) if end_ms is not None else "ongoing",
+            "duration": _span(end_ms - start_ms) if end_ms is not None else "ongoing",
+            "peak": "n/a" if peak is None else f"{peak:g}",
+        }
+        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.explain)
 
 
 @dataclass(frozen=True)
@@ -117,6 +161,15 @@ class PolicyBundle:
     window_seconds: float
     digest: str
     source: Path
+    extends: tuple[dict[str, Any], ...] = ()
+    plan: Plan | None = field(default=None, compare=False, repr=False)
+    used_channels: frozenset[str] = frozenset()
+    used_models: frozenset[str] = frozenset()
+
+    def evaluator(self) -> Evaluator:
+        """A fresh stateful evaluator for this bundle."""
+        assert self.plan is not None
+        return Evaluator(self.plan)
 
     def channel_index(self, name: str) -> int:
         """Row of channel ``name`` in the ``columns`` input; KeyError if undeclared."""
@@ -140,7 +193,8 @@ class PolicyBundle:
                 for g in self.goals
             ],
             "channels": [
-                {"name": c.name, "unit": c.unit, "range": [c.low, c.high]} for c in self.channels
+                {"name": c.name, "unit": c.unit, "range": [c.low, c.high], "type": c.type}
+                for c in self.channels
             ],
             "rules": [
                 {
@@ -149,9 +203,14 @@ class PolicyBundle:
                     "severity": r.severity,
                     "condition": r.condition,
                     "explain": r.explain,
+                    "for_ms": r.for_ms,
+                    "clear": {"condition": r.clear_condition, "for_ms": r.clear_ms},
+                    "measure": r.measure,
+                    "peak": r.peak,
                 }
                 for r in self.rules
             ],
+            "extends": list(self.extends),
             "models": [
                 {
                     "id": m.id,
@@ -171,13 +230,42 @@ class PolicyBundle:
         ).encode("utf-8")
 
 
-def evaluate_rules(bundle: PolicyBundle, columns: npt.ArrayLike) -> npt.NDArray[np.uint8]:
-    """Evaluate every rule: uint8 (n_rules, n_readings); 1 holds, 0 violated, 2 error.
+def evaluate_rules(
+    bundle: PolicyBundle,
+    columns: npt.ArrayLike,
+    timestamps: npt.ArrayLike | None = None,
+    scores: dict[str, float | None] | None = None,
+) -> npt.NDArray[np.uint8]:
+    """Evaluate every rule over one batch from a fresh state: uint8 (n_rules, n).
 
-    ``columns`` is float64 (n_channels, n_readings) in ``bundle.channels``
-    order, NaN where a value is missing.
+    1 holds, 0 violated, 2 error. ``columns`` is float64 (n_channels, n) in
+    ``bundle.channels`` order, NaN where a value is missing; ``timestamps``
+    (Unix ms) default to one reading per second. For a stream, keep one
+    :meth:`PolicyBundle.evaluator` and feed it batch after batch.
     """
-    return evaluate_many([r.program for r in bundle.rules], columns)
+    cols = np.asarray(columns, dtype=np.float64)
+    n = cols.shape[1] if cols.ndim == 2 else 0
+    ts = np.arange(n, dtype=np.int64) * 1000 if timestamps is None else timestamps
+    return bundle.evaluator().run(ts, cols, scores).codes
+
+
+def _strip(text: str | None) -> str | None:
+    return None if text is None else text.strip()
+
+
+def _iso(ms: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def _span(ms: int) -> str:
+    s = ms / 1000
+    if s < 120:
+        return f"{s:g} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
 
 
 # -- YAML node access with positions ------------------------------------------
@@ -326,15 +414,22 @@ def _source_index(node: yaml.ScalarNode, text: str, offset: int) -> int | None:
 # -- loading -------------------------------------------------------------------
 
 
-def load_policy(path: str | Path) -> PolicyBundle:
-    """Load, validate and compile a policy bundle.
+def load_policy(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> PolicyBundle:
+    """Load, validate and compile a policy bundle (and the baselines it extends).
 
     Raises:
-        PolicyError: unreadable file, invalid YAML, or invalid content.
+        PolicyError: unreadable file, invalid YAML, invalid content, a
+            loosening layer or an ``extend`` cycle.
         PolicySyntaxError: a rule condition does not parse or type-check.
     """
     label = str(path)
     path = Path(path)
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, resolved))
+        raise PolicyError(f"{label}: cyclic extend: {cycle}")
+    if len(_chain) >= MAX_LAYERS:
+        raise PolicyError(f"{label}: more than {MAX_LAYERS} layers of extend")
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -347,6 +442,8 @@ def load_policy(path: str | Path) -> PolicyBundle:
         raise PolicyError(f"{label}: not UTF-8 text (byte {e.start})") from e
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise PolicyError(f"{label}: invalid YAML: nested too deeply") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
@@ -355,58 +452,241 @@ def load_policy(path: str | Path) -> PolicyBundle:
         raise PolicyError(f"{label}: invalid YAML: {e}") from e
     if root is None:
         raise PolicyError(f"{label}: policy bundle is empty")
-    return _Loader(_Doc(label, text), path.resolve()).bundle(root)
+    return _Loader(_Doc(label, text), resolved, (*_chain, resolved)).bundle(root)
+
+
+@dataclass
+class _RawRule:
+    """A rule as read from YAML, before it is compiled against the merged schema."""
+
+    id: str
+    goal: str
+    severity: str
+    condition: str
+    explain: str
+    line: int
+    for_ms: int
+    clear_condition: str | None
+    clear_ms: int
+    measure: str | None
+    peak: str
+    origin: str
+    nodes: dict[str, yaml.Node] = field(default_factory=dict)
+    doc: _Doc | None = None
+    path: str = ""
+
+    @property
+    def where(self) -> str:
+        return self.path or f"rules '{self.id}'"
 
 
 class _Loader:
-    def __init__(self, doc: _Doc, source: Path) -> None:
+    def __init__(self, doc: _Doc, source: Path, chain: tuple[Path, ...]) -> None:
         self.doc = doc
         self.source = source
+        self.chain = chain
+        self.extending = False
 
     def bundle(self, root: yaml.Node) -> PolicyBundle:
         d = self.doc
-        top = d.mapping(root, "", ("policy", "goals", "channels", "rules", "window"), ("models",))
+        sections = ("goals", "channels", "rules", "window", "models")
+        top = d.mapping(root, "", ("policy",), (*sections, "extend"))
+        parent = self.parent(top["extend"]) if "extend" in top else None
+        self.extending = parent is not None
+        if parent is None:
+            for name in ("goals", "channels", "rules", "window"):
+                if name not in top:
+                    raise d.error(root, "<top level>", f"missing required key '{name}'")
         meta = d.mapping(top["policy"], "policy", ("id", "version", "description"))
         version = d.integer(meta["version"], "policy.version")
         if version < 1:
             raise d.error(meta["version"], "policy.version", "must be >= 1")
-        goals = self.goals(top["goals"])
-        channels = self.channels(top["channels"])
+        goals = list(parent.goals) if parent else []
+        if "goals" in top:
+            goals += self.goals(top["goals"], parent)
+        channels = list(parent.channels) if parent else []
+        if "channels" in top:
+            channels += self.channels(top["channels"], parent)
         goal_ids = [g.id for g in goals]
-        rules = self.rules(top["rules"], goal_ids, channels)
-        models = self.models(top["models"], goal_ids) if "models" in top else ()
-        window = d.mapping(top["window"], "window", ("seconds",))
-        seconds = d.number(window["seconds"], "window.seconds")
-        if seconds <= 0:
-            raise d.error(window["seconds"], "window.seconds", "must be > 0")
+        models = list(parent.models) if parent else []
+        if "models" in top:
+            models += self.models(top["models"], goal_ids, parent)
+        raw_rules = self.raw_rules(top["rules"], goal_ids) if "rules" in top else []
+        if parent is not None:
+            seconds = parent.window_seconds
+        if "window" in top:
+            window = d.mapping(top["window"], "window", ("seconds",))
+            new = d.number(window["seconds"], "window.seconds")
+            if new <= 0:
+                raise d.error(window["seconds"], "window.seconds", "must be > 0")
+            if parent is not None and new > parent.window_seconds:
+                raise d.error(
+                    window["seconds"],
+                    "window.seconds",
+                    f"a layer may not lengthen the baseline's attestation window "
+                    f"({parent.window_seconds:g} s) to {new:g} s",
+                )
+            seconds = new
+        rules, plan, used = self.compile_rules(raw_rules, parent, channels, models)
         fields: dict[str, Any] = {
             "id": d.ident(meta["id"], "policy.id"),
             "version": version,
             "description": d.string(meta["description"], "policy.description"),
-            "goals": goals,
-            "channels": channels,
+            "goals": tuple(goals),
+            "channels": tuple(channels),
             "rules": rules,
-            "models": models,
+            "models": tuple(models),
             "window_seconds": seconds,
             "source": self.source,
+            "extends": (
+                ({"id": parent.id, "version": parent.version, "digest": parent.digest},)
+                + parent.extends
+                if parent
+                else ()
+            ),
+            "used_channels": frozenset(used[0]),
+            "used_models": frozenset(used[1]),
         }
         unsigned = PolicyBundle(digest="", **fields)
         digest = hashlib.sha256(unsigned.canonical_bytes()).hexdigest()
-        return PolicyBundle(digest=digest, **fields)
+        plan = Plan(**{**plan.__dict__, "digest": digest})
+        return PolicyBundle(digest=digest, plan=plan, **fields)
+
+    def parent(self, node: yaml.Node) -> PolicyBundle:
+        ref = self.doc.string(node, "extend")
+        target = (self.source.parent / ref).resolve()
+        try:
+            return load_policy(target, _chain=self.chain)
+        except PolicyError as e:
+            raise PolicyError(
+                f"{self.doc.label}:{node.start_mark.line + 1}: extend: baseline {ref!r} "
+                f"is not usable: {e}"
+            ) from None
+
+    def compile_rules(
+        self,
+        raw: list[_RawRule],
+        parent: PolicyBundle | None,
+        channels: list[Channel],
+        models: list[ModelRef],
+    ) -> tuple[tuple[Rule, ...], Plan, tuple[set[str], set[str]]]:
+        builder = PlanBuilder(
+            [c.name for c in channels],
+            bool_channels=[c.name for c in channels if c.type == "bool"],
+            models=[m.id for m in models],
+        )
+        inherited = {r.id: r for r in parent.rules} if parent else {}
+        merged: list[_RawRule] = []
+        by_id: dict[str, int] = {}
+        for pr in parent.rules if parent else ():
+            by_id[pr.id] = len(merged)
+            merged.append(
+                _RawRule(
+                    pr.id, pr.goal, pr.severity, pr.condition, pr.explain, pr.line, pr.for_ms,
+                    pr.clear_condition, pr.clear_ms, pr.measure, pr.peak, pr.origin,
+                )
+            )  # fmt: skip
+        for r in raw:
+            if r.id in inherited:
+                check_override(self.doc.label, r, inherited[r.id])
+                merged[by_id[r.id]] = r
+            else:
+                by_id[r.id] = len(merged)
+                merged.append(r)
+        specs: list[tuple[_RawRule, list[Any], list[Any] | None, int]] = []
+        for r in merged:
+            cond = self.check(builder, r, "condition", r.condition, "bool")
+            clear = None
+            if r.clear_condition is not None:
+                clear = self.check(builder, r, "clear.condition", r.clear_condition, "bool")
+            measure_row = -1
+            if r.measure is not None:
+                instrs = self.check(builder, r, "measure", r.measure, "double")
+                if len(instrs) != 1 or instrs[0][0] != _ops.LOAD_CHAN:
+                    raise self.rule_error(
+                        r, "measure", "must be a channel or a window function such as max(x, 10m)"
+                    )
+                measure_row = int(instrs[0][1])
+            else:
+                first = next(
+                    (op for op in cond if op[0] == _ops.LOAD_CHAN and op[1] < len(channels)), None
+                )
+                measure_row = int(first[1]) if first else -1
+            specs.append((r, cond, clear, measure_row))
+        rules = []
+        rule_specs = []
+        for r, cond, clear, measure_row in specs:
+            program = builder.program(cond, r.condition)
+            clear_prog = builder.program(clear, r.clear_condition or "") if clear else None
+            rules.append(
+                Rule(
+                    r.id, r.goal, r.severity, r.condition.strip(), r.explain, r.line, program,
+                    r.for_ms, _strip(r.clear_condition), r.clear_ms, _strip(r.measure), r.peak,
+                    r.origin,
+                )
+            )  # fmt: skip
+            rule_specs.append(
+                RuleSpec(
+                    r.id, program, clear_prog, r.for_ms, r.clear_ms, measure_row, r.peak == "max"
+                )
+            )
+        plan = Plan(
+            channels=tuple(ChannelSpec(c.name, c.low, c.high, c.type == "bool") for c in channels),
+            models=tuple(m.id for m in models),
+            derived=tuple(builder.derived),
+            duration_programs=tuple(
+                builder.program(n.instrs, n.text)
+                for n in builder.derived
+                if isinstance(n, DurationNode)
+            ),
+            rules=tuple(rule_specs),
+            n_rows=builder.n_rows,
+        )
+        return tuple(rules), plan, (builder.used_channels, builder.used_models)
+
+    def check(self, builder: PlanBuilder, r: _RawRule, key: str, text: str, want: str) -> list[Any]:
+        try:
+            return builder.check(text, want)
+        except ConditionError as e:
+            node = r.nodes.get(key)
+            doc = r.doc or self.doc
+            if node is None:  # inherited text: point into the rule's own file
+                raise PolicyError(f"{r.origin}:{r.line}: {r.where}.{key}: {e.message}") from None
+            assert isinstance(node, yaml.ScalarNode)
+            line, column = doc.position(node, e.offset)
+            raise PolicySyntaxError(
+                f"{r.where}.{key}: {e.message}",
+                source=doc.label,
+                line=line,
+                column=column,
+                text=doc.text,
+            ) from None
+
+    def rule_error(self, r: _RawRule, key: str, reason: str) -> PolicyError:
+        node = r.nodes.get(key)
+        if node is None:
+            return PolicyError(f"{r.origin}:{r.line}: {r.where}.{key}: {reason}")
+        return (r.doc or self.doc).error(node, f"{r.where}.{key}", reason)
 
     def unique(self, node: yaml.Node, path: str, value: str, seen: set[str]) -> None:
         if value in seen:
             raise self.doc.error(node, path, f"duplicate id {value!r}")
         seen.add(value)
 
-    def goals(self, node: yaml.Node) -> tuple[Goal, ...]:
+    def goals(self, node: yaml.Node, parent: PolicyBundle | None) -> list[Goal]:
         d = self.doc
-        seen: set[str] = set()
+        seen: set[str] = {g.id for g in parent.goals} if parent else set()
+        inherited = set(seen)
         out: list[Goal] = []
-        for i, item in enumerate(d.sequence(node, "goals", nonempty=True)):
+        for i, item in enumerate(d.sequence(node, "goals", nonempty=parent is None)):
             p = f"goals[{i}]"
             m = d.mapping(item, p, ("id", "description", "stakeholder", "source"))
             gid = d.ident(m["id"], f"{p}.id")
+            if gid in inherited:
+                raise d.error(
+                    m["id"], f"{p}.id", f"goal {gid!r} is set by the baseline; a layer cannot "
+                    "redefine it (add a goal with a new id instead)"
+                )  # fmt: skip
             self.unique(m["id"], f"{p}.id", gid, seen)
             out.append(
                 Goal(
@@ -414,15 +694,16 @@ class _Loader:
                     *(d.string(m[k], f"{p}.{k}") for k in ("description", "stakeholder", "source")),
                 )
             )
-        return tuple(out)
+        return out
 
-    def channels(self, node: yaml.Node) -> tuple[Channel, ...]:
+    def channels(self, node: yaml.Node, parent: PolicyBundle | None) -> list[Channel]:
         d = self.doc
-        seen: set[str] = set()
+        seen: set[str] = {c.name for c in parent.channels} if parent else set()
+        inherited = set(seen)
         out: list[Channel] = []
-        for i, item in enumerate(d.sequence(node, "channels", nonempty=True)):
+        for i, item in enumerate(d.sequence(node, "channels", nonempty=parent is None)):
             p = f"channels[{i}]"
-            m = d.mapping(item, p, ("name", "unit", "range"))
+            m = d.mapping(item, p, ("name", "unit", "range"), ("type",))
             name = d.string(m["name"], f"{p}.name")
             if not _CHANNEL.fullmatch(name) or name in RESERVED:
                 raise d.error(
@@ -431,9 +712,19 @@ class _Loader:
                     f"{name!r} is not usable as a channel name: it must be a CEL identifier "
                     "(letters, digits, '_'; not starting with a digit) and not a reserved word",
                 )
+            if name in inherited:
+                raise d.error(
+                    m["name"], f"{p}.name", f"channel {name!r} is declared by the baseline; "
+                    "a layer cannot redefine its unit, type or valid range"
+                )  # fmt: skip
             if name in seen:
                 raise d.error(m["name"], f"{p}.name", f"duplicate channel {name!r}")
             seen.add(name)
+            ctype = d.string(m["type"], f"{p}.type") if "type" in m else "double"
+            if ctype not in CHANNEL_TYPES:
+                raise d.error(
+                    m["type"], f"{p}.type", f"{ctype!r} is not one of {', '.join(CHANNEL_TYPES)}"
+                )
             bounds = d.sequence(m["range"], f"{p}.range")
             if len(bounds) != 2:
                 raise d.error(m["range"], f"{p}.range", "expected [low, high]")
@@ -443,19 +734,21 @@ class _Loader:
                 raise d.error(
                     m["range"], f"{p}.range", f"low ({low:g}) must be below high ({high:g})"
                 )
-            out.append(Channel(name, d.string(m["unit"], f"{p}.unit"), low, high))
-        return tuple(out)
+            out.append(Channel(name, d.string(m["unit"], f"{p}.unit"), low, high, ctype))
+        return out
 
-    def rules(
-        self, node: yaml.Node, goal_ids: list[str], channels: tuple[Channel, ...]
-    ) -> tuple[Rule, ...]:
+    def raw_rules(self, node: yaml.Node, goal_ids: list[str]) -> list[_RawRule]:
         d = self.doc
         seen: set[str] = set()
-        out: list[Rule] = []
-        names = [c.name for c in channels]
-        for i, item in enumerate(d.sequence(node, "rules", nonempty=True)):
+        out: list[_RawRule] = []
+        for i, item in enumerate(d.sequence(node, "rules", nonempty=not self.extending)):
             p = f"rules[{i}]"
-            m = d.mapping(item, p, ("id", "goal", "severity", "condition", "explain"))
+            m = d.mapping(
+                item,
+                p,
+                ("id", "goal", "severity", "condition", "explain"),
+                ("for", "clear", "measure", "peak"),
+            )
             rid = d.ident(m["id"], f"{p}.id")
             self.unique(m["id"], f"{p}.id", rid, seen)
             goal = self.goal_ref(m["goal"], f"{p}.goal", goal_ids)
@@ -466,35 +759,62 @@ class _Loader:
                     f"{p}.severity",
                     f"{severity!r} is not one of {', '.join(SEVERITIES)}",
                 )
-            condition = d.string(m["condition"], f"{p}.condition")
-            program = self.compile(m["condition"], f"{p}.condition", names)
+            nodes: dict[str, yaml.Node] = {}
+            condition = self.expression(m["condition"], f"{p}.condition")
+            nodes["condition"] = m["condition"]
+            explain = d.string(m["explain"], f"{p}.explain")
+            for name in _PLACEHOLDER.findall(explain):
+                if name not in EXPLAIN_FIELDS:
+                    raise d.error(
+                        m["explain"],
+                        f"{p}.explain",
+                        f"unknown placeholder {{{name}}}; allowed: "
+                        + ", ".join(f"{{{f}}}" for f in EXPLAIN_FIELDS),
+                    )
+            for_ms = self.duration(m["for"], f"{p}.for") if "for" in m else 0
+            clear_condition, clear_ms = None, 0
+            if "clear" in m:
+                cm = d.mapping(m["clear"], f"{p}.clear", (), ("condition", "for"))
+                if not cm:
+                    raise d.error(m["clear"], f"{p}.clear", "give a condition, a for, or both")
+                if "condition" in cm:
+                    clear_condition = self.expression(cm["condition"], f"{p}.clear.condition")
+                    nodes["clear.condition"] = cm["condition"]
+                if "for" in cm:
+                    clear_ms = self.duration(cm["for"], f"{p}.clear.for")
+            measure = None
+            if "measure" in m:
+                measure = self.expression(m["measure"], f"{p}.measure")
+                nodes["measure"] = m["measure"]
+            peak = d.string(m["peak"], f"{p}.peak") if "peak" in m else "max"
+            if peak not in ("max", "min"):
+                raise d.error(m["peak"], f"{p}.peak", "must be max or min")
             out.append(
-                Rule(
-                    rid,
-                    goal,
-                    severity,
-                    condition,
-                    d.string(m["explain"], f"{p}.explain"),
-                    item.start_mark.line + 1,
-                    program,
+                _RawRule(
+                    rid, goal, severity, condition, explain, item.start_mark.line + 1, for_ms,
+                    clear_condition, clear_ms, measure, peak, self.doc.label, nodes, self.doc, p,
                 )
-            )
-        return tuple(out)
+            )  # fmt: skip
+        return out
 
-    def compile(self, node: yaml.Node, path: str, channels: list[str]) -> Program:
+    def expression(self, node: yaml.Node, path: str) -> str:
+        """A CEL expression's raw text (not stripped, so offsets match the file)."""
+        self.doc.string(node, path)
         assert isinstance(node, yaml.ScalarNode)
+        return str(node.value)
+
+    def duration(self, node: yaml.Node, path: str) -> int:
+        d = self.doc
+        if isinstance(node, yaml.ScalarNode) and node.tag in _NUMERIC:
+            raise d.error(node, path, "give a unit: 30s, 10m, 1h (a bare number is ambiguous)")
+        text = d.string(node, path)
         try:
-            # The raw value, not the stripped one, so offsets match the file.
-            return compile_expr(node.value, channels)
-        except ConditionError as e:
-            line, column = self.doc.position(node, e.offset)
-            raise PolicySyntaxError(
-                f"{path}: {e.message}",
-                source=self.doc.label,
-                line=line,
-                column=column,
-                text=self.doc.text,
-            ) from None
+            lit = parse(text)
+        except ConditionError:
+            lit = None
+        if not isinstance(lit, DurationLit):
+            raise d.error(node, path, f"{text!r} is not a duration such as 500ms, 30s, 10m, 1h")
+        return lit.ms
 
     def goal_ref(self, node: yaml.Node, path: str, goal_ids: list[str]) -> str:
         goal = self.doc.string(node, path)
@@ -504,9 +824,11 @@ class _Loader:
             )
         return goal
 
-    def models(self, node: yaml.Node, goal_ids: list[str]) -> tuple[ModelRef, ...]:
+    def models(
+        self, node: yaml.Node, goal_ids: list[str], parent: PolicyBundle | None
+    ) -> list[ModelRef]:
         d = self.doc
-        seen: set[str] = set()
+        seen: set[str] = {m.id for m in parent.models} if parent else set()
         out: list[ModelRef] = []
         for i, item in enumerate(d.sequence(node, "models")):
             p = f"models[{i}]"
@@ -536,4 +858,4 @@ class _Loader:
                     goal=self.goal_ref(m["goal"], f"{p}.goal", goal_ids),
                 )
             )
-        return tuple(out)
+        return out

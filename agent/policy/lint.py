@@ -1,0 +1,121 @@
+"""``edgegov policy check``: what a loaded bundle gets wrong without being invalid.
+
+A bundle that does not load (syntax, types, unknown channels or functions,
+a rule without a known goal, a loosening layer) is an error raised by the
+loader. A bundle that loads can still mislead; each of these is a finding:
+
+* a rule that can never be violated (its condition is constantly true) or
+  is always violated (constantly false) -- unreachable as a check;
+* a rule that duplicates an earlier one (same condition, durations, clear);
+* a goal that no rule and no risk model serves;
+* a channel that no rule, measure or model feature uses;
+* a model feature naming a channel the bundle does not declare;
+* a declared risk model that no rule reads with ``risk()`` is *not* a
+  finding: models also feed the attestation's risk claim.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from agent.policy.bundle import PolicyBundle
+from native import _policy_py as _ops
+
+__all__ = ["Finding", "lint"]
+
+_FEATURE_CHANNEL = re.compile(r"\(\s*([_a-zA-Z][_a-zA-Z0-9]*)\s*[,)]")
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # unreachable, always-violated, duplicate, goal-without-rule, unused-channel, ...
+    subject: str  # "rule temp-2-8", "goal keep-cold", "channel door"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.message}"
+
+
+def _constant(rule_program: object) -> bool | None:
+    ops = getattr(rule_program, "opcodes", None)
+    args = getattr(rule_program, "operands", None)
+    if ops is None or args is None or len(ops) != 1 or int(ops[0]) != _ops.LOAD_BOOL:
+        return None
+    return bool(args[0])
+
+
+def lint(bundle: PolicyBundle) -> list[Finding]:
+    """Findings for a loaded bundle, in the order of the file."""
+    out: list[Finding] = []
+    seen: dict[tuple[object, ...], str] = {}
+    for r in bundle.rules:
+        const = _constant(r.program)
+        if const is True:
+            out.append(
+                Finding(
+                    "unreachable",
+                    f"rule {r.id}",
+                    f"can never be violated: `{r.condition}` is always true",
+                )
+            )
+        elif const is False:
+            out.append(
+                Finding(
+                    "always-violated",
+                    f"rule {r.id}",
+                    f"is violated by every reading: `{r.condition}` is always false",
+                )
+            )
+        key = (
+            r.program.opcodes.tobytes(),
+            r.program.operands.tobytes(),
+            r.program.consts.tobytes(),
+            r.for_ms,
+            r.clear_condition,
+            r.clear_ms,
+        )
+        if key in seen:
+            out.append(
+                Finding(
+                    "duplicate",
+                    f"rule {r.id}",
+                    f"unreachable as a separate check: it is the same as rule {seen[key]}",
+                )
+            )
+        else:
+            seen[key] = r.id
+    served = {r.goal for r in bundle.rules} | {m.goal for m in bundle.models}
+    for g in bundle.goals:
+        if g.id not in served:
+            out.append(
+                Finding(
+                    "goal-without-rule",
+                    f"goal {g.id}",
+                    "no rule or risk model serves it, so nothing shows whether it is met",
+                )
+            )
+    names = {c.name for c in bundle.channels}
+    features: set[str] = set()
+    for m in bundle.models:
+        for f in m.features:
+            for name in _FEATURE_CHANNEL.findall(f) or [f]:
+                if name not in names:
+                    out.append(
+                        Finding(
+                            "unknown-channel",
+                            f"model {m.id}",
+                            f"feature {f!r} names channel {name!r}, which is not declared",
+                        )
+                    )
+                features.add(name)
+    for c in bundle.channels:
+        if c.name not in bundle.used_channels and c.name not in features:
+            out.append(
+                Finding(
+                    "unused-channel",
+                    f"channel {c.name}",
+                    "declared but used by no rule, measure or model feature",
+                )
+            )
+    return out
