@@ -1,10 +1,11 @@
 """Turn a closed window into a signed, chained, durably stored attestation.
 
-Order matters (PRODUCT.md §5, §7): build claims -> sign -> commit attestation,
-outbox row and new chain state in one fsynced transaction -> only then hand it
-to the publisher. A crash before the commit loses an unsigned window at most
-(the next attestation's checkpoint and health show it); a crash after it
-loses nothing.
+Order matters (PRODUCT.md §5, §7): salt and hash the readings into the device
+log -> build claims with the checkpoint and the consistency proof from the
+previous one -> sign -> commit attestation, readings, outbox row and new chain
+state in one fsynced transaction -> only then hand it to the publisher. A crash
+before the commit loses an unsigned window at most (the next attestation's
+checkpoint and health show it); a crash after it loses nothing.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import hashlib
 import secrets
 import time
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
-import cbor2
-
+from agent import __version__
 from agent.attestation import (
     Checkpoint,
     ConfigInForce,
@@ -25,28 +28,53 @@ from agent.attestation import (
     encode_claims,
 )
 from agent.cose import encode_sign1
-from agent.keys import Signer
-from agent.merkle import CompactRange, leaf_hash
+from agent.keys import SigningKey
+from agent.leaves import encode_records, record_leaf_hashes
+from agent.merkle import RangeHasher
 from agent.store import ChainState, EvidenceStore, OutboxItem
 from agent.window import Reading
 
-__all__ = ["Attester", "reading_record"]
+__all__ = ["Attester", "agent_code_digest"]
 
 
-def reading_record(r: Reading) -> bytes:
-    """One reading as Merkle leaf bytes: CBOR [received_ms, device_ms, source, seq, values]."""
-    return cbor2.dumps([r.received_ms, r.device_ms, r.source, r.frame_seq, list(r.values)])
+@lru_cache(maxsize=1)
+def agent_code_digest() -> str:
+    """SHA-256 over the agent's own code (paths and bytes), for submods "agent"."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for pkg in ("agent", "native", "firmware_bridge"):
+        for f in sorted((root / pkg).rglob("*")):
+            if f.suffix in (".py", ".pyx", ".so") and "__pycache__" not in f.parts:
+                rel = f.relative_to(root).as_posix().encode()
+                h.update(len(rel).to_bytes(4, "big") + rel)
+                data = f.read_bytes()
+                h.update(len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()
 
 
 class Attester:
     """Owns the device key and the chain; one instance per agent."""
 
-    def __init__(self, device_id: str, signer: Signer, store: EvidenceStore, topic: str) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        signer: SigningKey,
+        store: EvidenceStore,
+        topic: str,
+        *,
+        x5chain: tuple[bytes, ...] = (),
+        retention_ms: int | None = None,
+        sensors: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self.device_id = device_id
         self.signer = signer
         self.store = store
         self.topic = topic
+        self.x5chain = x5chain
+        self.retention_ms = retention_ms
+        self.sensors = dict(sensors or {})
         self._started = time.monotonic()
+        self._digest = agent_code_digest()
 
     def attest(
         self,
@@ -57,11 +85,15 @@ class Attester:
         risk: tuple[RiskResult, ...],
         health: Mapping[str, int],
         degraded: tuple[str, ...],
+        nonce: bytes | None = None,
     ) -> OutboxItem:
         """Sign and durably store one window; returns the outbox item to publish."""
         state = self.store.state
-        log = CompactRange(state.log.size, state.log.nodes)
-        log.extend(leaf_hash(reading_record(r)) for r in readings)
+        before = state.log
+        records = encode_records(before.size, secrets.token_bytes(32), readings)
+        leaves = record_leaf_hashes(records)
+        log = before.copy()
+        log.extend(leaves)
         ev = Evidence(
             device_id=self.device_id,
             seq=state.next_seq,
@@ -69,7 +101,13 @@ class Attester:
             window_start_ms=window[0],
             window_end_ms=window[1],
             readings=len(readings),
-            checkpoint=Checkpoint(state.origin, log.size, log.root()),
+            checkpoint=Checkpoint(
+                state.origin,
+                log.size,
+                log.root(),
+                before.size,
+                tuple(RangeHasher(before, leaves).consistency_proof()),
+            ),
             config=config,
             rules=rules,
             risk=risk,
@@ -79,10 +117,16 @@ class Attester:
             cti=secrets.token_bytes(16),
             uptime_s=int(time.monotonic() - self._started),
             bootcount=state.bootcount,
+            nonce=nonce,
+            agent_version=__version__,
+            agent_digest=self._digest,
+            sensors=self.sensors,
         )
-        cose = encode_sign1(encode_claims(ev), self.signer)
+        cose = encode_sign1(encode_claims(ev), self.signer, self.x5chain)
         new_state = ChainState(
             state.origin, ev.seq + 1, hashlib.sha256(cose).digest(), log, state.bootcount
         )
-        self.store.commit(ev.seq, window, cose, self.topic, new_state)
+        self.store.commit(ev.seq, window, cose, self.topic, new_state, records)
+        if self.retention_ms is not None:
+            self.store.prune(window[1] - self.retention_ms)
         return OutboxItem(ev.seq, self.topic, cose)

@@ -17,7 +17,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Protocol, Union
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,18 +30,27 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from agent.errors import KeyFileError
 
 __all__ = [
+    "ALG_ED25519",
     "ALG_EDDSA",
     "ALG_ES256",
     "PublicKey",
     "Signer",
+    "SigningKey",
     "generate_key",
     "load_public_key",
     "load_signer",
+    "public_key_from_der",
     "public_key_path",
 ]
 
 ALG_EDDSA = -8  # RFC 9053 §2.2 (EdDSA, here always Ed25519)
 ALG_ES256 = -7  # RFC 9053 §2.1 (ECDSA w/ SHA-256, signature is raw r||s)
+ALG_ED25519 = -19  # RFC 9864 fully-specified Ed25519; accepted on verify as -8's twin
+ALG_ESP256 = -9  # RFC 9864 fully-specified ECDSA P-256; accepted on verify as -7's twin
+
+# what accepted_algs returns (built once: the auditor asks for every message)
+_EDDSA_ALGS = frozenset({ALG_EDDSA, ALG_ED25519})
+_ECDSA_ALGS = frozenset({ALG_ES256, ALG_ESP256})
 
 _PrivateKey = Union[ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey]
 _PubKey = Union[ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey]
@@ -74,10 +83,20 @@ class PublicKey:
             return cls(key, ALG_ES256, _kid(key), source)
         raise KeyFileError(f"{source or 'key'}: only Ed25519 and ECDSA P-256 keys are supported")
 
+    @property
+    def accepted_algs(self) -> frozenset[int]:
+        """COSE algs a message may name for this key: the key pins its algorithm."""
+        return _EDDSA_ALGS if self.alg == ALG_EDDSA else _ECDSA_ALGS
+
+    def spki_der(self) -> bytes:
+        return _spki_der(self.key)
+
     def verify(self, signature: bytes, data: bytes) -> bool:
         """True if ``signature`` over ``data`` is valid for this key."""
         try:
             if self.alg == ALG_EDDSA:
+                if len(signature) != 64:
+                    return False
                 self.key.verify(signature, data)  # type: ignore[call-arg]
             else:
                 if len(signature) != 64:
@@ -96,6 +115,16 @@ class PublicKey:
         )
 
 
+class SigningKey(Protocol):
+    """What the attester needs from a key: a file key (:class:`Signer`) or an HSM key."""
+
+    alg: int
+    kid: bytes
+    public: PublicKey
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
 class Signer:
     """Signs with a device private key. The key object never leaves this class."""
 
@@ -104,6 +133,11 @@ class Signer:
         self.public = PublicKey.from_key(key.public_key(), source)
         self.alg = self.public.alg
         self.kid = self.public.kid
+
+    @property
+    def private_key(self) -> _PrivateKey:
+        """For CSRs and rotation statements made on the device; never serialised by us."""
+        return self._key
 
     def sign(self, data: bytes) -> bytes:
         if isinstance(self._key, ed25519.Ed25519PrivateKey):
@@ -167,6 +201,15 @@ def load_signer(path: Path) -> Signer:
     if not isinstance(key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
         raise KeyFileError(f"{path}: only Ed25519 and ECDSA P-256 keys are supported")
     return Signer(key, str(path))
+
+
+def public_key_from_der(der: bytes, source: str = "") -> PublicKey:
+    """A verification key from DER SubjectPublicKeyInfo (rotation statements, certificates)."""
+    try:
+        key = serialization.load_der_public_key(der)
+    except ValueError as e:
+        raise KeyFileError(f"{source or 'key'}: not a DER SubjectPublicKeyInfo") from e
+    return PublicKey.from_key(key, source)  # type: ignore[arg-type]
 
 
 def load_public_key(path: Path) -> PublicKey:

@@ -1,7 +1,8 @@
 """The gateway's durable evidence store: chain state, attestations, outbox (SQLite, WAL).
 
-One transaction commits a signed attestation, its outbox entry and the new
-chain state (next seq, prev hash, Merkle log state) together, with
+One transaction commits a signed attestation, its outbox entry, the window's
+readings (the salted leaf records, so any of them can later be proven included)
+and the new chain state (next seq, prev hash, Merkle log state) together, with
 ``synchronous=FULL`` so it is on disk (fsync) before anything is published.
 An outbox row is deleted only when the broker has acknowledged it (PUBACK).
 
@@ -21,9 +22,10 @@ from pathlib import Path
 import cbor2
 
 from agent.errors import StorageError
-from agent.merkle import CompactRange
+from agent.leaves import record_leaf_hashes
+from agent.merkle import CompactRange, RangeHasher
 
-__all__ = ["ChainState", "EvidenceStore", "OutboxItem"]
+__all__ = ["ChainState", "EvidenceStore", "OutboxItem", "RetainedReading", "read_retained"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -39,8 +41,16 @@ CREATE TABLE IF NOT EXISTS attestations (
     seq INTEGER PRIMARY KEY,
     window_start_ms INTEGER NOT NULL,
     window_end_ms INTEGER NOT NULL,
-    cose BLOB NOT NULL
+    cose BLOB NOT NULL,
+    log_size_before INTEGER NOT NULL DEFAULT 0,
+    log_before BLOB NOT NULL DEFAULT x'80'
 );
+CREATE TABLE IF NOT EXISTS readings (
+    idx INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS readings_by_seq ON readings (seq);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -112,17 +122,29 @@ class EvidenceStore:
         )
 
     def commit(
-        self, seq: int, window: tuple[int, int], cose: bytes, topic: str, new_state: ChainState
+        self,
+        seq: int,
+        window: tuple[int, int],
+        cose: bytes,
+        topic: str,
+        new_state: ChainState,
+        records: list[bytes] | None = None,
     ) -> None:
-        """Atomically persist an attestation, its outbox entry and the chain state."""
+        """Atomically persist an attestation, its readings, its outbox entry and the chain state."""
         if seq != self.state.next_seq:
             raise RuntimeError(f"commit out of order: seq {seq}, expected {self.state.next_seq}")
+        before = self.state.log
+        records = records or []
         with self._lock, self._wrap(f"store attestation seq {seq}"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
-                    "INSERT INTO attestations VALUES (?, ?, ?, ?)",
-                    (seq, window[0], window[1], cose),
+                    "INSERT INTO attestations VALUES (?, ?, ?, ?, ?, ?)",
+                    (seq, window[0], window[1], cose, before.size, cbor2.dumps(list(before.nodes))),
+                )
+                self._db.executemany(
+                    "INSERT INTO readings VALUES (?, ?, ?)",
+                    [(before.size + i, seq, r) for i, r in enumerate(records)],
                 )
                 self._db.execute("INSERT INTO outbox VALUES (?, ?, ?)", (seq, topic, cose))
                 self._write_state(new_state)
@@ -131,6 +153,20 @@ class EvidenceStore:
                 self._db.execute("ROLLBACK")
                 raise
         self.state = new_state
+
+    def prune(self, older_than_ms: int) -> int:
+        """Retention: drop the readings of windows that ended before ``older_than_ms``.
+
+        Attestations are kept (they are small and the chain needs them); only the
+        raw readings go, after which they can no longer be proven.
+        """
+        with self._lock, self._wrap("apply the retention setting"):
+            cur = self._db.execute(
+                "DELETE FROM readings WHERE seq IN "
+                "(SELECT seq FROM attestations WHERE window_end_ms < ?)",
+                (older_than_ms,),
+            )
+            return cur.rowcount
 
     def pending(self) -> list[OutboxItem]:
         """Outbox entries not yet acknowledged by the broker, in seq order."""
@@ -141,9 +177,18 @@ class EvidenceStore:
         return [OutboxItem(*r) for r in rows]
 
     def acknowledge(self, seq: int) -> None:
-        """The broker has the attestation (PUBACK): drop it from the outbox."""
+        """The broker has the attestation (PUBACK): drop it from the outbox.
+
+        Not fsynced (WAL, synchronous=NORMAL for this statement only): if power fails
+        right after, the row comes back and is sent once more, which collectors and the
+        verifier treat as the same attestation. Evidence itself is always fsynced.
+        """
         with self._lock, self._wrap(f"acknowledge seq {seq}"):
-            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def last_window_end(self) -> int | None:
         """End (ms) of the newest attested window, so a restart never overlaps it."""
@@ -158,6 +203,56 @@ class EvidenceStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+@dataclass(frozen=True)
+class RetainedReading:
+    """One retained reading with what proves it: the attestation of its window."""
+
+    index: int
+    record: bytes
+    tree_size: int
+    proof: tuple[bytes, ...]
+    attestation: bytes
+
+
+def read_retained(path: Path, index: int) -> RetainedReading:
+    """Inclusion proof for reading ``index`` from a store, opened read-only.
+
+    The proof is against the checkpoint of the reading's own window: the
+    window's leaves plus the compact range stored before it are all it needs.
+    """
+    if not path.exists():
+        raise StorageError(f"{path}: no evidence store there")
+    with _SqliteGuard(path, f"read reading {index}"):
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT seq FROM readings WHERE idx = ?", (index,)).fetchone()
+            if row is None:
+                raise StorageError(
+                    f"{path}: reading {index} is not retained (never recorded, or removed "
+                    "by the retention setting)"
+                )
+            seq = row[0]
+            cose, size_before, nodes = db.execute(
+                "SELECT cose, log_size_before, log_before FROM attestations WHERE seq = ?", (seq,)
+            ).fetchone()
+            rows = db.execute(
+                "SELECT idx, record FROM readings WHERE seq = ? ORDER BY idx", (seq,)
+            ).fetchall()
+        finally:
+            db.close()
+    if [r[0] for r in rows] != list(range(size_before, size_before + len(rows))):
+        raise StorageError(f"{path}: the readings of window seq {seq} are incomplete")
+    records = [r[1] for r in rows]
+    hasher = RangeHasher(CompactRange(size_before, cbor2.loads(nodes)), record_leaf_hashes(records))
+    return RetainedReading(
+        index,
+        records[index - size_before],
+        hasher.size,
+        tuple(hasher.inclusion_proof(index)),
+        cose,
+    )
 
 
 class _SqliteGuard:

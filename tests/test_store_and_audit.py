@@ -123,7 +123,7 @@ def test_forged_byte_fails_the_signature(tmp_path, chain, signer):
     bad = bytearray(chain[2])
     bad[len(bad) // 2] ^= 0x40
     _, codes = _codes(tmp_path, chain[:2] + [bytes(bad)] + chain[3:], [signer.public])
-    assert "INVALID" in codes and "CHAIN_GAP" in codes  # the forged one does not count
+    assert "BAD_SIGNATURE" in codes and "CHAIN_GAP" in codes  # the forged one does not count
 
 
 def test_fork_signed_by_the_device_key_is_reported(tmp_path, signer):
@@ -140,7 +140,7 @@ def test_fork_signed_by_the_device_key_is_reported(tmp_path, signer):
 def test_attestations_from_an_untrusted_key_are_refused(tmp_path, chain):
     other = generate_key(tmp_path / "other.key")
     res, codes = _codes(tmp_path, chain, [other.public])
-    assert codes == ["INVALID"] and res.verified == 0
+    assert codes == ["UNKNOWN_KEY"] and res.verified == 0
     assert "not a trusted key" in res.findings[0].message
 
 

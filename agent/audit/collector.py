@@ -1,58 +1,89 @@
-"""Collect attestations from a broker into a directory of ``.cose`` files.
+"""Collect a fleet's attestations from a broker into files or a database.
 
-Messages are stored exactly as received, named by the SHA-256 of their bytes,
-so a redelivered message (QoS 1 is at-least-once) lands on the same file and
-collection is idempotent. Nothing is trusted here; ``audit verify`` decides.
+Nothing is trusted here; ``audit verify`` decides. Messages are stored exactly
+as received. Both sinks are idempotent, because QoS 1 is at-least-once and
+several collectors may run:
+
+* :class:`FileCollector` writes ``DIR/<device>/<seq>-<sha256 prefix>.cose``
+  (the same bytes always land on the same file; names sort in seq order);
+* :class:`StoreCollector` inserts into SQLite or PostgreSQL keyed on
+  (device, seq, digest) (``agent.audit.evidence_db``).
+
+With ``share`` set, the subscription is an MQTT v5 shared subscription
+(``$share/<group>/...``, MQTT 5.0 §4.8.2): the broker hands each message to
+one member of the group, so several collectors split the load and together
+store each attestation once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.errors import TransportError
+from agent.attestation import EDGEGOV, SEQ
+from agent.audit.evidence_db import EvidenceDB, open_db
+from agent.cose import decode_sign1
+from agent.errors import Error, TransportError
 from agent.transport import BrokerURL
 
-__all__ = ["FileCollector"]
+__all__ = ["Collector", "FileCollector", "StoreCollector", "peek_seq"]
 
 
-class FileCollector:
-    """Subscribes to ``{prefix}/{fleet}/+/attestation`` and writes each message to disk."""
+def peek_seq(payload: bytes) -> int:
+    """The seq a message *claims* (unverified, for naming only); -1 if unreadable."""
+    try:
+        claims = decode_sign1(payload).claims()
+        seq = claims[EDGEGOV][SEQ]
+    except (Error, KeyError, TypeError, cbor2.CBORDecodeError):
+        return -1
+    return seq if isinstance(seq, int) and seq >= 0 else -1
 
-    def __init__(self, url: str, out_dir: Path, fleet: str = "+", prefix: str = "edgegov") -> None:
+
+class Collector:
+    """Subscribes to ``{prefix}/{fleet}/+/attestation``; subclasses store each message."""
+
+    def __init__(
+        self,
+        url: str,
+        fleet: str = "+",
+        prefix: str = "edgegov",
+        share: str | None = None,
+    ) -> None:
         self.url = BrokerURL.parse(url, "broker URL")
-        self.out_dir = out_dir
-        self.topic = f"{prefix}/{fleet}/+/attestation"
+        topic = f"{prefix}/{fleet}/+/attestation"
+        self.topic = f"$share/{share}/{topic}" if share else topic
+        self.name = f"edgegov-collector-{os.getpid()}-{secrets.token_hex(3)}"
         self.received = 0
         self.stored: set[str] = set()
+        self.errors: list[str] = []
         self._subscribed = threading.Event()
         self._lock = threading.Lock()
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            protocol=mqtt.MQTTv5,
-            client_id=f"edgegov-collector-{os.getpid()}",
-        )
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=self.name)
         if self.url.username:
             c.username_pw_set(self.url.username, self.url.password)
+        if self.url.tls:
+            c.tls_set()
         c.on_connect = self._on_connect
-        c.on_subscribe = lambda *a: self._subscribed.set()
+        c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
         self._client = c
 
     def start(self, timeout: float = 5.0) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._client.connect(self.url.host, self.url.port, keepalive=30)
         except OSError as e:
             raise TransportError(f"collector cannot reach broker {self.url}: {e}") from e
         self._client.loop_start()
         if not self._subscribed.wait(timeout):
+            self.stop()
             raise TransportError(f"collector could not subscribe at {self.url} within {timeout} s")
 
     def stop(self) -> None:
@@ -65,15 +96,77 @@ class FileCollector:
         if not rc.is_failure:
             client.subscribe(self.topic, qos=1)
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, p: Any) -> None:
+        if rcs and not rcs[0].is_failure:
+            self._subscribed.set()
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         device = msg.topic.split("/")[-2]
-        name = hashlib.sha256(msg.payload).hexdigest()[:32]
-        d = self.out_dir / device
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / f"{name}.cose"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msg.payload)
-        os.replace(tmp, path)
+        payload = bytes(msg.payload)
+        digest = hashlib.sha256(payload).digest()
+        try:
+            new = self.store(device, peek_seq(payload), digest, payload)
+        except Error as e:  # keep collecting; the message is redelivered on reconnect
+            with self._lock:
+                self.errors.append(str(e))
+            return
         with self._lock:
             self.received += 1
-            self.stored.add(name)
+            if new:
+                self.stored.add(f"{device}/{digest.hex()[:32]}")
+
+    def store(self, device: str, seq: int, digest: bytes, payload: bytes) -> bool:
+        raise NotImplementedError
+
+
+class FileCollector(Collector):
+    """Writes each message to ``out_dir/<device>/<seq>-<digest>.cose``."""
+
+    def __init__(
+        self,
+        url: str,
+        out_dir: Path,
+        fleet: str = "+",
+        prefix: str = "edgegov",
+        share: str | None = None,
+    ) -> None:
+        super().__init__(url, fleet, prefix, share)
+        self.out_dir = out_dir
+
+    def start(self, timeout: float = 5.0) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        super().start(timeout)
+
+    def store(self, device: str, seq: int, digest: bytes, payload: bytes) -> bool:
+        d = self.out_dir / device
+        d.mkdir(parents=True, exist_ok=True)
+        seq_name = f"{seq:010d}" if seq >= 0 else "unreadable"
+        path = d / f"{seq_name}-{digest.hex()[:32]}.cose"
+        if path.exists():
+            return False
+        tmp = path.with_suffix(f".{self.name}.tmp")
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+        return True
+
+
+class StoreCollector(Collector):
+    """Inserts each message into a collector store (SQLite path/URL or PostgreSQL URL)."""
+
+    def __init__(
+        self,
+        url: str,
+        store_url: str,
+        fleet: str = "+",
+        prefix: str = "edgegov",
+        share: str | None = None,
+    ) -> None:
+        super().__init__(url, fleet, prefix, share)
+        self.db: EvidenceDB = open_db(store_url)
+
+    def store(self, device: str, seq: int, digest: bytes, payload: bytes) -> bool:
+        return self.db.put(device, seq, digest, payload, self.name)
+
+    def stop(self) -> None:
+        super().stop()
+        self.db.close()

@@ -28,7 +28,24 @@ HEALTH_WORDS = {
     "offline_ms": "ms with the serial port unavailable",
     "data_before_hello": "readings before the device announced its channels (not used)",
     "unknown_channels": "device channels the policy does not know",
+    "readings_out_of_range": "readings outside a channel's valid range (not used)",
+    "out_of_range": "values outside the device's declared range",
+    "resyncs": "resynchronisations after line noise",
+    "duplicates": "duplicate frames (ignored)",
+    "seq_resets": "sequence restarts without a HELLO",
+    "quarantined": "readings withheld: device schema does not match the config",
+    "samples_ok": "samples decoded",
+    "lines_ok": "text lines parsed",
+    "parse_errors": "text lines that did not parse",
+    "bad_values": "text values that are not numbers",
+    "missing_fields": "text lines missing a configured field",
+    "unknown_fields": "text fields not in the configured schema",
+    "overlong_lines": "text lines over the length limit (dropped)",
+    "polls_ok": "Modbus polls answered",
+    "poll_timeouts": "Modbus polls with no answer",
+    "poll_errors": "Modbus polls answered with an error",
 }
+_NOT_PROBLEMS = {"frames_ok", "samples_ok", "lines_ok", "polls_ok"}
 
 
 def format_result(res: AuditResult) -> str:
@@ -46,6 +63,11 @@ def format_result(res: AuditResult) -> str:
             lines.append(
                 f"  rule {rule:<{width}}  {r['violated']:>6} of {r['evaluated']:>6} readings "
                 f"violated, in {r['windows_violated']} window(s)"
+                + (
+                    f"; {r['episodes']} episode(s), longest {r['longest_episode_ms'] / 1000:g} s"
+                    if r.get("episodes")
+                    else ""
+                )
                 + (f"; {r['errors']} not evaluable" if r["errors"] else "")
             )
         for model, k in d.risk.items():
@@ -58,9 +80,9 @@ def format_result(res: AuditResult) -> str:
                 lines.append(f"  risk {model:<{width}}  not scored")
         lines.append(f"  data quality   {d.health.get('frames_ok', 0)} frames ok")
         known = [k for k in HEALTH_WORDS if k in d.health]
-        for key in known + sorted(set(d.health) - set(known) - {"frames_ok"}):
+        for key in known + sorted(set(d.health) - set(known)):
             v = d.health[key]
-            if v:
+            if v and key not in _NOT_PROBLEMS:
                 lines.append(f"                 {v} {HEALTH_WORDS.get(key, key)}")
         if d.degraded_windows:
             lines.append(f"  degraded       {d.degraded_windows} window(s) (see --json)")

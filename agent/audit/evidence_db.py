@@ -1,0 +1,172 @@
+"""Where collectors put attestations: SQLite (default) or PostgreSQL, chosen by URL.
+
+``sqlite:///path/to/file.sqlite`` (or a plain path) and ``postgresql://...``.
+Rows are keyed on (device, seq, SHA-256 of the bytes): storing the same
+message again is a no-op (QoS 1 redelivery, several collectors), while two
+*different* messages with one seq are both kept, so ``audit verify`` can
+report the fork. device comes from the MQTT topic and seq from the unverified
+payload; they only organise storage, ``audit verify`` decides what is true.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.errors import StorageError
+
+__all__ = ["EvidenceDB", "open_db"]
+
+_SQLITE = """
+CREATE TABLE IF NOT EXISTS collected (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    cose BLOB NOT NULL,
+    collector TEXT NOT NULL,
+    UNIQUE (device, seq, digest)
+);
+"""
+_PG = """
+CREATE TABLE IF NOT EXISTS collected (
+    id BIGSERIAL PRIMARY KEY,
+    device TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    digest BYTEA NOT NULL,
+    cose BYTEA NOT NULL,
+    collector TEXT NOT NULL,
+    received_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE (device, seq, digest)
+);
+"""
+_INSERT = (
+    "INSERT INTO collected (device, seq, digest, cose, collector) VALUES ({p}, {p}, {p}, {p}, {p}) "
+    "ON CONFLICT (device, seq, digest) DO NOTHING"
+)
+
+
+class EvidenceDB(Protocol):
+    url: str
+
+    def put(self, device: str, seq: int, digest: bytes, cose: bytes, collector: str) -> bool:
+        """Store one message; False if it was already there."""
+        ...
+
+    def messages(self) -> Iterator[tuple[bytes, str, str | None]]:
+        """``(cose, source, device)`` by device, claimed seq, arrival (for verify_messages)."""
+        ...
+
+    def count(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class _Sqlite:
+    def __init__(self, path: Path, url: str) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SQLITE)
+        except (sqlite3.Error, OSError) as e:
+            raise StorageError(f"{url}: cannot open the collector store: {e}") from e
+
+    def put(self, device: str, seq: int, digest: bytes, cose: bytes, collector: str) -> bool:
+        with self._lock:
+            try:
+                cur = self._db.execute(
+                    _INSERT.format(p="?"), (device, seq, digest, cose, collector)
+                )
+            except sqlite3.Error as e:
+                raise StorageError(f"{self.url}: cannot store {device} seq {seq}: {e}") from e
+            return cur.rowcount == 1
+
+    def messages(self) -> Iterator[tuple[bytes, str, str | None]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, device, cose FROM collected ORDER BY device, seq, id"
+            ).fetchall()
+        for id_, device, cose in rows:
+            yield bytes(cose), f"{self.url}#{id_}", device
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM collected").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class _Postgres:
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.url = url
+        self._lock = threading.Lock()
+        self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+        try:
+            self._db: Any = psycopg.connect(url, autocommit=True, connect_timeout=5)
+            with self._db.transaction():
+                # One creator at a time: CREATE TABLE IF NOT EXISTS races on pg_type.
+                self._db.execute("SELECT pg_advisory_xact_lock(70001)")
+                self._db.execute(_PG)
+        except psycopg.Error as e:
+            raise StorageError(f"{_safe(url)}: cannot open the collector store: {e}") from e
+
+    def put(self, device: str, seq: int, digest: bytes, cose: bytes, collector: str) -> bool:
+        with self._lock:
+            try:
+                cur = self._db.execute(
+                    _INSERT.format(p="%s"), (device, seq, digest, cose, collector)
+                )
+            except self._errors as e:
+                raise StorageError(
+                    f"{_safe(self.url)}: cannot store {device} seq {seq}: {e}"
+                ) from e
+            return bool(cur.rowcount == 1)
+
+    def messages(self) -> Iterator[tuple[bytes, str, str | None]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, device, cose FROM collected ORDER BY device, seq, id"
+            ).fetchall()
+        for id_, device, cose in rows:
+            yield bytes(cose), f"{_safe(self.url)}#{id_}", device
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM collected").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _safe(url: str) -> str:
+    """The URL without a password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    p = urlsplit(url)
+    if p.password:
+        netloc = f"{p.username}:***@{p.hostname}" + (f":{p.port}" if p.port else "")
+        return urlunsplit(p._replace(netloc=netloc))
+    return url
+
+
+def open_db(url: str) -> EvidenceDB:
+    """Open (and create) a collector store from a URL or a plain SQLite path."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return _Postgres(url)
+    if url.startswith("sqlite:///"):
+        return _Sqlite(Path(url[len("sqlite://") :]), url)
+    if "://" in url:
+        raise StorageError(f"{url}: unsupported store URL (sqlite:///PATH or postgresql://...)")
+    return _Sqlite(Path(url), url)

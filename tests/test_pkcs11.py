@@ -1,0 +1,75 @@
+"""The PKCS#11 signing backend against a real SoftHSM2 token (Debian's softhsm2)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.audit import verify_paths
+from agent.errors import KeyFileError
+from tests.conftest import cose_oracle
+from tests.evidence_util import make_stream, write
+
+MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+           "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def token(tmp_path_factory):
+    """A fresh SoftHSM2 token with an Ed25519 and a P-256 key pair generated inside it."""
+    module = next((m for m in MODULES if Path(m).exists()), None)
+    util = shutil.which("softhsm2-util")
+    if module is None or util is None:
+        pytest.fail("SoftHSM2 is not installed; run 'make test' (it installs Debian's softhsm2)")
+    d = tmp_path_factory.mktemp("softhsm")
+    (d / "tokens").mkdir()
+    conf = d / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {d}/tokens\nobjectstore.backend = file\n"
+                    "log.level = ERROR\n")  # fmt: skip
+    old = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    subprocess.run([util, "--init-token", "--free", "--label", "edgegov", "--pin", "1234",
+                    "--so-pin", "5678"], check=True, capture_output=True)  # fmt: skip
+    import pkcs11
+    from pkcs11 import Attribute, KeyType, Mechanism
+    from pkcs11.util.ec import encode_named_curve_parameters
+
+    tok = pkcs11.lib(module).get_token(token_label="edgegov")
+    with tok.open(rw=True, user_pin="1234") as s:
+        s.create_domain_parameters(
+            KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+            local=True,
+        ).generate_keypair(store=True, label="p256")  # fmt: skip
+        s.create_domain_parameters(
+            KeyType.EC_EDWARDS,
+            {Attribute.EC_PARAMS: encode_named_curve_parameters("1.3.101.112")},
+            local=True,
+        ).generate_keypair(store=True, label="ed25519", mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN)
+    yield module
+    if old is None:
+        os.environ.pop("SOFTHSM2_CONF", None)
+    else:
+        os.environ["SOFTHSM2_CONF"] = old
+
+
+@pytest.mark.parametrize(("label", "alg"), [("ed25519", -8), ("p256", -7)])
+def test_attestations_signed_inside_softhsm_verify_with_us_and_pycose(token, tmp_path, label, alg):
+    from agent.pkcs11_signer import Pkcs11Signer
+
+    signer = Pkcs11Signer(token, "edgegov", "1234", label)
+    assert signer.alg == alg
+    msgs = make_stream(tmp_path / "e.sqlite", signer, windows=3)
+    res = verify_paths([write(tmp_path / "f", msgs)], [signer.public])
+    assert res.ok, [str(f) for f in res.findings]
+    assert cose_oracle(msgs, signer.public.pem()).count(f"alg={alg}") == 3
+
+
+def test_a_missing_key_label_is_a_clear_key_error(token):
+    from agent.pkcs11_signer import Pkcs11Signer
+
+    with pytest.raises(KeyFileError, match="no-such-key"):
+        Pkcs11Signer(token, "edgegov", "1234", "no-such-key")
