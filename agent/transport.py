@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from agent.store import OutboxItem
 __all__ = ["BrokerURL", "MqttPublisher", "Publisher", "SpoolPublisher", "Topics"]
 
 log = logging.getLogger("edgegov.transport")
+
+_WINDOW = 16  # attestations in flight at once (QoS 1, awaiting PUBACK)
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,16 @@ class MqttPublisher:
         self.topics = topics
         self.on_ack = on_ack
         self._lock = threading.Lock()
-        self._inflight: dict[int, int] = {}  # paho mid -> attestation seq
+        self._inflight: dict[int, int | None] = {}  # paho mid -> seq (None: status message)
+        self._early: dict[int, Any] = {}  # mid -> reason code of a PUBACK that beat _track
+        # Attestations go to paho from one sender thread, in seq order, at most _WINDOW
+        # unacknowledged at a time: below paho's own inflight cap, so paho never queues one
+        # while connected (paho can send a new message ahead of its queued ones).
+        self._queue: deque[OutboxItem] = deque()
+        self._outstanding = 0
+        self._cond = threading.Condition(self._lock)
+        self._closing = False
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
         self._connected = threading.Event()
         self._last_fail_log = 0.0
         self._keepalive = keepalive
@@ -171,7 +183,7 @@ class MqttPublisher:
             protocol=mqtt.MQTTv5,
         )
         c.max_queued_messages_set(0)  # unbounded: the outbox is the real bound
-        c.max_inflight_messages_set(20)
+        c.max_inflight_messages_set(_WINDOW + 4)  # room for status messages
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         if url.username:
             c.username_pw_set(url.username, url.password)
@@ -210,6 +222,7 @@ class MqttPublisher:
             properties=props,
         )
         self._client.loop_start()
+        self._sender.start()
         for item in pending:
             self.publish(item)
 
@@ -231,30 +244,61 @@ class MqttPublisher:
             info = self._client.publish(self.topics.status, json.dumps(offline), qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):  # best effort; the LWT covers it
                 info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._sender.join(timeout=2)
         self._client.disconnect()
         self._client.loop_stop()
         return left
 
     # -- publishing ------------------------------------------------------------
     def publish(self, item: OutboxItem) -> None:
+        """Queue an attestation; the sender thread hands it to paho in order."""
+        with self._cond:
+            self._queue.append(item)
+            self._cond.notify_all()
+
+    def _send_loop(self) -> None:
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ContentType = CONTENT_TYPE
-        with self._lock:
-            # Queued by paho if we are offline; sent on (re)connect, in order.
+        while True:
+            with self._cond:
+                while not self._closing and (not self._queue or self._outstanding >= _WINDOW):
+                    self._cond.wait()
+                if self._closing:
+                    return
+                item = self._queue.popleft()
+                self._outstanding += 1
+            # Never call paho while holding our lock: its network thread holds paho's own
+            # lock while it waits for ours in _on_publish. Offline, paho queues it and sends
+            # it on reconnect, in order.
             info = self._client.publish(item.topic, item.payload, qos=1, properties=props)
-            self._inflight[info.mid] = item.seq
+            self._track(info.mid, item.seq)
 
     def publish_status(self, status: dict[str, Any]) -> None:
         self._status = status
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ContentType = "application/json"
-        self._client.publish(
+        info = self._client.publish(
             self.topics.status, json.dumps(status), qos=1, retain=True, properties=props
         )
+        self._track(info.mid, None)
+
+    def _track(self, mid: int, seq: int | None) -> None:
+        """Remember what ``mid`` carries, or settle it if its PUBACK already came."""
+        with self._lock:
+            rc = self._early.pop(mid, None)
+            if rc is None:
+                self._inflight[mid] = seq
+                return
+        if seq is not None:
+            self._settle(seq, rc)
 
     def unacknowledged(self) -> int:
+        """Attestations handed to us and not yet acknowledged by the broker."""
         with self._lock:
-            return len(self._inflight)
+            return len(self._queue) + self._outstanding
 
     # -- paho callbacks (network thread) -----------------------------------------
     def _on_connect(
@@ -300,13 +344,19 @@ class MqttPublisher:
         self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any
     ) -> None:
         with self._lock:
-            seq = self._inflight.get(mid)
-            if seq is None:
-                return  # a status message
-            if rc.is_failure:
-                # e.g. 0x87 not authorised: the broker did NOT take it. Keep it in the outbox.
-                log.error("broker rejected attestation seq %d: %s; kept in the outbox", seq, rc)
-                del self._inflight[mid]
+            if mid not in self._inflight:
+                self._early[mid] = rc  # PUBACK before publish() returned; _track settles it
                 return
-            del self._inflight[mid]
+            seq = self._inflight.pop(mid)
+        if seq is not None:  # None: a status message
+            self._settle(seq, rc)
+
+    def _settle(self, seq: int, rc: Any) -> None:
+        with self._cond:
+            self._outstanding -= 1
+            self._cond.notify_all()
+        if rc.is_failure:
+            # e.g. 0x87 not authorised: the broker did NOT take it. Keep it in the outbox.
+            log.error("broker rejected attestation seq %d: %s; kept in the outbox", seq, rc)
+            return
         self.on_ack(seq)

@@ -1,0 +1,172 @@
+"""Atomic activation of a verified fleet configuration on the gateway.
+
+Layout under ``{state_dir}/fleet/``::
+
+    configs/<id>/            one complete config: policies/, models/, manifest.json
+    current -> configs/<id>  the config in force (a symlink, switched atomically)
+    staging/<id>.<pid>/      work in progress; removed at the next start
+
+Order (a crash at any point leaves the old or the new config in force, never
+a mix): write every file into a private staging directory and fsync it;
+rename the directory into ``configs/`` (same file system, atomic); point a new
+symlink at it and ``rename(2)`` it over ``current`` (atomic); fsync the
+directory. ``manifest.json`` is written last inside the staging directory, so
+a config directory without one is incomplete and never chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.fleet.errors import FleetError
+
+__all__ = ["ActiveConfig", "ConfigStore", "TufVersions"]
+
+
+@dataclass(frozen=True)
+class TufVersions:
+    """Versions of the trusted top-level metadata a config was activated under."""
+
+    root: int
+    timestamp: int
+    snapshot: int
+    targets: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "root": self.root,
+            "timestamp": self.timestamp,
+            "snapshot": self.snapshot,
+            "targets": self.targets,
+        }
+
+
+@dataclass(frozen=True)
+class ActiveConfig:
+    """A config in force: where its files are and what TUF said about them."""
+
+    directory: Path
+    config_version: int
+    assignment: str  # target name of the assignment document
+    assignment_sha256: str
+    policy: str  # target name
+    tuf: TufVersions
+    targets: Mapping[str, str] = field(default_factory=dict)  # target name -> sha256 hex
+    activated_ms: int = 0
+
+    @property
+    def policy_path(self) -> Path:
+        return self.directory / "policies" / self.policy.rsplit("/", 1)[-1]
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "config_version": self.config_version,
+            "assignment": self.assignment,
+            "assignment_sha256": self.assignment_sha256,
+            "policy": self.policy,
+            "tuf": self.tuf.as_dict(),
+            "targets": dict(sorted(self.targets.items())),
+            "activated_ms": self.activated_ms,
+        }
+
+    @classmethod
+    def from_manifest(cls, directory: Path, m: Mapping[str, Any]) -> ActiveConfig:
+        return cls(
+            directory,
+            int(m["config_version"]),
+            str(m["assignment"]),
+            str(m["assignment_sha256"]),
+            str(m["policy"]),
+            TufVersions(**{k: int(v) for k, v in m["tuf"].items()}),
+            {str(k): str(v) for k, v in m["targets"].items()},
+            int(m["activated_ms"]),
+        )
+
+
+def staged_path(directory: Path, target_name: str, kind: str) -> Path:
+    """Where a target of ``kind`` lives inside a config directory."""
+    sub = "policies" if kind == "policy" else "models"
+    return directory / sub / target_name.rsplit("/", 1)[-1]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ConfigStore:
+    """The gateway's configs on disk (see the module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.configs = self.root / "configs"
+        self.staging = self.root / "staging"
+        self.current_link = self.root / "current"
+        for d in (self.configs, self.staging):
+            d.mkdir(parents=True, exist_ok=True)
+        for leftover in self.staging.iterdir():  # a crash mid-staging; never in force
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def current(self) -> ActiveConfig | None:
+        """The config in force, re-checked against its manifest; None if there is none."""
+        try:
+            target = self.root / os.readlink(self.current_link)
+        except FileNotFoundError:
+            return None
+        try:
+            cfg = ActiveConfig.from_manifest(
+                target, json.loads((target / "manifest.json").read_bytes())
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise FleetError(f"{target}: config in force has no valid manifest: {e}") from e
+        return cfg
+
+    def new_staging(self, name: str) -> Path:
+        d = self.staging / f"{name}.{os.getpid()}"
+        shutil.rmtree(d, ignore_errors=True)
+        (d / "policies").mkdir(parents=True)
+        (d / "models").mkdir()
+        return d
+
+    def write(self, path: Path, data: bytes) -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def activate(self, staged: Path, config: ActiveConfig) -> ActiveConfig:
+        """Commit a staged directory (all files verified and written) and switch to it."""
+        # A fresh name per activation: a config activated again (after a crash, or
+        # switching back) never collides with a directory that is or was in force.
+        final = self.configs / f"v{config.config_version}-{secrets.token_hex(8)}"
+        cfg = ActiveConfig(**{**config.__dict__, "directory": final})
+        self.write(staged / "manifest.json", json.dumps(cfg.manifest(), indent=2).encode())
+        for sub in ("policies", "models", "."):
+            _fsync_dir(staged / sub)
+        os.rename(staged, final)
+        _fsync_dir(self.configs)
+        link = self.root / f"current.{os.getpid()}.tmp"
+        if link.is_symlink():
+            link.unlink()
+        os.symlink(f"configs/{final.name}", link)
+        os.replace(link, self.current_link)  # the switch (rename(2) is atomic)
+        _fsync_dir(self.root)
+        self._prune(keep={final.name})
+        return cfg
+
+    def _prune(self, keep: set[str], retain: int = 3) -> None:
+        """Drop old configs, keeping the current one and the newest few."""
+        dirs = sorted(self.configs.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+        for d in dirs[retain:]:
+            if d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)

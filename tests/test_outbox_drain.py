@@ -1,0 +1,56 @@
+"""A large outbox backlog drains completely and in order through a real broker.
+
+This once deadlocked: our publish() held our lock while calling paho, and paho's
+network thread held its own while waiting for ours in the PUBACK callback.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.store import EvidenceStore
+from agent.transport import BrokerURL, MqttPublisher, Topics
+
+N = 3000
+
+
+def test_backlog_drains_in_order_and_empties_the_outbox(tmp_path, broker):
+    path = tmp_path / "e.sqlite"
+    EvidenceStore(path, "gw").close()
+    db = sqlite3.connect(path)
+    with db:
+        db.executemany(
+            "INSERT INTO outbox VALUES (?, ?, ?)",
+            ((i, "edgegov/f/gw/attestation", i.to_bytes(4, "big") * 100) for i in range(N)),
+        )
+    db.close()
+
+    got: list[int] = []
+    ready = threading.Event()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.on_connect = lambda c, *_: c.subscribe("edgegov/f/gw/attestation", qos=1)
+    sub.on_subscribe = lambda *_: ready.set()
+    sub.on_message = lambda _c, _u, m: got.append(int.from_bytes(m.payload[:4], "big"))
+    u = BrokerURL.parse(broker.url)
+    sub.connect(u.host, u.port)
+    sub.loop_start()
+    assert ready.wait(5)
+
+    store = EvidenceStore(path, "gw")
+    pub = MqttPublisher(u, Topics("edgegov", "f", "gw"), store.acknowledge)
+    pub.start(store.pending())
+    deadline = time.monotonic() + 60
+    while (pub.unacknowledged() or len(got) < N) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pub.stop(2)
+    sub.disconnect()
+    sub.loop_stop()
+    assert store.pending() == []
+    missing = sorted(set(range(N)) - set(got))
+    dups = len(got) - len(set(got))
+    assert got == list(range(N)), f"{len(got)} received, missing {missing[:10]}, {dups} duplicates"
