@@ -10,13 +10,19 @@ ORACLE := .venv-oracle
 STAMP  := $(VENV)/.installed
 PIP_Q  := --quiet --disable-pip-version-check
 
-.PHONY: demo test lint system-deps mosquitto clean
+.PHONY: demo test bench lint system-deps mosquitto test-system-deps clean
 
 demo: $(STAMP)
 	$(VENV)/bin/edgegov demo
 
-test: $(STAMP) $(ORACLE)/.installed mosquitto
+test: $(STAMP) $(ORACLE)/.installed mosquitto test-system-deps
 	$(VENV)/bin/python -m pytest
+
+# The benchmarks side by side; peers (cel-python, regopy) are optional: rows say
+# "not installed" when they cannot be installed here.
+bench: $(STAMP)
+	-$(VENV)/bin/pip install $(PIP_Q) -e '.[bench]'
+	$(VENV)/bin/edgegov bench
 
 # ruff, ruff format, mypy --strict, cython-lint (not part of `make test`).
 lint: $(STAMP)
@@ -37,6 +43,13 @@ system-deps:
 
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || bash .ci/apt-install mosquitto
+
+# SoftHSM2 (PKCS#11 backend tests) and Chromium (the HTML report is rendered in it).
+test-system-deps:
+	@missing=""; \
+	command -v softhsm2-util >/dev/null 2>&1 || missing="$$missing softhsm2"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then bash .ci/apt-install $$missing; fi
 
 $(STAMP): pyproject.toml setup.py $(wildcard native/*.pyx) | system-deps
 	@echo "setting up $(VENV) (Python packages and the Cython extensions)..."

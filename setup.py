@@ -11,7 +11,15 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 EXTENSIONS = [
-    Extension("native._policy", ["native/_policy.pyx"], extra_compile_args=["-O3"]),
+    Extension(
+        "native._policy",
+        ["native/_policy.pyx"],
+        # no FMA contraction: results must match the pure twin bit for bit
+        extra_compile_args=["-O3", "-ffp-contract=off"],
+    ),
+    Extension("native._cbor_scan", ["native/_cbor_scan.pyx"], extra_compile_args=["-O3"]),
+    Extension("native._frames", ["native/_frames.pyx"], extra_compile_args=["-O3"]),
+    Extension("native._verify", ["native/_verify.pyx"], extra_compile_args=["-O3"]),
 ]
 
 setup(

@@ -20,7 +20,7 @@ the field (``sources[0].baud``) and says what was expected.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,105 @@ import yaml
 
 from agent.errors import ConfigError
 
-__all__ = ["AgentConfig", "MqttOutput", "SourceConfig", "load_config"]
+__all__ = [
+    "AgentConfig",
+    "ExpectedChannel",
+    "ModbusRegister",
+    "ModbusSlave",
+    "MqttOutput",
+    "SerialSettings",
+    "SourceConfig",
+    "TextField",
+    "TufSettings",
+    "load_config",
+]
 
-_PROTOCOLS = ("framed",)
+_PROTOCOLS = ("framed", "text", "modbus")
+_PARITIES = ("N", "E", "O", "M", "S")
+_TEXT_FORMATS = ("kv", "json")
+_REGISTER_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
+_REGISTER_TABLES = ("holding", "input")
+
+
+@dataclass(frozen=True)
+class SerialSettings:
+    """How to open the port (pyserial names and values)."""
+
+    port: str
+    baud: int = 115200
+    bytesize: int = 8
+    parity: str = "N"
+    stopbits: int = 1
+
+
+@dataclass(frozen=True)
+class ExpectedChannel:
+    """A channel the device's HELLO must announce, with this unit (framed sources)."""
+
+    name: str
+    unit: str
+
+
+@dataclass(frozen=True)
+class TextField:
+    """Text sources: line field ``field`` -> policy channel ``channel`` (value * scale + offset)."""
+
+    field: str
+    channel: str
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModbusRegister:
+    """One value in a slave's register map -> policy channel ``channel``."""
+
+    channel: str
+    address: int
+    type: str = "uint16"  # int16 | uint16 | int32 | uint32 | float32 (big-endian words)
+    table: str = "holding"  # holding | input
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+
+    @property
+    def words(self) -> int:
+        """16-bit registers this value occupies."""
+        return _REGISTER_TYPES[self.type]
+
+
+@dataclass(frozen=True)
+class ModbusSlave:
+    unit_id: int
+    registers: tuple[ModbusRegister, ...]
 
 
 @dataclass(frozen=True)
 class SourceConfig:
-    port: str
-    baud: int = 115200
+    """One input source. ``protocol`` decides which of the optional parts apply."""
+
+    serial: SerialSettings
     protocol: str = "framed"
+    name: str = ""
+    reconnect_initial_s: float = 0.25
+    reconnect_max_s: float = 10.0
+    # framed: what HELLO must announce (empty: the policy's channels, by name and unit)
+    expect: tuple[ExpectedChannel, ...] = ()
+    # text
+    text_format: str = "kv"
+    fields: tuple[TextField, ...] = ()
+    # modbus
+    poll_period_s: float = 1.0
+    response_timeout_s: float = 0.2
+    slaves: tuple[ModbusSlave, ...] = ()
+
+    @property
+    def port(self) -> str:
+        return self.serial.port
+
+    @property
+    def baud(self) -> int:
+        return self.serial.baud
 
 
 @dataclass(frozen=True)
@@ -47,6 +136,15 @@ class MqttOutput:
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
+
+
+@dataclass(frozen=True)
+class TufSettings:
+    """``tuf:`` section: fleet configuration over TUF (agent/fleet/client.py)."""
+
+    root: Path  # the fleet's trusted root.json; configured = fail closed
+    group: str | None = None
+    refresh_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +160,9 @@ class AgentConfig:
     spool_dir: Path | None
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     risk_threads: int = 1
+    device_cert: Path | None = None  # device.cert: PEM chain sent as COSE x5chain
+    retention_days: float | None = None  # evidence.retention_days: raw readings kept
+    tuf: TufSettings | None = None  # tuf: signed fleet configuration
 
 
 class _Fields:
@@ -110,6 +211,123 @@ class _Fields:
             )
 
 
+def _number(f: _Fields, key: str, default: float, *, positive: bool = False) -> float:
+    v = float(f.get(key, (int, float), default))
+    if v != v or v in (float("inf"), float("-inf")) or (positive and v <= 0):
+        raise f.err(key, f"must be a finite{' positive' if positive else ''} number, got {v!r}")
+    return v
+
+
+def _serial(s: _Fields) -> SerialSettings:
+    port = s.get("port", str)
+    if not port:
+        raise s.err("port", "must be a device path, e.g. /dev/ttyUSB0")
+    baud = s.get("baud", int, 115200)
+    if baud <= 0:
+        raise s.err("baud", f"must be positive, got {baud}")
+    bytesize = s.get("bytesize", int, 8)
+    if bytesize not in (5, 6, 7, 8):
+        raise s.err("bytesize", f"must be 5, 6, 7 or 8, got {bytesize}")
+    parity = s.get("parity", str, "N")
+    if parity not in _PARITIES:
+        raise s.err("parity", f"must be one of {', '.join(_PARITIES)}, got {parity!r}")
+    stopbits = s.get("stopbits", int, 1)
+    if stopbits not in (1, 2):
+        raise s.err("stopbits", f"must be 1 or 2, got {stopbits}")
+    return SerialSettings(port, baud, bytesize, parity, stopbits)
+
+
+def _items(s: _Fields, key: str, required: bool) -> list[_Fields]:
+    raw = s.get(key, list, None if not required else ...)
+    if raw is None:
+        return []
+    if required and not raw:
+        raise s.err(key, "must list at least one entry")
+    return [_Fields(x, s.file, f"{s._name(key)}[{j}]") for j, x in enumerate(raw)]
+
+
+def _register(r: _Fields) -> ModbusRegister:
+    r.reject_unknown({"channel", "address", "type", "table", "scale", "offset", "unit"})
+    address = r.get("address", int)
+    if not 0 <= address <= 0xFFFF:
+        raise r.err("address", f"must be a register number 0..65535, got {address}")
+    typ = r.get("type", str, "uint16")
+    if typ not in _REGISTER_TYPES:
+        raise r.err("type", f"must be one of {', '.join(_REGISTER_TYPES)}, got {typ!r}")
+    table = r.get("table", str, "holding")
+    if table not in _REGISTER_TABLES:
+        raise r.err("table", f"must be holding or input, got {table!r}")
+    return ModbusRegister(
+        r.get("channel", str),
+        address,
+        typ,
+        table,
+        _number(r, "scale", 1.0),
+        _number(r, "offset", 0.0),
+        r.get("unit", str, ""),
+    )
+
+
+def _source(s: _Fields, index: int) -> SourceConfig:
+    common = {"name", "protocol", "port", "baud", "bytesize", "parity", "stopbits", "reconnect"}
+    per_protocol = {
+        "framed": {"expect"},
+        "text": {"format", "fields"},
+        "modbus": {"poll", "slaves"},
+    }
+    proto = s.get("protocol", str, "framed")
+    if proto not in _PROTOCOLS:
+        raise s.err("protocol", f"{proto!r} is not supported (expected one of {_PROTOCOLS})")
+    s.reject_unknown(common | per_protocol[proto])
+    name = s.get("name", str, f"source{index}")
+    if not name or any(c.isspace() for c in name):
+        raise s.err("name", f"{name!r} must be non-empty without whitespace")
+    serial = _serial(s)
+    rc = _Fields(s.data.get("reconnect", {}), s.file, s._name("reconnect"))
+    rc.reject_unknown({"initial_s", "max_s"})
+    initial = _number(rc, "initial_s", 0.25, positive=True)
+    cap = _number(rc, "max_s", 10.0, positive=True)
+    if cap < initial:
+        raise rc.err("max_s", f"must be >= initial_s ({initial}), got {cap}")
+    out = SourceConfig(serial, proto, name, initial, cap)
+    if proto == "framed":
+        expect = []
+        for e in _items(s, "expect", required=False):
+            e.reject_unknown({"name", "unit"})
+            expect.append(ExpectedChannel(e.get("name", str), e.get("unit", str)))
+        return replace(out, expect=tuple(expect))
+    if proto == "text":
+        fmt = s.get("format", str, "kv")
+        if fmt not in _TEXT_FORMATS:
+            raise s.err("format", f"must be kv (key=value,...) or json, got {fmt!r}")
+        fields = []
+        for f in _items(s, "fields", required=True):
+            f.reject_unknown({"field", "channel", "scale", "offset"})
+            channel = f.get("channel", str)
+            fields.append(
+                TextField(
+                    f.get("field", str, channel),
+                    channel,
+                    _number(f, "scale", 1.0),
+                    _number(f, "offset", 0.0),
+                )
+            )
+        return replace(out, text_format=fmt, fields=tuple(fields))
+    poll = _Fields(s.data.get("poll", {}), s.file, s._name("poll"))
+    poll.reject_unknown({"period_s", "timeout_s"})
+    period = _number(poll, "period_s", 1.0, positive=True)
+    timeout = _number(poll, "timeout_s", 0.2, positive=True)
+    slaves = []
+    for sl in _items(s, "slaves", required=True):
+        sl.reject_unknown({"unit", "registers"})
+        unit = sl.get("unit", int)
+        if not 1 <= unit <= 247:
+            raise sl.err("unit", f"must be a Modbus slave address 1..247, got {unit}")
+        regs = tuple(_register(r) for r in _items(sl, "registers", required=True))
+        slaves.append(ModbusSlave(unit, regs))
+    return replace(out, poll_period_s=period, response_timeout_s=timeout, slaves=tuple(slaves))
+
+
 def load_config(path: str | Path) -> AgentConfig:
     """Read and validate an agent config file."""
     file = Path(path).resolve()
@@ -124,10 +342,12 @@ def load_config(path: str | Path) -> AgentConfig:
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         raise ConfigError(f"{file}{where}: not valid YAML: {getattr(e, 'problem', e)}") from e
     top = _Fields(data, file, "")
-    top.reject_unknown({"device", "fleet", "policy", "state_dir", "sources", "output", "risk"})
+    top.reject_unknown(
+        {"device", "fleet", "policy", "state_dir", "sources", "output", "risk", "evidence", "tuf"}
+    )
 
     dev = top.sub("device")
-    dev.reject_unknown({"id", "key"})
+    dev.reject_unknown({"id", "key", "cert"})
     device_id = dev.get("id", str)
     if not device_id or any(c in device_id for c in "+#/ \x00"):
         raise dev.err("id", f"{device_id!r} must be non-empty, without spaces, '/', '+' or '#'")
@@ -135,17 +355,11 @@ def load_config(path: str | Path) -> AgentConfig:
     raw_sources = top.get("sources", list)
     if not raw_sources:
         raise top.err("sources", "at least one serial source is needed")
-    sources = []
-    for i, raw in enumerate(raw_sources):
-        s = _Fields(raw, file, f"sources[{i}]")
-        s.reject_unknown({"port", "baud", "protocol"})
-        proto = s.get("protocol", str, "framed")
-        if proto not in _PROTOCOLS:
-            raise s.err("protocol", f"{proto!r} is not supported (expected one of {_PROTOCOLS})")
-        baud = s.get("baud", int, 115200)
-        if baud <= 0:
-            raise s.err("baud", f"must be positive, got {baud}")
-        sources.append(SourceConfig(s.get("port", str), baud, proto))
+    sources = [_source(_Fields(raw, file, f"sources[{i}]"), i) for i, raw in enumerate(raw_sources)]
+    names = [src.name for src in sources]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise top.err(f"sources[{i}].name", f"{name!r} is used by another source")
 
     out = top.sub("output")
     out.reject_unknown({"mqtt", "spool"})
@@ -171,6 +385,24 @@ def load_config(path: str | Path) -> AgentConfig:
         raise risk.err("providers", "expected a non-empty list of execution provider names")
     threads = risk.get("threads", int, 1)
 
+    ev = _Fields(top.data.get("evidence", {}), file, "evidence")
+    ev.reject_unknown({"retention_days"})
+    retention = ev.get("retention_days", (int, float), None)
+    if retention is not None and retention <= 0:
+        raise ev.err("retention_days", "must be > 0 (omit it to keep readings forever)")
+
+    tuf = None
+    if "tuf" in top.data:
+        t = top.sub("tuf")
+        t.reject_unknown({"root", "group", "refresh_seconds"})
+        if mqtt_cfg is None:
+            raise t.err("root", "fleet configuration arrives over MQTT: set output.mqtt")
+        tuf = TufSettings(
+            t.path_of("root"),  # type: ignore[arg-type]
+            t.get("group", str, None),
+            float(_number(t, "refresh_seconds", 300.0, positive=True)),
+        )
+
     state_dir = top.path_of("state_dir")
     assert state_dir is not None and dev.path_of("key") is not None
     return AgentConfig(
@@ -185,4 +417,7 @@ def load_config(path: str | Path) -> AgentConfig:
         spool_dir=spool,
         providers=tuple(providers),
         risk_threads=threads,
+        device_cert=dev.path_of("cert", None),
+        retention_days=None if retention is None else float(retention),
+        tuf=tuf,
     )

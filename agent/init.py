@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.errors import ConfigError
+from agent.fleet_ca import make_csr
 from agent.keys import generate_key, public_key_path
 
 __all__ = ["init_device"]
@@ -37,10 +38,13 @@ def init_device(device_id: str, directory: Path, key_type: str = "ed25519") -> N
         raise ConfigError(f"{cfg} already exists; refusing to overwrite it")
     key = directory / "keys" / "device.key"
     signer = generate_key(key, key_type)
+    csr = directory / "keys" / "device.csr"
+    csr.write_bytes(make_csr(signer, device_id))
     cfg.write_text(_SKELETON.format(device_id=device_id))
     print(f"device key   {key} ({key_type}, mode 0600)")
     print(f"public key   {public_key_path(key)}  (give this to your auditors)")
     print(f"key id       {signer.kid.hex()}")
+    print(f"CSR          {csr}  (edgegov fleet ca issue {csr.name} --out device.pem)")
     print(
         f"config       {cfg}  (edit sources, policy and output, then: edgegov run --config {cfg})"
     )

@@ -8,12 +8,15 @@ and exit 0; SIGHUP reloads the policy (the last good one stays on error).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,10 +26,14 @@ from agent.attestation import ConfigInForce, RiskResult
 from agent.attester import Attester
 from agent.config import AgentConfig
 from agent.errors import Error, ModelError, StorageError
+from agent.fleet.activation import ActiveConfig
+from agent.fleet.agent_link import FleetLink
+from agent.fleet_ca import load_x5chain
 from agent.keys import load_signer
-from agent.policy import PolicyBundle, evaluate_rules, load_policy
+from agent.policy import PolicyBundle, load_policy
+from agent.policy.evaluator import BatchResult, Evaluator, mask_invalid
 from agent.risk import RiskModel, compute_features, load_model
-from agent.sources import SerialSource
+from agent.sources import PortSource, make_source, sum_counters, window_problems
 from agent.store import EvidenceStore, OutboxItem
 from agent.transport import BrokerURL, MqttPublisher, Publisher, SpoolPublisher, Topics
 from agent.window import Reading, Window, summarise_rules
@@ -55,7 +62,10 @@ class Agent:
         self._reload = threading.Event()
         self._queue: queue.Queue[list[Reading]] = queue.Queue()
         self.signer = load_signer(config.key_path)
-        self.policy = load_policy(config.policy_path)
+        # tuf: configured -> the fleet's signed config in force (if any) replaces the local policy
+        self.fleet = FleetLink(config) if config.tuf is not None else None
+        self.policy = load_policy(self._policy_path)
+        self.evaluator = self._new_evaluator(self.policy)
         self.models, self._model_problems = self._load_models(self.policy)
         self.store = EvidenceStore(config.state_dir / "evidence.sqlite", config.device_id)
         if self.store.new_log:
@@ -69,14 +79,26 @@ class Agent:
             )
         prefix = config.mqtt.topic_prefix if config.mqtt else "edgegov"
         self.topics = Topics(prefix, config.fleet, config.device_id)
-        self.attester = Attester(config.device_id, self.signer, self.store, self.topics.attestation)
+        self.attester = Attester(
+            config.device_id,
+            self.signer,
+            self.store,
+            self.topics.attestation,
+            x5chain=load_x5chain(config.device_cert) if config.device_cert else (),
+            retention_ms=(
+                int(config.retention_days * 86_400_000) if config.retention_days else None
+            ),
+            sensors={
+                str(i): {"port": s.serial.port, "protocol": s.protocol, "name": s.name}
+                for i, s in enumerate(config.sources)
+            },
+        )
         self.publisher = self._make_publisher()
-        self.sources = [
-            SerialSource(i, s.port, s.baud, [c.name for c in self.policy.channels], self._queue.put)
+        self.sources: list[PortSource] = [
+            make_source(i, s, self.policy.channels, self._queue.put, str(config.source))
             for i, s in enumerate(config.sources)
         ]
-        self._unsigned: list[tuple[Window, dict[str, int]]] = []  # windows the store refused
-        self._last_health: list[dict[str, int]] = [{} for _ in self.sources]
+        self._unsigned: list[tuple[Window, dict[str, Any]]] = []  # windows the store refused
 
     # -- set-up ------------------------------------------------------------------
     def _load_models(self, bundle: PolicyBundle) -> tuple[list[RiskModel], list[str]]:
@@ -99,6 +121,33 @@ class Agent:
                 log.error("%s; continuing with the rules alone (evidence marked degraded)", e)
                 problems.append(f"model {ref.id} refused: {e}")
         return models, problems
+
+    @property
+    def _policy_state_path(self) -> Path:
+        return self.config.state_dir / "policy-state.json"
+
+    def _new_evaluator(self, bundle: PolicyBundle) -> Evaluator:
+        """An evaluator for ``bundle``, continuing its saved state (windows, durations)."""
+        ev = bundle.evaluator()
+        path = self._policy_state_path
+        try:
+            ev.restore(json.loads(path.read_text()))
+            log.info("policy state restored from %s", path)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, Error) as e:
+            log.warning("policy state in %s not used (%s); windows and durations start empty",
+                        path, e)  # fmt: skip
+        return ev
+
+    def _save_policy_state(self) -> None:
+        path = self._policy_state_path
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(self.evaluator.state()))
+            os.replace(tmp, path)
+        except OSError as e:
+            log.error("cannot save the policy state to %s: %s", path, e)
 
     def _make_publisher(self) -> Publisher:
         cfg = self.config
@@ -142,6 +191,8 @@ class Agent:
             )
         self.publisher.start(pending)
         self.publisher.publish_status(self._status())
+        if self.fleet is not None:
+            self.fleet.start()
         for s in self.sources:
             s.start()
         n = len(self.policy.channels)
@@ -160,12 +211,21 @@ class Agent:
                 if self._reload.is_set():
                     self._reload.clear()
                     self._reload_policy()
+                fleet_cfg = self.fleet.take_pending() if self.fleet is not None else None
+                if fleet_cfg is not None:  # end the window at the switch: one config per window
+                    window.end_ms = max(window.start_ms + 1, int(time.time() * 1000))
+                    self._close(window)
+                    self.apply_bundle(fleet_cfg, window.end_ms)
+                    start, end = self.window_bounds(window.end_ms + 1, window.end_ms)
+                    window = Window(start, end, len(self.policy.channels))
                 now_ms = int(time.time() * 1000)
                 if now_ms >= end:
                     self._close(window)
                     start, end = self.window_bounds(now_ms)
                     window = Window(start, end, len(self.policy.channels))
         finally:
+            if self.fleet is not None:
+                self.fleet.stop()
             for s in self.sources:
                 s.stop()
             while not self._queue.empty():
@@ -211,19 +271,34 @@ class Agent:
             log.error("%s; attestation seq %d stays in the outbox", e, item.seq)
         self.publisher.publish_status(self._status())
 
-    def _attest(self, window: Window, health: dict[str, int]) -> OutboxItem:
+    def _attest(self, window: Window, health: dict[str, Any]) -> OutboxItem:
         p = self.policy
-        cols = window.columns
-        results = evaluate_rules(p, cols) if window.n else np.empty((len(p.rules), 0), np.uint8)
-        rules = summarise_rules([r.id for r in p.rules], results, window.timestamps)
+        cols = window.columns.copy()
+        if window.results is None:  # once per window, even when signing is retried
+            _missing, oor = mask_invalid(p.plan.channels if p.plan else (), cols)
+            risk = self._score(window, cols)
+            batch = self.evaluator.run(window.timestamps, cols, {r.model_id: r.score for r in risk})
+            window.results = (batch, risk, sum(oor.values()))
+            self._save_policy_state()
+        batch, risk, out_of_range = window.results
+        assert isinstance(batch, BatchResult)
+        if out_of_range:
+            health = {**health, "readings_out_of_range": out_of_range}
+        episodes = [[(e.start_ms, e.end_ms, e.peak) for e in eps] for eps in batch.episodes]
+        rules = summarise_rules([r.id for r in p.rules], batch.codes, window.timestamps, episodes)
         for r in rules:
             if r.violated:
                 self.stats.violations[r.rule_id] = self.stats.violations.get(r.rule_id, 0) + 1
-        risk = self._score(window, cols)
-        degraded = tuple(self._model_problems) + tuple(
-            f"risk {r.model_id}: {r.reason}" for r in risk if r.score is None and window.n
+        degraded = (
+            tuple(self._model_problems)
+            + window_problems(health)
+            + tuple(f"risk {r.model_id}: {r.reason}" for r in risk if r.score is None and window.n)
         )
         config = ConfigInForce(p.id, p.version, p.digest, {m.id: m.sha256 for m in p.models}, 0)
+        if self.fleet is not None:
+            config = self.fleet.config_in_force(p, window.start_ms, window.end_ms)
+            degraded += self.fleet.degraded()
+            health = {**health, **self.fleet.health_counters()}
         item = self.attester.attest(
             (window.start_ms, window.end_ms), window.records, config, rules, risk, health, degraded
         )
@@ -253,20 +328,36 @@ class Agent:
                 out.append(RiskResult(m.id, None, m.provider, str(e)))
         return tuple(out)
 
-    def _window_health(self) -> dict[str, int]:
-        """Per-window deltas of every source's counters, summed over sources."""
-        total: dict[str, int] = {}
-        for i, s in enumerate(self.sources):
-            now = s.health()
-            before = self._last_health[i]
-            for k, v in now.items():
-                total[k] = total.get(k, 0) + v - before.get(k, 0)
-            self._last_health[i] = now
-        return total
+    def _window_health(self) -> dict[str, Any]:
+        """This window's data quality: counters summed over sources, plus each source's record."""
+        per_source = [s.take_health() for s in self.sources]
+        return {**sum_counters(per_source), "sources": per_source}
+
+    @property
+    def _policy_path(self) -> Path:
+        local = self.config.policy_path
+        return self.fleet.policy_path(local) if self.fleet is not None else local
+
+    def apply_bundle(self, cfg: ActiveConfig, at_ms: int) -> None:
+        """Evaluate with a fleet config the fleet client has verified and activated."""
+        assert self.fleet is not None
+        try:
+            bundle = load_policy(cfg.policy_path)
+        except Error as e:
+            self.fleet.refused(cfg, e)
+            return
+        if [c.name for c in bundle.channels] != [c.name for c in self.policy.channels]:
+            self.fleet.refused(cfg, "the channel list changed; it applies at the next start")
+            return
+        self.policy = bundle
+        self.evaluator = self._new_evaluator(bundle)
+        self.models, self._model_problems = self._load_models(bundle)
+        self.fleet.switched(cfg, at_ms)
+        log.info("fleet config v%d in force: %s v%d", cfg.config_version, bundle.id, bundle.version)
 
     def _reload_policy(self) -> None:
         try:
-            bundle = load_policy(self.config.policy_path)
+            bundle = load_policy(self._policy_path)
         except Error as e:
             log.error(
                 "policy reload refused, keeping %s v%d: %s", self.policy.id, self.policy.version, e
@@ -276,6 +367,7 @@ class Agent:
             log.error("policy reload refused: the channel list changed; restart the agent")
             return
         self.policy = bundle
+        self.evaluator = self._new_evaluator(bundle)
         self.models, self._model_problems = self._load_models(bundle)
         log.info("policy reloaded: %s v%d (%s)", bundle.id, bundle.version, bundle.digest[:16])
 
@@ -293,4 +385,5 @@ class Agent:
             "degraded": list(self._model_problems),
             "last_seq": self.stats.last_seq,
             "log": self.store.state.origin,
+            **({"fleet": self.fleet.status()} if self.fleet is not None else {}),
         }

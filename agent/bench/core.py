@@ -12,7 +12,7 @@ from typing import Any
 __all__ = ["SECTIONS", "Row", "format_rows", "machine", "run_sections", "timeit"]
 
 # Section name -> module under agent.bench; order is the print order.
-SECTIONS = ("policy", "onnx")
+SECTIONS = ("policy", "onnx", "evidence", "frames", "transport", "fleet")
 
 
 @dataclass(frozen=True)
