@@ -148,10 +148,20 @@ class TufSettings:
 
 
 @dataclass(frozen=True)
+class Pkcs11Key:
+    """A device key held in a PKCS#11 token; the PIN comes from an environment variable."""
+
+    module: Path
+    token: str
+    label: str
+    pin_env: str
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     source: Path
     device_id: str
-    key_path: Path
+    key_path: Path | None  # None when the key lives in a PKCS#11 token (``pkcs11``)
     fleet: str
     policy_path: Path
     state_dir: Path
@@ -163,6 +173,7 @@ class AgentConfig:
     device_cert: Path | None = None  # device.cert: PEM chain sent as COSE x5chain
     retention_days: float | None = None  # evidence.retention_days: raw readings kept
     tuf: TufSettings | None = None  # tuf: signed fleet configuration
+    pkcs11: Pkcs11Key | None = None  # device.pkcs11: sign inside an HSM / TPM / SoftHSM2
 
 
 class _Fields:
@@ -347,7 +358,19 @@ def load_config(path: str | Path) -> AgentConfig:
     )
 
     dev = top.sub("device")
-    dev.reject_unknown({"id", "key", "cert"})
+    dev.reject_unknown({"id", "key", "cert", "pkcs11"})
+    pkcs11 = None
+    if "pkcs11" in dev.data:
+        p11 = dev.sub("pkcs11")
+        p11.reject_unknown({"module", "token", "key", "pin_env"})
+        pkcs11 = Pkcs11Key(
+            p11.path_of("module"),  # type: ignore[arg-type]
+            p11.get("token", str),
+            p11.get("key", str),
+            p11.get("pin_env", str, "EDGEGOV_PKCS11_PIN"),
+        )
+    if ("key" in dev.data) == (pkcs11 is not None):
+        raise dev.err("key", "give exactly one of device.key (a key file) or device.pkcs11")
     device_id = dev.get("id", str)
     if not device_id or any(c in device_id for c in "+#/ \x00"):
         raise dev.err("id", f"{device_id!r} must be non-empty, without spaces, '/', '+' or '#'")
@@ -404,11 +427,11 @@ def load_config(path: str | Path) -> AgentConfig:
         )
 
     state_dir = top.path_of("state_dir")
-    assert state_dir is not None and dev.path_of("key") is not None
+    assert state_dir is not None
     return AgentConfig(
         source=file,
         device_id=device_id,
-        key_path=dev.path_of("key"),  # type: ignore[arg-type]
+        key_path=dev.path_of("key", None),
         fleet=top.get("fleet", str),
         policy_path=top.path_of("policy"),  # type: ignore[arg-type]
         state_dir=state_dir,
@@ -420,4 +443,5 @@ def load_config(path: str | Path) -> AgentConfig:
         device_cert=dev.path_of("cert", None),
         retention_days=None if retention is None else float(retention),
         tuf=tuf,
+        pkcs11=pkcs11,
     )

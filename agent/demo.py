@@ -20,6 +20,7 @@ import yaml
 
 from agent.audit import format_result, verify_paths
 from agent.audit.collector import FileCollector
+from agent.audit.report import render_html
 from agent.broker import MosquittoBroker, find_mosquitto
 from agent.config import load_config
 from agent.errors import Error
@@ -178,6 +179,8 @@ def run_demo(
     source = "the broker delivered" if broker else "the agent spooled"
     say(f"\naudit: verifying what {source}, with only the device's public key")
     result = verify_paths([evidence_dir], [load_public_key(pub_path)])
+    report_path = out / "report.html"
+    report_path.write_text(render_html(result, title="edgegov demo: audit report"))
     say("\n".join(("   " + line).rstrip() for line in format_result(result).splitlines()))
 
     ok = result.ok and result.verified == stats.attestations == received
@@ -198,6 +201,7 @@ files
   device key      {_show(key_path)}  (private, 0600)
   public key      {_show(pub_path)}  (all an auditor needs)
   agent config    {_show(config_path)}
+  audit report    {_show(report_path)}  (open it in a browser)
 
 verify by hand (then try deleting or editing one .cose file and verify again)
   {cli} audit verify {_show(evidence_dir)} --key {_show(pub_path)}

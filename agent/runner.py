@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,11 +25,11 @@ from agent import __version__
 from agent.attestation import ConfigInForce, RiskResult
 from agent.attester import Attester
 from agent.config import AgentConfig
-from agent.errors import Error, ModelError, StorageError
+from agent.errors import Error, KeyFileError, ModelError, StorageError
 from agent.fleet.activation import ActiveConfig
 from agent.fleet.agent_link import FleetLink
 from agent.fleet_ca import load_x5chain
-from agent.keys import load_signer
+from agent.keys import Signer, load_signer
 from agent.policy import PolicyBundle, load_policy
 from agent.policy.evaluator import BatchResult, Evaluator, mask_invalid
 from agent.risk import RiskModel, compute_features, load_model
@@ -38,9 +38,29 @@ from agent.store import EvidenceStore, OutboxItem
 from agent.transport import BrokerURL, MqttPublisher, Publisher, SpoolPublisher, Topics
 from agent.window import Reading, Window, summarise_rules
 
+if TYPE_CHECKING:
+    from agent.pkcs11_signer import Pkcs11Signer
+
 __all__ = ["Agent", "AgentStats"]
 
 log = logging.getLogger("edgegov.agent")
+
+
+def _signer(config: AgentConfig) -> Signer | Pkcs11Signer:
+    """The device key: a 0600 key file, or a key that never leaves a PKCS#11 token."""
+    p11 = config.pkcs11
+    if p11 is None:
+        assert config.key_path is not None  # the loader requires one of the two
+        return load_signer(config.key_path)
+    pin = os.environ.get(p11.pin_env)
+    if pin is None:
+        raise KeyFileError(
+            f"{config.source}: device.pkcs11.pin_env: environment variable {p11.pin_env} "
+            "with the token PIN is not set"
+        )
+    from agent.pkcs11_signer import Pkcs11Signer
+
+    return Pkcs11Signer(str(p11.module), p11.token, pin, p11.label)
 
 
 @dataclass
@@ -61,7 +81,7 @@ class Agent:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._queue: queue.Queue[list[Reading]] = queue.Queue()
-        self.signer = load_signer(config.key_path)
+        self.signer = _signer(config)
         # tuf: configured -> the fleet's signed config in force (if any) replaces the local policy
         self.fleet = FleetLink(config) if config.tuf is not None else None
         self.policy = load_policy(self._policy_path)

@@ -73,3 +73,55 @@ def test_a_missing_key_label_is_a_clear_key_error(token):
 
     with pytest.raises(KeyFileError, match="no-such-key"):
         Pkcs11Signer(token, "edgegov", "1234", "no-such-key")
+
+
+def test_the_agent_signs_inside_the_token_when_configured(token, tmp_path, monkeypatch):
+    """device.pkcs11 in the agent config: a real run, every attestation signed in SoftHSM2."""
+    import yaml
+
+    from agent.audit import verify_paths
+    from agent.config import load_config
+    from agent.pkcs11_signer import Pkcs11Signer
+    from tests.test_agent_e2e import Device, make_site, run_agent
+
+    monkeypatch.setenv("TEST_TOKEN_PIN", "1234")
+    with Device("normal") as dev:
+        cfg_path = make_site(tmp_path, output={"spool": "spool"}, port=dev.pty.slave_path)
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg["device"] = {
+            "id": "gw-test",
+            "pkcs11": {
+                "module": token,
+                "token": "edgegov",
+                "key": "ed25519",
+                "pin_env": "TEST_TOKEN_PIN",
+            },
+        }
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        assert load_config(cfg_path).key_path is None
+        agent, stats = run_agent(cfg_path, 2.2)
+    pub = Pkcs11Signer(token, "edgegov", "1234", "ed25519").public
+    res = verify_paths([tmp_path / "spool"], [pub])
+    assert res.ok, [str(f) for f in res.findings]
+    assert res.verified == stats.attestations >= 2
+    assert agent.signer.kid == pub.kid
+
+
+def test_a_missing_pin_variable_is_named(token, tmp_path, monkeypatch):
+    import yaml
+
+    from agent.config import load_config
+    from agent.errors import KeyFileError
+    from agent.runner import Agent
+    from tests.test_agent_e2e import make_site
+
+    monkeypatch.delenv("NO_SUCH_PIN", raising=False)
+    cfg_path = make_site(tmp_path, output={"spool": "spool"}, port="/dev/null")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["device"] = {
+        "id": "gw-test",
+        "pkcs11": {"module": token, "token": "edgegov", "key": "ed25519", "pin_env": "NO_SUCH_PIN"},
+    }
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(KeyFileError, match="NO_SUCH_PIN"):
+        Agent(load_config(cfg_path))

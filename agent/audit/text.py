@@ -68,6 +68,11 @@ def format_result(res: AuditResult) -> str:
                     if r.get("episodes")
                     else ""
                 )
+                + (
+                    f"; still violated at the end (since {_ts(d.open_episodes[rule])})"
+                    if rule in d.open_episodes
+                    else ""
+                )
                 + (f"; {r['errors']} not evaluable" if r["errors"] else "")
             )
         for model, k in d.risk.items():

@@ -86,6 +86,7 @@ class DeviceReport:
     readings: int = 0
     log_size: int = 0
     rules: dict[str, dict[str, int]] = field(default_factory=dict)
+    open_episodes: dict[str, int] = field(default_factory=dict)  # rule -> violated since (ms)
     risk: dict[str, dict[str, Any]] = field(default_factory=dict)
     policies: list[str] = field(default_factory=list)
     degraded_windows: int = 0
@@ -478,11 +479,15 @@ def _accumulate(rep: DeviceReport, ev: Evidence, same_config: bool = False) -> N
         agg["errors"] += r.errors
         if r.violated:
             agg["windows_violated"] += 1
-        # An episode spanning windows is listed in each; count it in the window it ends in.
+        # An episode spanning windows is listed in each; count it in the window it ends in,
+        # and remember one still open at the end of the stream.
+        rep.open_episodes.pop(r.rule_id, None)
         for e in r.episodes:
             if e.end_ms is not None:
                 agg["episodes"] += 1
                 agg["longest_episode_ms"] = max(agg["longest_episode_ms"], e.end_ms - e.start_ms)
+            else:
+                rep.open_episodes[r.rule_id] = e.start_ms
     for k in ev.risk:
         agg2 = rep.risk.get(k.model_id)
         if agg2 is None:
