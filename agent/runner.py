@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent import __version__
-from agent.attestation import ConfigInForce, RiskResult
+from agent.attestation import ConfigInForce, RiskResult, RuleResult
 from agent.attester import Attester
 from agent.config import AgentConfig
 from agent.errors import Error, KeyFileError, ModelError, StorageError
@@ -81,6 +81,7 @@ class Agent:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._queue: queue.Queue[list[Reading]] = queue.Queue()
+        self._degraded_before: set[str] = set()
         self.signer = _signer(config)
         # tuf: configured -> the fleet's signed config in force (if any) replaces the local policy
         self.fleet = FleetLink(config) if config.tuf is not None else None
@@ -332,7 +333,59 @@ class Agent:
             scores or "n/a",
             f"; DEGRADED: {'; '.join(degraded)}" if degraded else "",
         )
+        self._alerts(window, rules, item.seq)
+        self._degraded_alerts(degraded, item.seq)
         return item
+
+    def _degraded_alerts(self, degraded: tuple[str, ...], seq: int) -> None:
+        """Alert when evidence becomes degraded for a new reason, and when a reason clears
+        (a rejected device schema, a refused model, a frozen fleet config...)."""
+        now, before = set(degraded), self._degraded_before
+        for reason, event in [(r, "degraded") for r in sorted(now - before)] + [
+            (r, "degraded_cleared") for r in sorted(before - now)
+        ]:
+            log.warning("ALERT %s: %s", event, reason)
+            self.publisher.publish_alert(
+                {
+                    "event": event,
+                    "device": self.config.device_id,
+                    "reason": reason,
+                    "evidence": {"log": self.store.state.origin, "seq": seq},
+                }
+            )
+        self._degraded_before = now
+
+    def _alerts(self, window: Window, rules: tuple[RuleResult, ...], seq: int) -> None:
+        """Alert when a violation episode starts or ends, naming the attestation as evidence.
+
+        Alerts are a convenience for people on call; the signed attestation is the record.
+        """
+        by_id = {r.id: r for r in self.policy.rules}
+        for res in rules:
+            rule = by_id.get(res.rule_id)
+            if rule is None:
+                continue
+            for e in res.episodes:
+                events = []
+                if window.start_ms <= e.start_ms < window.end_ms:
+                    events.append("violation_start")
+                if e.end_ms is not None:
+                    events.append("violation_end")
+                for event in events:
+                    alert = {
+                        "event": event,
+                        "device": self.config.device_id,
+                        "rule": rule.id,
+                        "goal": rule.goal,
+                        "severity": rule.severity,
+                        "start_ms": e.start_ms,
+                        "end_ms": e.end_ms,
+                        "peak": e.peak,
+                        "message": rule.explain_text(e.start_ms, e.end_ms, e.peak),
+                        "evidence": {"log": self.store.state.origin, "seq": seq},
+                    }
+                    log.warning("ALERT %s %s: %s", event, rule.id, alert["message"])
+                    self.publisher.publish_alert(alert)
 
     def _score(self, window: Window, cols: np.ndarray) -> tuple[RiskResult, ...]:
         out = []

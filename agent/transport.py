@@ -105,6 +105,7 @@ class Publisher(Protocol):
     def start(self, pending: list[OutboxItem]) -> None: ...
     def publish(self, item: OutboxItem) -> None: ...
     def publish_status(self, status: dict[str, Any]) -> None: ...
+    def publish_alert(self, alert: dict[str, Any]) -> None: ...
     def unacknowledged(self) -> int: ...
     def stop(self, timeout: float) -> int: ...
 
@@ -137,6 +138,10 @@ class SpoolPublisher:
 
     def publish_status(self, status: dict[str, Any]) -> None:
         (self.dir / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+
+    def publish_alert(self, alert: dict[str, Any]) -> None:
+        with open(self.dir / "alerts.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(alert) + "\n")
 
     def unacknowledged(self) -> int:
         return 0
@@ -283,6 +288,13 @@ class MqttPublisher:
         info = self._client.publish(
             self.topics.status, json.dumps(status), qos=1, retain=True, properties=props
         )
+        self._track(info.mid, None)
+
+    def publish_alert(self, alert: dict[str, Any]) -> None:
+        """JSON on ``.../alert``, QoS 1; paho queues it while we are offline."""
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ContentType = "application/json"
+        info = self._client.publish(self.topics.alert, json.dumps(alert), qos=1, properties=props)
         self._track(info.mid, None)
 
     def _track(self, mid: int, seq: int | None) -> None:

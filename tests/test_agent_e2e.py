@@ -88,6 +88,28 @@ def run_agent(cfg: Path, seconds: float) -> tuple[Agent, object]:
     return agent, stats
 
 
+def _subscribe(url: str, topic: str) -> tuple[list[dict], object]:
+    """Collect JSON messages on ``topic`` (a plain paho subscriber)."""
+    import json
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from agent.transport import BrokerURL
+
+    got: list[dict] = []
+    ready = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.on_connect = lambda cl, *_: cl.subscribe(topic, qos=1)
+    c.on_subscribe = lambda *_: ready.set()
+    c.on_message = lambda _c, _u, m: got.append(json.loads(m.payload))
+    u = BrokerURL.parse(url)
+    c.connect(u.host, u.port)
+    c.loop_start()
+    assert ready.wait(5)
+    return got, c
+
+
 def wait_for(pred, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -102,11 +124,14 @@ def test_emulated_excursion_becomes_verified_evidence_through_a_real_broker(tmp_
     collected = tmp_path / "collected"
     collector = FileCollector(broker.url, collected, fleet="t")
     collector.start()
+    alerts, alert_client = _subscribe(broker.url, "edgegov/t/gw-test/alert")
     with Device("excursion") as dev:
         cfg = make_site(tmp_path, output={"mqtt": {"url": broker.url}}, port=dev.pty.slave_path)
         agent, stats = run_agent(cfg, 11.0)  # the excursion scenario leaves 2-8 degC at 8-17 s
     assert wait_for(lambda: len(collector.stored) >= stats.attestations)
     collector.stop()
+    alert_client.disconnect()
+    alert_client.loop_stop()
 
     pub = agent.signer.public
     res = verify_paths([collected], [pub])
@@ -128,6 +153,11 @@ def test_emulated_excursion_becomes_verified_evidence_through_a_real_broker(tmp_
     files = sorted(collected.rglob("*.cose"))
     out = cose_oracle([f.read_bytes() for f in files], pub.pem())
     assert out.count("signature valid") == len(files) == stats.attestations
+    # People on call got an alert naming the rule and the attestation that proves it.
+    starts = [a for a in alerts if a["event"] == "violation_start" and a["rule"] == "temp-2-8"]
+    assert starts and starts[0]["severity"] == "critical"
+    assert 0 <= starts[0]["evidence"]["seq"] < stats.attestations
+    assert "outside 2-8" in starts[0]["message"]
 
 
 @pytest.mark.slow
@@ -179,6 +209,16 @@ def test_model_with_wrong_digest_is_refused_and_evidence_says_degraded(tmp_path)
         assert any("excursion-risk refused" in d and "SHA-256" in d for d in ev.degraded)
         assert [r.model_id for r in ev.risk] == []
     assert sum(ev.rules[0].evaluated for ev in evidence) == stats.readings > 0
+    # One alert when the evidence became degraded, not one per window.
+    import json
+
+    alerts = [
+        json.loads(x)
+        for x in (tmp_path / "spool" / "gw-test" / "alerts.jsonl").read_text().splitlines()
+    ]
+    degraded = [a for a in alerts if a["event"] == "degraded"]
+    assert len(degraded) == 1 and "excursion-risk refused" in degraded[0]["reason"]
+    assert degraded[0]["evidence"]["seq"] == 0
 
 
 def test_garbage_on_the_line_is_counted_and_good_frames_still_arrive(tmp_path):
