@@ -172,6 +172,7 @@ class AgentConfig:
     risk_threads: int = 1
     device_cert: Path | None = None  # device.cert: PEM chain sent as COSE x5chain
     retention_days: float | None = None  # evidence.retention_days: raw readings kept
+    evidence_max_mb: float | None = None  # evidence.max_mb: disk quota; readings shed first
     tuf: TufSettings | None = None  # tuf: signed fleet configuration
     pkcs11: Pkcs11Key | None = None  # device.pkcs11: sign inside an HSM / TPM / SoftHSM2
 
@@ -409,10 +410,13 @@ def load_config(path: str | Path) -> AgentConfig:
     threads = risk.get("threads", int, 1)
 
     ev = _Fields(top.data.get("evidence", {}), file, "evidence")
-    ev.reject_unknown({"retention_days"})
+    ev.reject_unknown({"retention_days", "max_mb"})
     retention = ev.get("retention_days", (int, float), None)
     if retention is not None and retention <= 0:
         raise ev.err("retention_days", "must be > 0 (omit it to keep readings forever)")
+    max_mb = ev.get("max_mb", (int, float), None)
+    if max_mb is not None and max_mb <= 0:
+        raise ev.err("max_mb", "must be > 0 (omit it for no quota)")
 
     tuf = None
     if "tuf" in top.data:
@@ -442,6 +446,7 @@ def load_config(path: str | Path) -> AgentConfig:
         risk_threads=threads,
         device_cert=dev.path_of("cert", None),
         retention_days=None if retention is None else float(retention),
+        evidence_max_mb=None if max_mb is None else float(max_mb),
         tuf=tuf,
         pkcs11=pkcs11,
     )

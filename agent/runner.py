@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Agent", "AgentStats"]
 
+_SHED = "raw readings shed to keep the evidence store within its disk quota"
+_OVER_QUOTA = "evidence store over its disk quota even without raw readings (evidence kept)"
+
 log = logging.getLogger("edgegov.agent")
 
 
@@ -81,6 +84,8 @@ class Agent:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._queue: queue.Queue[list[Reading]] = queue.Queue()
+        self._shed = 0  # readings shed for the disk quota since the last attestation
+        self._over_quota = False
         self._degraded_before: set[str] = set()
         self.signer = _signer(config)
         # tuf: configured -> the fleet's signed config in force (if any) replaces the local policy
@@ -305,6 +310,8 @@ class Agent:
         assert isinstance(batch, BatchResult)
         if out_of_range:
             health = {**health, "readings_out_of_range": out_of_range}
+        if self._shed:
+            health = {**health, "readings_shed": self._shed}
         episodes = [[(e.start_ms, e.end_ms, e.peak) for e in eps] for eps in batch.episodes]
         rules = summarise_rules([r.id for r in p.rules], batch.codes, window.timestamps, episodes)
         for r in rules:
@@ -314,6 +321,8 @@ class Agent:
             tuple(self._model_problems)
             + window_problems(health)
             + tuple(f"risk {r.model_id}: {r.reason}" for r in risk if r.score is None and window.n)
+            + (_SHED,) * bool(self._shed)
+            + (_OVER_QUOTA,) * self._over_quota
         )
         config = ConfigInForce(p.id, p.version, p.digest, {m.id: m.sha256 for m in p.models}, 0)
         if self.fleet is not None:
@@ -333,9 +342,34 @@ class Agent:
             scores or "n/a",
             f"; DEGRADED: {'; '.join(degraded)}" if degraded else "",
         )
+        self._shed = 0  # reported in this attestation
         self._alerts(window, rules, item.seq)
         self._degraded_alerts(degraded, item.seq)
+        self._enforce_quota()
         return item
+
+    def _enforce_quota(self) -> None:
+        """Keep the evidence store within evidence.max_mb: raw readings go before evidence.
+
+        What was shed is counted in the next attestation (health ``readings_shed``, and a
+        degraded reason); if evidence alone is over the quota, it is kept anyway and the
+        next attestation, the status and an alert say so.
+        """
+        if self.config.evidence_max_mb is None:
+            return
+        quota = int(self.config.evidence_max_mb * 1024 * 1024)
+        if self.store.used_bytes() <= quota:
+            self._over_quota = False
+            return
+        shed = self.store.shed_readings(int(quota * 0.9))
+        self._shed += shed
+        self._over_quota = self.store.used_bytes() > quota
+        log.warning(
+            "evidence store over its %.1f MB quota: shed %d raw reading(s)%s",
+            self.config.evidence_max_mb,
+            shed,
+            "; attestations alone exceed the quota and are kept" if self._over_quota else "",
+        )
 
     def _degraded_alerts(self, degraded: tuple[str, ...], seq: int) -> None:
         """Alert when evidence becomes degraded for a new reason, and when a reason clears
@@ -455,8 +489,9 @@ class Agent:
                 "digest": self.policy.digest,
             },
             "models": {m.id: {"sha256": m.sha256, "provider": m.provider} for m in self.models},
-            "degraded": list(self._model_problems),
+            "degraded": sorted(self._degraded_before | set(self._model_problems)),
             "last_seq": self.stats.last_seq,
             "log": self.store.state.origin,
+            "evidence_over_quota": self._over_quota,
             **({"fleet": self.fleet.status()} if self.fleet is not None else {}),
         }

@@ -168,6 +168,34 @@ class EvidenceStore:
             )
             return cur.rowcount
 
+    def used_bytes(self) -> int:
+        """Bytes in use by the database (freed pages are reused, so this is what grows)."""
+        with self._lock, self._wrap("measure the evidence store"):
+            pages, free, size = (
+                self._db.execute(f"PRAGMA {p}").fetchone()[0]
+                for p in ("page_count", "freelist_count", "page_size")
+            )
+        return int((pages - free) * size)
+
+    def shed_readings(self, target_bytes: int, batch: int = 2000) -> int:
+        """Disk quota: delete the oldest raw readings until ``used_bytes() <= target_bytes``.
+
+        Only readings go: attestations, outbox and chain state are never shed. Returns
+        how many readings were deleted (the caller records that in the evidence).
+        """
+        shed = 0
+        while self.used_bytes() > target_bytes:
+            with self._lock, self._wrap("shed raw readings for the disk quota"):
+                n = self._db.execute(
+                    "DELETE FROM readings WHERE rowid IN "
+                    "(SELECT rowid FROM readings ORDER BY rowid LIMIT ?)",
+                    (batch,),
+                ).rowcount
+            if n <= 0:
+                break
+            shed += n
+        return shed
+
     def pending(self) -> list[OutboxItem]:
         """Outbox entries not yet acknowledged by the broker, in seq order."""
         with self._lock, self._wrap("read outbox"):

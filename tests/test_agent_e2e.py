@@ -240,3 +240,32 @@ def test_restart_continues_the_chain(tmp_path):
     res = verify_paths([tmp_path / "spool"], [a1.signer.public])
     assert res.ok, [str(f) for f in res.findings]
     assert len(res.devices) == 1 and res.verified == s1.attestations + s2.attestations
+
+
+def test_disk_quota_sheds_raw_readings_before_evidence_and_says_so(tmp_path):
+    import json
+
+    with Device("normal") as dev:
+        cfg = make_site(tmp_path, output={"spool": "spool"}, port=dev.pty.slave_path)
+        data = yaml.safe_load(cfg.read_text())
+        data["evidence"] = {"max_mb": 0.001}  # far below what even the attestations need
+        cfg.write_text(yaml.safe_dump(data))
+        agent, stats = run_agent(cfg, 3.3)
+    res = verify_paths([tmp_path / "spool"], [agent.signer.public])
+    assert res.ok, [str(f) for f in res.findings]  # every attestation kept and chained
+    assert res.verified == stats.attestations >= 3
+    evidence = [
+        parse_claims(decode_sign1(f.read_bytes()).claims())
+        for f in sorted((tmp_path / "spool").rglob("*.cose"))
+    ]
+    assert sum(ev.health.get("readings_shed", 0) for ev in evidence) > 0
+    later = evidence[-1].degraded
+    assert any("shed" in d for d in later) or any(
+        "shed" in d for ev in evidence for d in ev.degraded
+    )
+    assert any("over its disk quota" in d for d in later)
+    alerts = [
+        json.loads(x)
+        for x in (tmp_path / "spool" / "gw-test" / "alerts.jsonl").read_text().splitlines()
+    ]
+    assert any(a["event"] == "degraded" and "disk quota" in a["reason"] for a in alerts)

@@ -30,6 +30,7 @@ HEALTH_WORDS = {
     "unknown_channels": "device channels the policy does not know",
     "readings_out_of_range": "readings outside a channel's valid range (not used)",
     "out_of_range": "values outside the device's declared range",
+    "readings_shed": "raw readings deleted to stay within the disk quota (no longer provable)",
     "resyncs": "resynchronisations after line noise",
     "duplicates": "duplicate frames (ignored)",
     "seq_resets": "sequence restarts without a HELLO",
