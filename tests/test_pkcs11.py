@@ -125,3 +125,48 @@ def test_a_missing_pin_variable_is_named(token, tmp_path, monkeypatch):
     cfg_path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(KeyFileError, match="NO_SUCH_PIN"):
         Agent(load_config(cfg_path))
+
+
+def test_fleet_targets_signed_inside_the_token_are_applied_by_a_gateway(
+    token, tmp_path, broker, monkeypatch
+):
+    """Issue 7: fleet metadata signed with a PKCS#11 key, through a real broker and python-tuf."""
+    import json
+
+    from agent.fleet.hsm import load_pkcs11_reference
+    from tests.fleet_util import Fleet
+    from tests.test_fleet_tuf import _applied
+
+    monkeypatch.setenv("FLEET_HSM_PIN", "1234")
+    fleet = Fleet(tmp_path, broker)
+    try:
+        fleet.release()
+        client = fleet.client()
+        _applied(fleet, client, 1)
+        ref = fleet.repo.dir / "keys" / "targets-hsm.pkcs11"
+        ref.write_text(
+            json.dumps(
+                {"module": token, "token": "edgegov", "key": "ed25519", "pin_env": "FLEET_HSM_PIN"}
+            )
+        )
+        hsm_keyid = load_pkcs11_reference(ref).public_key.keyid
+        fleet.repo.rotate("targets", add=["targets-hsm"], remove=["targets-1"], threshold=1)
+        fleet.release(policy_version=2)
+        targets = fleet.metadata("targets.json")
+        assert [s for s in targets.signatures] == [hsm_keyid]  # signed in the token only
+        _applied(fleet, client, 2)
+    finally:
+        fleet.close()
+
+
+def test_fleet_key_reference_without_its_pin_is_named(tmp_path, monkeypatch):
+    import json
+
+    from agent.fleet.errors import FleetError
+    from agent.fleet.hsm import load_pkcs11_reference
+
+    monkeypatch.delenv("NOPE_PIN", raising=False)
+    ref = tmp_path / "k.pkcs11"
+    ref.write_text(json.dumps({"module": "/x.so", "token": "t", "key": "k", "pin_env": "NOPE_PIN"}))
+    with pytest.raises(FleetError, match="NOPE_PIN is not set"):
+        load_pkcs11_reference(ref)

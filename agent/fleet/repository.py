@@ -228,18 +228,28 @@ class FleetRepository(Repository):
 
     def _signers(self) -> dict[str, Signer]:
         out: dict[str, Signer] = {}
-        for path in sorted((self.dir / "keys").glob("*.pem")):
+        keys = self.dir / "keys"
+        for path in sorted([*keys.glob("*.pem"), *keys.glob("*.pkcs11")]):
             signer = self.signer(path.stem)
             out[signer.public_key.keyid] = signer
         return out
 
     def key_ids(self, prefix: str) -> list[str]:
         """Key ids of the key files named ``<prefix>-*.pem``."""
-        names = sorted(p.stem for p in (self.dir / "keys").glob(f"{prefix}-*.pem"))
+        keys = self.dir / "keys"
+        names = sorted(
+            p.stem for p in [*keys.glob(f"{prefix}-*.pem"), *keys.glob(f"{prefix}-*.pkcs11")]
+        )
         return [self.signer(n).public_key.keyid for n in names]
 
     def signer(self, name: str) -> Signer:
-        """The signer of key file ``keys/<name>.pem``."""
+        """The signer of ``keys/<name>.pem``, or of the token key ``keys/<name>.pkcs11``
+        points at (see agent/fleet/hsm.py)."""
+        token_ref = self.dir / "keys" / f"{name}.pkcs11"
+        if token_ref.exists():
+            from agent.fleet.hsm import load_pkcs11_reference
+
+            return load_pkcs11_reference(token_ref)
         path = self.dir / "keys" / f"{name}.pem"
         try:
             priv = serialization.load_pem_private_key(path.read_bytes(), None)
@@ -255,8 +265,10 @@ class FleetRepository(Repository):
         Returns the new root version."""
         with self.edit_root() as root:
             for name in add:
-                path = self.dir / "keys" / f"{name}.pem"
-                key = self.signer(name).public_key if path.exists() else self.new_key(name)
+                known = any(
+                    (self.dir / "keys" / f"{name}{ext}").exists() for ext in (".pem", ".pkcs11")
+                )
+                key = self.signer(name).public_key if known else self.new_key(name)
                 root.add_key(key, role)
             for name in remove:
                 root.revoke_key(self.signer(name).public_key.keyid, role)
