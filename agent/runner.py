@@ -45,6 +45,7 @@ __all__ = ["Agent", "AgentStats"]
 
 _SHED = "raw readings shed to keep the evidence store within its disk quota"
 _OVER_QUOTA = "evidence store over its disk quota even without raw readings (evidence kept)"
+_STORAGE_HELD = "evidence store could not be written for a while; windows were held in memory"
 
 log = logging.getLogger("edgegov.agent")
 
@@ -86,6 +87,7 @@ class Agent:
         self._queue: queue.Queue[list[Reading]] = queue.Queue()
         self._shed = 0  # readings shed for the disk quota since the last attestation
         self._over_quota = False
+        self._storage_problem: str | None = None
         self._degraded_before: set[str] = set()
         self.signer = _signer(config)
         # tuf: configured -> the fleet's signed config in force (if any) replaces the local policy
@@ -283,12 +285,31 @@ class Agent:
             try:
                 item = self._attest(w, h)
             except StorageError as e:
-                log.error("%s; window kept in memory and retried at the next window", e)
+                self._storage_failed(e)
                 return
             self._unsigned.pop(0)
             self.stats.attestations += 1
             self.stats.last_seq = item.seq
             self._publish(item)
+        self._storage_problem = None  # every held window is signed and stored now
+
+    def _storage_failed(self, e: StorageError) -> None:
+        """The store refused a write (disk full, I/O error): hold the window, say so loudly."""
+        first = self._storage_problem is None
+        self._storage_problem = str(e)
+        log.error(
+            "%s; %d window(s) held in memory, retried at the next window", e, len(self._unsigned)
+        )
+        if first:
+            self.publisher.publish_alert(
+                {
+                    "event": "storage_error",
+                    "device": self.config.device_id,
+                    "reason": str(e),
+                    "windows_held": len(self._unsigned),
+                }
+            )
+            self.publisher.publish_status(self._status())
 
     def _publish(self, item: OutboxItem) -> None:
         try:
@@ -323,6 +344,7 @@ class Agent:
             + tuple(f"risk {r.model_id}: {r.reason}" for r in risk if r.score is None and window.n)
             + (_SHED,) * bool(self._shed)
             + (_OVER_QUOTA,) * self._over_quota
+            + (_STORAGE_HELD,) * (self._storage_problem is not None)
         )
         config = ConfigInForce(p.id, p.version, p.digest, {m.id: m.sha256 for m in p.models}, 0)
         if self.fleet is not None:
@@ -493,5 +515,6 @@ class Agent:
             "last_seq": self.stats.last_seq,
             "log": self.store.state.origin,
             "evidence_over_quota": self._over_quota,
+            "storage_error": self._storage_problem,
             **({"fleet": self.fleet.status()} if self.fleet is not None else {}),
         }

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import socket
 import ssl
 import threading
@@ -189,7 +190,10 @@ class MqttPublisher:
         )
         c.max_queued_messages_set(0)  # unbounded: the outbox is the real bound
         c.max_inflight_messages_set(_WINDOW + 4)  # room for status messages
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        # Capped exponential backoff with a per-gateway random scale, so a fleet that lost
+        # its broker together does not come back in lock-step (thundering herd).
+        scale = random.uniform(0.5, 1.0)
+        c.reconnect_delay_set(min_delay=scale, max_delay=30 * scale)  # type: ignore[arg-type]
         if url.username:
             c.username_pw_set(url.username, url.password)
         if url.tls:

@@ -269,3 +269,46 @@ def test_disk_quota_sheds_raw_readings_before_evidence_and_says_so(tmp_path):
         for x in (tmp_path / "spool" / "gw-test" / "alerts.jsonl").read_text().splitlines()
     ]
     assert any(a["event"] == "degraded" and "disk quota" in a["reason"] for a in alerts)
+
+
+def test_a_full_disk_holds_windows_in_memory_and_loses_nothing(tmp_path):
+    """SQLite reports the disk full (SQLITE_FULL, forced with max_page_count): the agent
+    keeps running, holds the windows, alerts, and signs them all once it can write again."""
+    import json
+
+    with Device("normal") as dev:
+        cfg = make_site(tmp_path, output={"spool": "spool"}, port=dev.pty.slave_path)
+        agent = Agent(load_config(cfg))
+        worker = threading.Thread(target=agent.run)
+        worker.start()
+        try:
+            time.sleep(1.5)
+            db = agent.store._db  # test-only: make the database "full" from outside
+            with agent.store._lock:
+                pages = db.execute("PRAGMA page_count").fetchone()[0]
+                db.execute(f"PRAGMA max_page_count = {pages}")
+            assert wait_for(lambda: agent._status()["storage_error"] is not None, timeout=10)
+            held_at = agent.stats.attestations
+            time.sleep(2.2)  # windows keep closing while nothing can be written
+            assert agent.stats.attestations == held_at
+            with agent.store._lock:
+                db.execute("PRAGMA max_page_count = 1073741823")
+            assert wait_for(lambda: agent.stats.attestations >= held_at + 2, timeout=10)
+        finally:
+            agent.stop()
+            worker.join(timeout=15)
+    res = verify_paths([tmp_path / "spool"], [agent.signer.public])
+    assert res.ok, [str(f) for f in res.findings]  # no gap, windows contiguous
+    assert res.verified == agent.stats.attestations == agent.stats.windows
+    assert res.devices[0].readings == agent.stats.readings  # every reading signed
+    evidence = [
+        parse_claims(decode_sign1(f.read_bytes()).claims())
+        for f in sorted((tmp_path / "spool").rglob("*.cose"))
+    ]
+    assert any("could not be written" in d for ev in evidence for d in ev.degraded)
+    alerts = [
+        json.loads(x)
+        for x in (tmp_path / "spool" / "gw-test" / "alerts.jsonl").read_text().splitlines()
+    ]
+    assert [a["event"] for a in alerts].count("storage_error") == 1
+    assert "full" in next(a for a in alerts if a["event"] == "storage_error")["reason"]

@@ -210,3 +210,41 @@ def test_status_is_retained_and_the_last_will_marks_a_killed_agent_offline(tls):
         child.wait()
         if child.stdout:
             child.stdout.close()
+
+
+def test_username_and_password_from_the_broker_url(tmp_path):
+    """mqtt://user:password@host: accepted with the right password, refused without."""
+    import shutil
+
+    passwd = shutil.which("mosquitto_passwd")
+    if passwd is None:
+        pytest.fail("mosquitto_passwd is missing (it comes with Debian's mosquitto package)")
+    pwfile = tmp_path / "passwd"
+    subprocess.run([passwd, "-c", "-b", str(pwfile), "gw-1", "s3cret"], check=True)
+    pwfile.chmod(0o600)
+    with MosquittoBroker(
+        tmp_path / "broker", extra_config=f"allow_anonymous false\npassword_file {pwfile}\n"
+    ) as broker:
+        port = broker.port
+        acks: list[int] = []
+        good = MqttPublisher(
+            BrokerURL.parse(f"mqtt://gw-1:s3cret@127.0.0.1:{port}"),
+            Topics("edgegov", "f", "gw-1"),
+            acks.append,
+        )
+        good.start([OutboxItem(0, "edgegov/f/gw-1/attestation", b"x")])
+        assert good.wait_connected(5)
+        deadline = time.monotonic() + 5
+        while not acks and time.monotonic() < deadline:
+            time.sleep(0.02)
+        good.stop(1)
+        assert acks == [0]
+        bad = MqttPublisher(
+            BrokerURL.parse(f"mqtt://gw-1:wrong@127.0.0.1:{port}"),
+            Topics("edgegov", "f", "gw-1"),
+            acks.append,
+        )
+        bad.start([])
+        assert not bad.wait_connected(1.5)
+        bad.stop(0.1)
+    assert "s3cret" not in str(BrokerURL.parse(f"mqtt://gw-1:s3cret@127.0.0.1:{port}"))
