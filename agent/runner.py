@@ -277,6 +277,7 @@ class Agent:
 
     # -- one window --------------------------------------------------------------------
     def _close(self, window: Window) -> None:
+        self.store.flush_acks()  # at most one window of acknowledged rows stays behind
         health = self._window_health()
         self.stats.windows += 1
         self._unsigned.append((window, health))

@@ -27,6 +27,8 @@ from agent.merkle import CompactRange, RangeHasher
 
 __all__ = ["ChainState", "EvidenceStore", "OutboxItem", "RetainedReading", "read_retained"]
 
+_ACK_BATCH = 64  # outbox deletions per transaction
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -92,6 +94,7 @@ class EvidenceStore:
         except (sqlite3.Error, OSError) as e:
             raise StorageError(f"{path}: cannot open the evidence store: {e}") from e
         self.new_log = False
+        self._acked: list[int] = []  # PUBACKed seqs whose outbox rows are not yet deleted
         self.state = self._load_or_create(device_id)
 
     def _load_or_create(self, device_id: str) -> ChainState:
@@ -199,6 +202,7 @@ class EvidenceStore:
     def pending(self) -> list[OutboxItem]:
         """Outbox entries not yet acknowledged by the broker, in seq order."""
         with self._lock, self._wrap("read outbox"):
+            self._flush_acks_locked()
             rows = self._db.execute(
                 "SELECT seq, topic, payload FROM outbox ORDER BY seq"
             ).fetchall()
@@ -207,15 +211,33 @@ class EvidenceStore:
     def acknowledge(self, seq: int) -> None:
         """The broker has the attestation (PUBACK): drop it from the outbox.
 
-        Not fsynced (WAL, synchronous=NORMAL for this statement only): if power fails
-        right after, the row comes back and is sent once more, which collectors and the
-        verifier treat as the same attestation. Evidence itself is always fsynced.
+        Deletions are batched (64 at a time, and at every :meth:`flush_acks`) and not
+        fsynced: after a crash at most that many rows come back and are sent once more,
+        which collectors and the verifier treat as the same attestation (same bytes).
+        Evidence itself is always fsynced before it is published.
         """
-        with self._lock, self._wrap(f"acknowledge seq {seq}"):
+        with self._lock:
+            self._acked.append(seq)
+            if len(self._acked) >= _ACK_BATCH:
+                self._flush_acks_locked()
+
+    def flush_acks(self) -> None:
+        with self._lock:
+            self._flush_acks_locked()
+
+    def _flush_acks_locked(self) -> None:
+        if not self._acked:
+            return
+        acked, self._acked = self._acked, []
+        with self._wrap(f"acknowledge {len(acked)} attestation(s)"):
             self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in acked])
+                self._db.execute("COMMIT")
             finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 self._db.execute("PRAGMA synchronous=FULL")
 
     def last_window_end(self) -> int | None:
@@ -230,6 +252,7 @@ class EvidenceStore:
 
     def close(self) -> None:
         with self._lock:
+            self._flush_acks_locked()
             self._db.close()
 
 
