@@ -65,7 +65,31 @@ class EvidenceDB(Protocol):
     def close(self) -> None: ...
 
 
-class _Sqlite:
+class _SqlStore:
+    """What the SQLite and PostgreSQL collector stores share (both DB-API connections)."""
+
+    url: str
+    _lock: threading.Lock
+    _db: Any
+
+    def messages(self) -> Iterator[tuple[bytes, str, str | None]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, device, cose FROM collected ORDER BY device, seq, id"
+            ).fetchall()
+        for id_, device, cose in rows:
+            yield bytes(cose), f"{_safe(self.url)}#{id_}", device
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM collected").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class _Sqlite(_SqlStore):
     def __init__(self, path: Path, url: str) -> None:
         self.url = url
         self._lock = threading.Lock()
@@ -86,26 +110,10 @@ class _Sqlite:
                 )
             except sqlite3.Error as e:
                 raise StorageError(f"{self.url}: cannot store {device} seq {seq}: {e}") from e
-            return cur.rowcount == 1
-
-    def messages(self) -> Iterator[tuple[bytes, str, str | None]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, device, cose FROM collected ORDER BY device, seq, id"
-            ).fetchall()
-        for id_, device, cose in rows:
-            yield bytes(cose), f"{self.url}#{id_}", device
-
-    def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM collected").fetchone()[0])
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+            return bool(cur.rowcount == 1)
 
 
-class _Postgres:
+class _Postgres(_SqlStore):
     def __init__(self, url: str) -> None:
         import psycopg
 
@@ -132,22 +140,6 @@ class _Postgres:
                     f"{_safe(self.url)}: cannot store {device} seq {seq}: {e}"
                 ) from e
             return bool(cur.rowcount == 1)
-
-    def messages(self) -> Iterator[tuple[bytes, str, str | None]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, device, cose FROM collected ORDER BY device, seq, id"
-            ).fetchall()
-        for id_, device, cose in rows:
-            yield bytes(cose), f"{_safe(self.url)}#{id_}", device
-
-    def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM collected").fetchone()[0])
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 def _safe(url: str) -> str:
