@@ -88,6 +88,7 @@ class Agent:
         self._shed = 0  # readings shed for the disk quota since the last attestation
         self._over_quota = False
         self._storage_problem: str | None = None
+        self._last_source_health: list[dict[str, Any]] | None = None
         self._degraded_before: set[str] = set()
         self.signer = _signer(config)
         # tuf: configured -> the fleet's signed config in force (if any) replaces the local policy
@@ -279,6 +280,7 @@ class Agent:
     def _close(self, window: Window) -> None:
         self.store.flush_acks()  # at most one window of acknowledged rows stays behind
         health = self._window_health()
+        self._last_source_health = health["sources"]
         self.stats.windows += 1
         self._unsigned.append((window, health))
         while self._unsigned:
@@ -517,5 +519,17 @@ class Agent:
             "log": self.store.state.origin,
             "evidence_over_quota": self._over_quota,
             "storage_error": self._storage_problem,
+            "sources": [
+                {
+                    "name": s.cfg.name,
+                    "port": s.port,
+                    "protocol": s.cfg.protocol,
+                    "connected": s.connected.is_set(),
+                    "last_window": rec,
+                }
+                for s, rec in zip(
+                    self.sources, self._last_source_health or [{}] * len(self.sources)
+                )
+            ],
             **({"fleet": self.fleet.status()} if self.fleet is not None else {}),
         }

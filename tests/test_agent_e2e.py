@@ -288,6 +288,11 @@ def test_a_full_disk_holds_windows_in_memory_and_loses_nothing(tmp_path):
                 pages = db.execute("PRAGMA page_count").fetchone()[0]
                 db.execute(f"PRAGMA max_page_count = {pages}")
             assert wait_for(lambda: agent._status()["storage_error"] is not None, timeout=10)
+            src = agent._status()["sources"][0]  # what the retained status tells the fleet
+            assert src["connected"] and src["protocol"] == "framed"
+            assert (
+                src["last_window"]["frames_ok"] > 0 and src["last_window"]["device"] == "EMU-0001"
+            )
             held_at = agent.stats.attestations
             time.sleep(2.2)  # windows keep closing while nothing can be written
             assert agent.stats.attestations == held_at
