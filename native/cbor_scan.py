@@ -6,21 +6,16 @@
 
 from __future__ import annotations
 
-import os
-
 from native._cbor_scan_py import MAX_DEPTH_LIMIT, MESSAGES
+from native._select import compiled_available
 
 __all__ = ["IMPLEMENTATION", "MAX_DEPTH_LIMIT", "MESSAGES", "scan"]
 
-_PURE = os.environ.get("EDGEGOV_PURE", "") not in ("", "0")
+_PURE = not compiled_available("_cbor_scan")
 
 if not _PURE:
-    try:
-        from native._cbor_scan import scan
-    except ImportError:  # not built (no compiler at install time): fall back
-        _PURE = True
-
-if _PURE:
+    from native._cbor_scan import scan
+else:
     from native._cbor_scan_py import scan
 
 IMPLEMENTATION: str = "python" if _PURE else "cython"

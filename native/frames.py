@@ -8,21 +8,16 @@ environment variable ``EDGEGOV_PURE`` is unset (or ``0``); otherwise
 
 from __future__ import annotations
 
-import os
-
 from native._frames_py import STAT_NAMES, Batch
+from native._select import compiled_available
 
 __all__ = ["IMPLEMENTATION", "STAT_NAMES", "Batch", "BatchDecoder"]
 
-_PURE = os.environ.get("EDGEGOV_PURE", "") not in ("", "0")
+_PURE = not compiled_available("_frames")
 
 if not _PURE:
-    try:
-        from native._frames import BatchDecoder
-    except ImportError:  # not built (no compiler at install time): fall back
-        _PURE = True
-
-if _PURE:
+    from native._frames import BatchDecoder
+else:
     from native._frames_py import BatchDecoder
 
 IMPLEMENTATION: str = "python" if _PURE else "cython"

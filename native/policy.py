@@ -11,9 +11,8 @@ in use.
 
 from __future__ import annotations
 
-import os
-
 from native._policy_py import Program
+from native._select import compiled_available
 
 __all__ = [
     "IMPLEMENTATION",
@@ -25,21 +24,17 @@ __all__ = [
     "rule_update",
 ]
 
-_PURE = os.environ.get("EDGEGOV_PURE", "") not in ("", "0")
+_PURE = not compiled_available("_policy")
 
 if not _PURE:
-    try:
-        from native._policy import (
-            agg_update,
-            duration_update,
-            evaluate,
-            evaluate_many,
-            rule_update,
-        )
-    except ImportError:  # not built (no compiler at install time): fall back
-        _PURE = True
-
-if _PURE:
+    from native._policy import (
+        agg_update,
+        duration_update,
+        evaluate,
+        evaluate_many,
+        rule_update,
+    )
+else:
     from native._policy_py import (
         agg_update,
         duration_update,

@@ -7,8 +7,7 @@
 
 from __future__ import annotations
 
-import os
-
+from native._select import compiled_available
 from native._verify_py import ClaimsError, ClaimsFields, ClaimsTypes
 
 __all__ = [
@@ -26,24 +25,20 @@ __all__ = [
     "split_sign1",
 ]
 
-_PURE = os.environ.get("EDGEGOV_PURE", "") not in ("", "0")
+_PURE = not compiled_available("_verify")
 
 if not _PURE:
-    try:
-        from native._verify import (
-            claims_fields,
-            consistency_error,
-            evidence_from_claims,
-            loads,
-            loads_claims,
-            loads_claims_within,
-            sig_structure,
-            split_sign1,
-        )
-    except ImportError:  # not built (no compiler at install time): fall back
-        _PURE = True
-
-if _PURE:
+    from native._verify import (
+        claims_fields,
+        consistency_error,
+        evidence_from_claims,
+        loads,
+        loads_claims,
+        loads_claims_within,
+        sig_structure,
+        split_sign1,
+    )
+else:
     from native._verify_py import (
         claims_fields,
         consistency_error,
