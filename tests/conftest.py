@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.broker import MosquittoBroker, find_mosquitto
 from agent.keys import Signer, generate_key
+from agent.transport import BrokerURL
 
 ROOT = Path(__file__).resolve().parent.parent
 ORACLE_PYTHON = Path(
@@ -67,3 +72,33 @@ def run_cli():
         )
 
     return run
+
+
+class Listener:
+    """A plain paho subscriber (an auditor) collecting messages."""
+
+    def __init__(self, url: BrokerURL | str, topic: str, **tls: Path) -> None:
+        url = BrokerURL.parse(url) if isinstance(url, str) else url
+        self.messages: list[mqtt.MQTTMessage] = []
+        self.ready = threading.Event()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        if tls:
+            c.tls_set(
+                ca_certs=str(tls["ca_file"]),
+                certfile=str(tls["cert_file"]),
+                keyfile=str(tls["key_file"]),
+            )
+        c.on_connect = lambda cl, *_: cl.subscribe(topic, qos=1)
+        c.on_subscribe = lambda *_: self.ready.set()
+        c.on_message = lambda _c, _u, m: self.messages.append(m)
+        c.connect(url.host, url.port)
+        c.loop_start()
+        assert self.ready.wait(5), "subscriber did not get SUBACK"
+        self.client = c
+
+    def json(self) -> list[dict]:
+        return [json.loads(m.payload) for m in self.messages]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -21,7 +21,7 @@ from agent.cose import decode_sign1
 from agent.keys import generate_key
 from agent.runner import Agent
 from firmware_bridge import Emulator, open_pty
-from tests.conftest import ROOT, cose_oracle
+from tests.conftest import ROOT, Listener, cose_oracle
 
 POLICY = ROOT / "configs" / "policies" / "cold-chain.yaml"
 MODEL = ROOT / "configs" / "models" / "excursion-v1.onnx"
@@ -88,28 +88,6 @@ def run_agent(cfg: Path, seconds: float) -> tuple[Agent, object]:
     return agent, stats
 
 
-def _subscribe(url: str, topic: str) -> tuple[list[dict], object]:
-    """Collect JSON messages on ``topic`` (a plain paho subscriber)."""
-    import json
-
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from agent.transport import BrokerURL
-
-    got: list[dict] = []
-    ready = threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.on_connect = lambda cl, *_: cl.subscribe(topic, qos=1)
-    c.on_subscribe = lambda *_: ready.set()
-    c.on_message = lambda _c, _u, m: got.append(json.loads(m.payload))
-    u = BrokerURL.parse(url)
-    c.connect(u.host, u.port)
-    c.loop_start()
-    assert ready.wait(5)
-    return got, c
-
-
 def wait_for(pred, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -124,14 +102,14 @@ def test_emulated_excursion_becomes_verified_evidence_through_a_real_broker(tmp_
     collected = tmp_path / "collected"
     collector = FileCollector(broker.url, collected, fleet="t")
     collector.start()
-    alerts, alert_client = _subscribe(broker.url, "edgegov/t/gw-test/alert")
+    alert_listener = Listener(broker.url, "edgegov/t/gw-test/alert")
     with Device("excursion") as dev:
         cfg = make_site(tmp_path, output={"mqtt": {"url": broker.url}}, port=dev.pty.slave_path)
         agent, stats = run_agent(cfg, 11.0)  # the excursion scenario leaves 2-8 degC at 8-17 s
     assert wait_for(lambda: len(collector.stored) >= stats.attestations)
     collector.stop()
-    alert_client.disconnect()
-    alert_client.loop_stop()
+    alert_listener.close()
+    alerts = alert_listener.json()
 
     pub = agent.signer.public
     res = verify_paths([collected], [pub])

@@ -7,14 +7,11 @@ network thread held its own while waiting for ours in the PUBACK callback.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.store import EvidenceStore
 from agent.transport import BrokerURL, MqttPublisher, Topics
+from tests.conftest import Listener
 
 N = 3000
 
@@ -30,26 +27,18 @@ def test_backlog_drains_in_order_and_empties_the_outbox(tmp_path, broker):
         )
     db.close()
 
-    got: list[int] = []
-    ready = threading.Event()
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    sub.on_connect = lambda c, *_: c.subscribe("edgegov/f/gw/attestation", qos=1)
-    sub.on_subscribe = lambda *_: ready.set()
-    sub.on_message = lambda _c, _u, m: got.append(int.from_bytes(m.payload[:4], "big"))
+    listener = Listener(broker.url, "edgegov/f/gw/attestation")
     u = BrokerURL.parse(broker.url)
-    sub.connect(u.host, u.port)
-    sub.loop_start()
-    assert ready.wait(5)
 
     store = EvidenceStore(path, "gw")
     pub = MqttPublisher(u, Topics("edgegov", "f", "gw"), store.acknowledge)
     pub.start(store.pending())
     deadline = time.monotonic() + 60
-    while (pub.unacknowledged() or len(got) < N) and time.monotonic() < deadline:
+    while (pub.unacknowledged() or len(listener.messages) < N) and time.monotonic() < deadline:
         time.sleep(0.01)
     pub.stop(2)
-    sub.disconnect()
-    sub.loop_stop()
+    listener.close()
+    got = [int.from_bytes(m.payload[:4], "big") for m in listener.messages]
     assert store.pending() == []
     missing = sorted(set(range(N)) - set(got))
     dups = len(got) - len(set(got))

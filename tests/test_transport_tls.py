@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.broker import MosquittoBroker, find_mosquitto
 from agent.store import OutboxItem
 from agent.transport import BrokerURL, MqttPublisher, Topics
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Listener
 from tests.pki import TestPKI
 
 BROKER_DIR = ROOT / "configs" / "broker"
@@ -63,32 +63,6 @@ def tls(tmp_path):
     b.broker.start()
     yield b
     b.broker.stop()
-
-
-class Listener:
-    """A plain paho subscriber (an auditor) collecting messages."""
-
-    def __init__(self, url: BrokerURL, topic: str, **tls: Path) -> None:
-        self.messages: list[mqtt.MQTTMessage] = []
-        self.ready = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        if tls:
-            c.tls_set(
-                ca_certs=str(tls["ca_file"]),
-                certfile=str(tls["cert_file"]),
-                keyfile=str(tls["key_file"]),
-            )
-        c.on_connect = lambda cl, *_: cl.subscribe(topic, qos=1)
-        c.on_subscribe = lambda *_: self.ready.set()
-        c.on_message = lambda _c, _u, m: self.messages.append(m)
-        c.connect(url.host, url.port)
-        c.loop_start()
-        assert self.ready.wait(5), "subscriber did not get SUBACK"
-        self.client = c
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def _publisher(tls: TlsBroker, cn: str, device: str, acks: list[int]) -> MqttPublisher:
