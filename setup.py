@@ -20,6 +20,12 @@ EXTENSIONS = [
     Extension("native._cbor_scan", ["native/_cbor_scan.pyx"], extra_compile_args=["-O3"]),
     Extension("native._frames", ["native/_frames.pyx"], extra_compile_args=["-O3"]),
     Extension("native._verify", ["native/_verify.pyx"], extra_compile_args=["-O3"]),
+    Extension(
+        "native._features",
+        ["native/_features.pyx"],
+        # no FMA contraction: results must match the pure twin bit for bit
+        extra_compile_args=["-O3", "-ffp-contract=off"],
+    ),
 ]
 
 setup(

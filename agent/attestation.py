@@ -86,6 +86,9 @@ class ConfigInForce:
     tuf: Mapping[str, int] | None = None  # root/timestamp/snapshot/targets versions
     targets: Mapping[str, str] | None = None  # TUF target name -> sha256 hex
     changed: tuple[int, int] | None = None  # (previous config version, switch ms)
+    # SHA-256 hex of the policy evaluator's and the risk features' state at the window's
+    # start (key 9): lets `edgegov audit replay` prove it starts from the same state
+    state_in: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ class RiskResult:
     score: float | None  # None: not available this window (reason says why)
     provider: str
     reason: str = ""
+    # inputs outside the model's training ranges; () = none, None = not assessed
+    ood: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,13 @@ def _measres(ev: Evidence) -> list[Any]:
     return [[f"policy:{ev.config.policy_id}@{ev.config.policy_version}", results]]
 
 
+def _risk_claim(r: RiskResult) -> dict[int, Any]:
+    claim: dict[int, Any] = {1: r.model_id, 2: r.score, 3: r.provider, 4: r.reason}
+    if r.ood is not None:
+        claim[5] = list(r.ood)
+    return claim
+
+
 def encode_claims(ev: Evidence) -> bytes:
     """Deterministic CBOR of the claims set (RFC 8949 §4.2 core deterministic encoding)."""
     private = {
@@ -225,7 +237,7 @@ def encode_claims(ev: Evidence) -> bytes:
             }
             for r in ev.rules
         ],
-        RISK: [{1: r.model_id, 2: r.score, 3: r.provider, 4: r.reason} for r in ev.risk],
+        RISK: [_risk_claim(r) for r in ev.risk],
         HEALTH: _health_claim(ev),
         DEVICE: ev.device_id,
         READINGS: ev.readings,
@@ -252,7 +264,8 @@ _TUF_ROLES = ("root", "timestamp", "snapshot", "targets")
 
 
 def _fleet_config(c: ConfigInForce) -> dict[int, Any]:
-    """-70001/5 keys 6-8: TUF versions, target digests, a change at this window's start."""
+    """-70001/5 keys 6-9: TUF versions, target digests, a change at this window's start,
+    the state digest."""
     out: dict[int, Any] = {}
     if c.tuf is not None:
         out[6] = {i: c.tuf[r] for i, r in enumerate(_TUF_ROLES, 1)}
@@ -260,6 +273,8 @@ def _fleet_config(c: ConfigInForce) -> dict[int, Any]:
         out[7] = {k: bytes.fromhex(v) for k, v in sorted(c.targets.items())}
     if c.changed is not None:
         out[8] = list(c.changed)
+    if c.state_in is not None:
+        out[9] = bytes.fromhex(c.state_in)
     return out
 
 

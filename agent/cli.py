@@ -194,6 +194,17 @@ def _cmd_audit_prove(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit_replay(a: argparse.Namespace) -> int:
+    from agent.audit.replay import replay
+    from agent.policy import load_policy
+
+    bundle = load_policy(Path(a.policy))
+    providers = a.provider or ["CPUExecutionProvider"]
+    res = replay(Path(a.store), bundle, _trust(a), a.seq or (), providers)  # type: ignore[arg-type]
+    print(json.dumps(res.to_json(), indent=2) if a.json else res.text())
+    return 0 if res.ok else 1
+
+
 def _cmd_audit_collect(a: argparse.Namespace) -> int:
     import time
 
@@ -413,6 +424,28 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--check", help="a proof file to check")
     ap.add_argument("--trust", help="trust file (YAML)")
     ap.add_argument("--key", action="append", help="trusted device public key (PEM)")
+    arp = cmd(
+        "replay",
+        _cmd_audit_replay,
+        "re-run stored windows through the attested policy and models; show the verdict "
+        "and risk scores are reproduced (bit for bit on CPU)",
+        "edgegov audit replay --store state/evidence.sqlite --policy cold-chain.yaml "
+        "--key device.pub.pem --seq 12",
+        asub,
+    )
+    arp.add_argument("--store", required=True, help="the gateway's evidence store (SQLite)")
+    arp.add_argument(
+        "--policy", required=True, help="the policy bundle in force (its models beside it)"
+    )
+    arp.add_argument("--seq", type=int, action="append", help="window to replay (default: newest)")
+    arp.add_argument("--trust", help="trust file (YAML)")
+    arp.add_argument("--key", action="append", help="trusted device public key (PEM)")
+    arp.add_argument(
+        "--provider",
+        action="append",
+        help="onnxruntime execution provider to replay on (default CPUExecutionProvider)",
+    )
+    arp.add_argument("--json", action="store_true", help="machine-readable verdict")
     ac = cmd(
         "collect",
         _cmd_audit_collect,

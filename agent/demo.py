@@ -205,7 +205,11 @@ files
 
 verify by hand (then try deleting or editing one .cose file and verify again)
   {cli} audit verify {_show(evidence_dir)} --key {_show(pub_path)}
-  {cli} audit verify {_show(evidence_dir)} --key {_show(pub_path)} --json""")
+  {cli} audit verify {_show(evidence_dir)} --key {_show(pub_path)} --json
+
+re-run the newest window from the stored readings; its verdict and scores come out the same
+  {cli} audit replay --store {_show(out / "state" / "evidence.sqlite")} \
+--policy {_show(_packaged_policy())} --key {_show(pub_path)}""")
     if not ok and result.verified != stats.attestations:
         say(
             f"\n{stats.attestations - result.verified} attestation(s) were signed but not "

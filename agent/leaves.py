@@ -36,6 +36,7 @@ __all__ = [
     "encode_records",
     "leaf_hashes",
     "record_leaf_hashes",
+    "records_to_columns",
     "window_salts",
 ]
 
@@ -43,10 +44,10 @@ SALT_BYTES = 16
 _HEAD = struct.Struct(">16sQqqHIH")
 
 
-def _dtype(n_values: int) -> np.dtype:
+def _dtype(n_values: int, prefix: bool = True) -> np.dtype:
     return np.dtype(
-        [
-            ("prefix", "u1"),  # 0x00, so each leaf hash input is one contiguous slice
+        [("prefix", "u1")] * prefix  # 0x00, so each leaf hash input is one contiguous slice
+        + [
             ("salt", "S16"),
             ("index", ">u8"),
             ("received_ms", ">i8"),
@@ -135,6 +136,25 @@ def leaf_hashes(buf: bytes, stride: int) -> list[bytes]:
 def record_leaf_hashes(records: Sequence[bytes]) -> list[bytes]:
     sha = hashlib.sha256
     return [sha(b"\x00" + r).digest() for r in records]
+
+
+def records_to_columns(records: Sequence[bytes], n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Received times (int64) and values (float64 channels x readings) of stored records.
+
+    Raises:
+        ValueError: a record does not have the layout above or not ``n_channels`` values.
+    """
+    size = _HEAD.size + 8 * n_channels
+    for r in records:
+        if len(r) != size:
+            raise ValueError(
+                f"a stored reading record has {len(r)} bytes; with {n_channels} channel(s) "
+                f"it must have {size}"
+            )
+    a = np.frombuffer(b"".join(records), _dtype(n_channels, prefix=False))
+    ts = a["received_ms"].astype(np.int64)
+    cols = np.ascontiguousarray(a["values"].astype(np.float64).reshape(len(records), n_channels).T)
+    return ts, cols
 
 
 def decode_record(record: bytes) -> LeafRecord:

@@ -8,6 +8,8 @@ and exit 0; SIGHUP reloads the policy (the last good one stays on error).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -19,10 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from agent import __version__
-from agent.attestation import ConfigInForce, RiskResult, RuleResult
+from agent.attestation import ConfigInForce, RuleResult
 from agent.attester import Attester
 from agent.config import AgentConfig
 from agent.errors import Error, KeyFileError, ModelError, StorageError
@@ -32,7 +32,7 @@ from agent.fleet_ca import load_x5chain
 from agent.keys import Signer, load_signer
 from agent.policy import PolicyBundle, load_policy
 from agent.policy.evaluator import BatchResult, Evaluator, mask_invalid
-from agent.risk import RiskModel, compute_features, load_model
+from agent.risk import RiskEngine, RiskModel, load_model
 from agent.sources import PortSource, make_source, sum_counters, window_problems
 from agent.store import EvidenceStore, OutboxItem
 from agent.transport import BrokerURL, MqttPublisher, Publisher, SpoolPublisher, Topics
@@ -95,8 +95,8 @@ class Agent:
         self.fleet = FleetLink(config) if config.tuf is not None else None
         self.policy = load_policy(self._policy_path)
         self.evaluator = self._new_evaluator(self.policy)
-        self.models, self._model_problems = self._load_models(self.policy)
         self.store = EvidenceStore(config.state_dir / "evidence.sqlite", config.device_id)
+        self._use_models(self.policy)
         if self.store.new_log:
             log.info("starting a new evidence log %s", self.store.state.origin)
         else:
@@ -144,12 +144,25 @@ class Agent:
                         ref.threshold,
                         providers=self.config.providers,
                         intra_op_threads=self.config.risk_threads,
+                        input_name=ref.input,
+                        opset=ref.opset,
                     )
                 )
             except ModelError as e:
                 log.error("%s; continuing with the rules alone (evidence marked degraded)", e)
                 problems.append(f"model {ref.id} refused: {e}")
         return models, problems
+
+    def _use_models(self, bundle: PolicyBundle) -> None:
+        """Load ``bundle``'s models and give their features the stored recent readings."""
+        self.models, self._model_problems = self._load_models(bundle)
+        self.risk = RiskEngine(self.models, [c.name for c in bundle.channels])
+        h = self.risk.history
+        if h.keep_ms or h.keep_rows:
+            try:
+                self.risk.prime(self.store.records_before(None, h.keep_ms, h.keep_rows), bundle)
+            except (StorageError, ValueError) as e:
+                log.warning("recent readings not read back for the risk features: %s", e)
 
     @property
     def _policy_state_path(self) -> Path:
@@ -167,16 +180,20 @@ class Agent:
         except (OSError, ValueError, Error) as e:
             log.warning("policy state in %s not used (%s); windows and durations start empty",
                         path, e)  # fmt: skip
+        self._state_in = hashlib.sha256(ev.state_json().encode()).hexdigest()
         return ev
 
-    def _save_policy_state(self) -> None:
+    def _save_policy_state(self) -> str:
+        """Save the evaluator's state; return its digest (the next window's ``state_in``)."""
+        text = self.evaluator.state_json()
         path = self._policy_state_path
         tmp = path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(self.evaluator.state()))
+            tmp.write_text(text)
             os.replace(tmp, path)
         except OSError as e:
             log.error("cannot save the policy state to %s: %s", path, e)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def _make_publisher(self) -> Publisher:
         cfg = self.config
@@ -283,6 +300,7 @@ class Agent:
         self._last_source_health = health["sources"]
         self.stats.windows += 1
         self._unsigned.append((window, health))
+        self._evaluate([w for w, _ in self._unsigned if w.results is None])
         while self._unsigned:
             w, h = self._unsigned[0]
             try:
@@ -321,16 +339,31 @@ class Agent:
             log.error("%s; attestation seq %d stays in the outbox", e, item.seq)
         self.publisher.publish_status(self._status())
 
+    def _evaluate(self, windows: list[Window]) -> None:
+        """Risk for all ``windows`` in one batch per model, then the rules, window by window.
+
+        Runs once per window, even when signing is retried (the evaluator's state has moved
+        on). Each window keeps the digest of the evaluator state it started from.
+        """
+        if not windows:
+            return
+        p = self.policy
+        masked = []
+        for w in windows:
+            cols = w.columns.copy()
+            _missing, oor = mask_invalid(p.plan.channels if p.plan else (), cols)
+            masked.append((cols, sum(oor.values())))
+        risks = self.risk.score([(w.timestamps, cols) for w, (cols, _) in zip(windows, masked)])
+        for w, (cols, out_of_range), risk in zip(windows, masked, risks):
+            scores = {r.model_id: r.score for r in risk}
+            batch = self.evaluator.run(w.timestamps, cols, scores)
+            w.results = (batch, risk, out_of_range, self._state_in)
+            self._state_in = self._save_policy_state()
+
     def _attest(self, window: Window, health: dict[str, Any]) -> OutboxItem:
         p = self.policy
-        cols = window.columns.copy()
-        if window.results is None:  # once per window, even when signing is retried
-            _missing, oor = mask_invalid(p.plan.channels if p.plan else (), cols)
-            risk = self._score(window, cols)
-            batch = self.evaluator.run(window.timestamps, cols, {r.model_id: r.score for r in risk})
-            window.results = (batch, risk, sum(oor.values()))
-            self._save_policy_state()
-        batch, risk, out_of_range = window.results
+        assert window.results is not None
+        batch, risk, out_of_range, state_in = window.results
         assert isinstance(batch, BatchResult)
         if out_of_range:
             health = {**health, "readings_out_of_range": out_of_range}
@@ -354,6 +387,7 @@ class Agent:
             config = self.fleet.config_in_force(p, window.start_ms, window.end_ms)
             degraded += self.fleet.degraded()
             health = {**health, **self.fleet.health_counters()}
+        config = dataclasses.replace(config, state_in=state_in)
         item = self.attester.attest(
             (window.start_ms, window.end_ms), window.records, config, rules, risk, health, degraded
         )
@@ -446,20 +480,6 @@ class Agent:
                     log.warning("ALERT %s %s: %s", event, rule.id, alert["message"])
                     self.publisher.publish_alert(alert)
 
-    def _score(self, window: Window, cols: np.ndarray) -> tuple[RiskResult, ...]:
-        out = []
-        index = {c.name: i for i, c in enumerate(self.policy.channels)}
-        for m in self.models:
-            if not window.n:
-                out.append(RiskResult(m.id, None, m.provider, "no readings in window"))
-                continue
-            try:
-                score = float(m.score(compute_features(m.features, cols, index))[0])
-                out.append(RiskResult(m.id, score, m.provider))
-            except ModelError as e:
-                out.append(RiskResult(m.id, None, m.provider, str(e)))
-        return tuple(out)
-
     def _window_health(self) -> dict[str, Any]:
         """This window's data quality: counters summed over sources, plus each source's record."""
         per_source = [s.take_health() for s in self.sources]
@@ -483,7 +503,7 @@ class Agent:
             return
         self.policy = bundle
         self.evaluator = self._new_evaluator(bundle)
-        self.models, self._model_problems = self._load_models(bundle)
+        self._use_models(bundle)
         self.fleet.switched(cfg, at_ms)
         log.info("fleet config v%d in force: %s v%d", cfg.config_version, bundle.id, bundle.version)
 
@@ -500,7 +520,7 @@ class Agent:
             return
         self.policy = bundle
         self.evaluator = self._new_evaluator(bundle)
-        self.models, self._model_problems = self._load_models(bundle)
+        self._use_models(bundle)
         log.info("policy reloaded: %s v%d (%s)", bundle.id, bundle.version, bundle.digest[:16])
 
     def _status(self) -> dict[str, Any]:

@@ -25,7 +25,14 @@ from agent.errors import StorageError
 from agent.leaves import record_leaf_hashes
 from agent.merkle import CompactRange, RangeHasher
 
-__all__ = ["ChainState", "EvidenceStore", "OutboxItem", "RetainedReading", "read_retained"]
+__all__ = [
+    "ChainState",
+    "EvidenceStore",
+    "OutboxItem",
+    "RetainedReading",
+    "read_retained",
+    "records_before",
+]
 
 _ACK_BATCH = 64  # outbox deletions per transaction
 
@@ -250,6 +257,11 @@ class EvidenceStore:
         with self._lock, self._wrap("read attestations"):
             return self._db.execute("SELECT seq, cose FROM attestations ORDER BY seq").fetchall()
 
+    def records_before(self, seq: int | None, keep_ms: int, keep_rows: int) -> list[bytes]:
+        """See :func:`records_before`."""
+        with self._lock, self._wrap("read readings"):
+            return records_before(self._db, seq, keep_ms, keep_rows)
+
     def close(self) -> None:
         with self._lock:
             self._flush_acks_locked()
@@ -265,6 +277,46 @@ class RetainedReading:
     tree_size: int
     proof: tuple[bytes, ...]
     attestation: bytes
+
+
+def records_before(
+    db: sqlite3.Connection, seq: int | None, keep_ms: int, keep_rows: int
+) -> list[bytes]:
+    """The stored records a feature history needs before window ``seq`` (None: the next).
+
+    Every record of the windows that end after (the last stored reading before ``seq``
+    minus ``keep_ms``), and of earlier windows until there are at least ``keep_rows``
+    records, in log order: a superset of what :class:`agent.features.History` keeps.
+    Shed or pruned records are simply not there.
+    """
+    bound = seq if seq is not None else (1 << 62)
+    row = db.execute(
+        "SELECT record FROM readings WHERE seq < ? ORDER BY idx DESC LIMIT 1", (bound,)
+    ).fetchone()
+    if row is None:
+        return []
+    t_last = int.from_bytes(bytes(row[0])[24:32], "big", signed=True)  # received_ms
+    first = db.execute(
+        "SELECT MIN(seq) FROM attestations WHERE seq < ? AND window_end_ms > ?",
+        (bound, t_last - keep_ms),
+    ).fetchone()[0]
+    if keep_rows:  # walk back whole windows until enough rows are there
+        counts = db.execute(
+            "SELECT seq, COUNT(*) FROM readings WHERE seq < ? GROUP BY seq ORDER BY seq DESC",
+            (bound,),
+        ).fetchall()
+        total = 0
+        for s, n in counts:
+            total += n
+            first = s if first is None else min(first, s)
+            if total >= keep_rows:
+                break
+    if first is None:
+        return []
+    rows = db.execute(
+        "SELECT record FROM readings WHERE seq >= ? AND seq < ? ORDER BY idx", (first, bound)
+    ).fetchall()
+    return [bytes(r[0]) for r in rows]
 
 
 def read_retained(path: Path, index: int) -> RetainedReading:

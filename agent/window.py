@@ -42,7 +42,7 @@ class Window:
         self.records: list[Reading] = []
         # Set once the policy has run over this window (a retried window is not re-run:
         # the evaluator's state has already advanced past it).
-        self.results: tuple[Any, Any, int] | None = None
+        self.results: tuple[Any, Any, int, str | None] | None = None
 
     def add(self, r: Reading) -> None:
         if self.n == self._ts.shape[0]:

@@ -651,12 +651,16 @@ cdef object _risk_fast(list raw):
         if type(x) is not dict:
             return None
         r = <dict>x
-        model_id, provider = r.get(1), r.get(3)
+        model_id, provider, ood = r.get(1), r.get(3), r.get(5)
         if type(model_id) is not str or type(provider) is not str:
             return None
+        if ood is not None:
+            if type(ood) is not list or not all(type(n) is str for n in ood):
+                return None
+            ood = tuple(ood)
         risk.append(
             {"model_id": model_id, "score": r.get(2), "provider": provider,
-             "reason": r.get(4, "")}
+             "reason": r.get(4, ""), "ood": ood}
         )
     return risk
 
@@ -694,6 +698,12 @@ cdef bint _fleet_fast(dict cfg, dict out):
         if type(c[0]) is not int or type(c[1]) is not int:
             return False
         out["changed"] = (c[0], c[1])
+    out["state_in"] = None
+    if 9 in cfg:
+        v = cfg[9]
+        if type(v) is not bytes or len(<bytes>v) != 32:
+            return False
+        out["state_in"] = _hex(<bytes>v)
     return True
 
 

@@ -318,7 +318,10 @@ def _episodes(raw: Any) -> tuple[tuple[int, int | None, float | None], ...]:
 
 
 def _fleet_config(cfg: Mapping[Any, Any], out: dict[str, Any]) -> None:
-    """-70001/5 keys 6-8 (TUF versions, target digests, a config change); None if absent."""
+    """-70001/5 keys 6-9 (TUF versions, target digests, a config change, state digest).
+
+    None where absent.
+    """
     out["tuf"] = out["targets"] = out["changed"] = None
     if 6 in cfg:
         v = _map(cfg, 6, "-70001/5 tuf versions")
@@ -335,6 +338,12 @@ def _fleet_config(cfg: Mapping[Any, Any], out: dict[str, Any]) -> None:
         if len(c) != 2 or not all(type(x) is int for x in c):
             raise ClaimsError("claim -70001/5 key 8 must be [previous version, ms]")
         out["changed"] = (c[0], c[1])
+    out["state_in"] = None
+    if 9 in cfg:
+        d = cfg[9]
+        if type(d) is not bytes or len(d) != 32:
+            raise ClaimsError("claim -70001/5 key 9 must be the 32-byte SHA-256 of the state")
+        out["state_in"] = d.hex()
 
 
 def _health_counters(h: Mapping[Any, Any]) -> dict[str, int]:
@@ -403,8 +412,19 @@ def claims_fields(claims: Mapping[Any, Any]) -> ClaimsFields:
         model_id = _str(r, 1, "-70001/7 model id")
         score = r.get(2)
         provider = _str(r, 3, "-70001/7 provider")
+        ood = r.get(5)
+        if ood is not None:
+            if not isinstance(ood, list) or not all(isinstance(n, str) for n in ood):
+                raise ClaimsError("claim -70001/7 out-of-distribution inputs must be a text list")
+            ood = tuple(ood)
         risk.append(
-            {"model_id": model_id, "score": score, "provider": provider, "reason": r.get(4, "")}
+            {
+                "model_id": model_id,
+                "score": score,
+                "provider": provider,
+                "reason": r.get(4, ""),
+                "ood": ood,
+            }
         )
     prev = p.get(PREV)
     if prev is not None and (not isinstance(prev, bytes) or len(prev) != 32):

@@ -25,7 +25,7 @@ print(s.IMPLEMENTATION)
 """
 
 SELECTORS = [("policy", "_policy"), ("verify", "_verify"), ("frames", "_frames"),
-             ("cbor_scan", "_cbor_scan")]  # fmt: skip
+             ("cbor_scan", "_cbor_scan"), ("features", "_features")]  # fmt: skip
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:

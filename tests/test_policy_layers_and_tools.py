@@ -14,7 +14,7 @@ from agent.errors import PolicyError, PolicySyntaxError
 from agent.policy import load_policy
 from agent.policy.lint import lint
 from agent.policy.replay import replay
-from agent.risk import compute_features, load_model
+from agent.risk import RiskEngine, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "configs" / "policies"
@@ -330,20 +330,21 @@ def test_replay_of_cold_chain_explains_a_reportable_excursion(tmp_path: Path) ->
 def test_risk_scores_from_onnxruntime_drive_a_rule() -> None:
     bundle = load_policy(EXAMPLES / "machine-zone.yaml")
     (ref,) = bundle.models
-    model = load_model(ref.id, ref.path, ref.sha256, ref.features, ref.output, ref.threshold)
+    model = load_model(ref.id, ref.path, ref.sha256, ref.features, ref.output, ref.threshold,
+                       input_name=ref.input, opset=ref.opset)  # fmt: skip
     names = [c.name for c in bundle.channels]
     n = 50
     ts = np.arange(n, dtype=np.int64) * 200
     calm = np.vstack([np.full(n, 5.0), np.full(n, 0.05), np.zeros(n), np.zeros(n), np.full(n, 5.0)])
-    index = {c: i for i, c in enumerate(names)}
     k = [r.id for r in bundle.rules].index("risk-below-0.8")
     results = {}
     for label, speed in (("slow", 0.05), ("fast", 2.5)):
         cols = calm.copy()
         cols[1] = speed
         cols[0] = 0.5 if label == "fast" else 5.0  # a person close to a fast robot
-        score = float(model.score(compute_features(ref.features, cols, index))[0])
-        assert 0.0 <= score <= 1.0
+        (result,) = RiskEngine([model], names).score([(ts, cols)])[0]
+        assert result.score is not None and 0.0 <= result.score <= 1.0
+        score = result.score
         res = bundle.evaluator().run(ts, cols, {ref.id: score})
         results[label] = (score, res.codes[k])
     score, codes = results["fast"]

@@ -82,6 +82,17 @@ def format_result(res: AuditResult) -> str:
                     f"  risk {model:<{width}}  max {k['max']:.3f}, mean {k['mean']:.3f} over "
                     f"{k['scored_windows']} window(s) ({', '.join(k['providers'])})"
                 )
+                if k.get("out_of_distribution_windows"):
+                    lines.append(
+                        f"  {'':<{width + 5}}  inputs outside the training range in "
+                        f"{k['out_of_distribution_windows']} window(s): scores there are "
+                        "extrapolations"
+                    )
+                if k.get("ood_not_assessed_windows"):
+                    lines.append(
+                        f"  {'':<{width + 5}}  training range not known (model carries none): "
+                        "out-of-distribution not assessed"
+                    )
             else:
                 lines.append(f"  risk {model:<{width}}  not scored")
         lines.append(f"  data quality   {d.health.get('frames_ok', 0)} frames ok")

@@ -496,12 +496,18 @@ def _accumulate(rep: DeviceReport, ev: Evidence, same_config: bool = False) -> N
                 "max": None,
                 "mean": None,
                 "providers": [],
+                "out_of_distribution_windows": 0,
+                "ood_not_assessed_windows": 0,
             }
         if k.score is not None:
             n = agg2["scored_windows"]
             agg2["mean"] = k.score if n == 0 else (agg2["mean"] * n + k.score) / (n + 1)
             agg2["max"] = k.score if agg2["max"] is None else max(agg2["max"], k.score)
             agg2["scored_windows"] = n + 1
+            if k.ood is None:
+                agg2["ood_not_assessed_windows"] += 1
+            elif k.ood:
+                agg2["out_of_distribution_windows"] += 1
         if k.provider not in agg2["providers"]:
             agg2["providers"].append(k.provider)
     health = rep.health

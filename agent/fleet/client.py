@@ -374,7 +374,7 @@ class FleetClient:
             if self.config.check_models:
                 try:
                     load_model(ref.id, ref.path, ref.sha256, ref.features, ref.output,
-                               ref.threshold)  # fmt: skip
+                               ref.threshold, input_name=ref.input, opset=ref.opset)  # fmt: skip
                 except Error as e:
                     raise ConfigRejected(f"{a.policy}: {e}") from e
 

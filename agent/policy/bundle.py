@@ -34,6 +34,7 @@ the content does.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -47,7 +48,8 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from agent.errors import PolicyError, PolicySyntaxError
+from agent.errors import ModelError, PolicyError, PolicySyntaxError
+from agent.features import parse_feature
 from agent.policy.compiler import DurationNode, PlanBuilder, offset_to_line_col
 from agent.policy.evaluator import ChannelSpec, Evaluator, Plan, RuleSpec
 from agent.policy.layering import check_override
@@ -58,6 +60,7 @@ from native.policy import Program
 __all__ = [
     "Channel",
     "Goal",
+    "ModelCard",
     "ModelRef",
     "PolicyBundle",
     "Rule",
@@ -66,7 +69,7 @@ __all__ = [
 ]
 
 #: Identifies the canonical form; bump if its shape changes.
-CANONICAL_FORMAT = "edgegov-policy/2"
+CANONICAL_FORMAT = "edgegov-policy/3"
 SEVERITIES = ("info", "warning", "critical")
 MAX_BUNDLE_BYTES = 1 << 20
 #: deepest chain of ``extend`` layers
@@ -137,8 +140,24 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class ModelCard:
+    """The short model card a declaration carries (the full one is ``document``)."""
+
+    training_data: str
+    intended_use: str
+    limits: str
+    evaluation: str = ""
+    document: str = ""  # path of the full card, relative to the bundle, as written
+
+
+@dataclass(frozen=True)
 class ModelRef:
-    """A risk model pinned by digest; ``path`` resolved relative to the bundle."""
+    """A risk model pinned by digest; ``path`` resolved relative to the bundle.
+
+    ``opset`` is the ai.onnx opset the file must import, ``input`` the name of its one
+    input (float32 [N, inputs]), ``output`` the name of the score and ``meaning`` what the
+    score means; ``threshold`` is the decision threshold on it.
+    """
 
     id: str
     path: Path
@@ -147,6 +166,10 @@ class ModelRef:
     output: str
     threshold: float
     goal: str
+    opset: int = 17
+    input: str = "features"
+    meaning: str = ""
+    card: ModelCard | None = None
 
 
 @dataclass(frozen=True)
@@ -216,10 +239,14 @@ class PolicyBundle:
                     "id": m.id,
                     "file": m.path.name,
                     "sha256": m.sha256,
+                    "opset": m.opset,
+                    "input": m.input,
                     "features": list(m.features),
                     "output": m.output,
+                    "meaning": m.meaning,
                     "threshold": m.threshold,
                     "goal": m.goal,
+                    "card": dataclasses.asdict(m.card) if m.card else None,
                 }
                 for m in self.models
             ],
@@ -510,7 +537,7 @@ class _Loader:
         goal_ids = [g.id for g in goals]
         models = list(parent.models) if parent else []
         if "models" in top:
-            models += self.models(top["models"], goal_ids, parent)
+            models += self.models(top["models"], goal_ids, parent, [c.name for c in channels])
         raw_rules = self.raw_rules(top["rules"], goal_ids) if "rules" in top else []
         if parent is not None:
             seconds = parent.window_seconds
@@ -824,8 +851,32 @@ class _Loader:
             )
         return goal
 
+    def text(self, node: yaml.Node, path: str) -> str:
+        value = self.doc.string(node, path).strip()
+        if not value:
+            raise self.doc.error(node, path, "must not be empty")
+        return value
+
+    def card(self, node: yaml.Node, path: str) -> ModelCard:
+        m = self.doc.mapping(
+            node, path, ("training_data", "intended_use", "limits"), ("evaluation", "document")
+        )
+        return ModelCard(
+            training_data=self.text(m["training_data"], f"{path}.training_data"),
+            intended_use=self.text(m["intended_use"], f"{path}.intended_use"),
+            limits=self.text(m["limits"], f"{path}.limits"),
+            evaluation=self.text(m["evaluation"], f"{path}.evaluation")
+            if "evaluation" in m
+            else "",
+            document=self.text(m["document"], f"{path}.document") if "document" in m else "",
+        )
+
     def models(
-        self, node: yaml.Node, goal_ids: list[str], parent: PolicyBundle | None
+        self,
+        node: yaml.Node,
+        goal_ids: list[str],
+        parent: PolicyBundle | None,
+        channel_names: Sequence[str],
     ) -> list[ModelRef]:
         d = self.doc
         seen: set[str] = {m.id for m in parent.models} if parent else set()
@@ -833,7 +884,21 @@ class _Loader:
         for i, item in enumerate(d.sequence(node, "models")):
             p = f"models[{i}]"
             m = d.mapping(
-                item, p, ("id", "file", "sha256", "features", "output", "threshold", "goal")
+                item,
+                p,
+                (
+                    "id",
+                    "file",
+                    "sha256",
+                    "opset",
+                    "features",
+                    "output",
+                    "meaning",
+                    "threshold",
+                    "goal",
+                    "card",
+                ),
+                ("input",),
             )
             mid = d.ident(m["id"], f"{p}.id")
             self.unique(m["id"], f"{p}.id", mid, seen)
@@ -841,12 +906,29 @@ class _Loader:
             sha = d.string(m["sha256"], f"{p}.sha256")
             if not _SHA256.fullmatch(sha):
                 raise d.error(m["sha256"], f"{p}.sha256", "expected 64 lowercase hex digits")
+            opset = d.number(m["opset"], f"{p}.opset")
+            if opset != int(opset) or not 7 <= opset <= 30:
+                raise d.error(m["opset"], f"{p}.opset", "expected the ai.onnx opset, e.g. 17")
             features: list[str] = []
             for j, f in enumerate(d.sequence(m["features"], f"{p}.features", nonempty=True)):
                 name = d.string(f, f"{p}.features[{j}]")
                 if name in features:
                     raise d.error(f, f"{p}.features[{j}]", f"duplicate feature {name!r}")
+                try:
+                    feature = parse_feature(name)
+                except ModelError as e:
+                    raise d.error(f, f"{p}.features[{j}]", str(e)) from e
+                if feature.channel not in channel_names:
+                    raise d.error(
+                        f,
+                        f"{p}.features[{j}]",
+                        f"unknown channel {feature.channel!r}; declared channels: "
+                        f"{', '.join(channel_names)}",
+                    )
                 features.append(name)
+            threshold = d.number(m["threshold"], f"{p}.threshold")
+            if not 0.0 <= threshold <= 1.0:
+                raise d.error(m["threshold"], f"{p}.threshold", "expected a score from 0 to 1")
             out.append(
                 ModelRef(
                     id=mid,
@@ -854,8 +936,12 @@ class _Loader:
                     sha256=sha,
                     features=tuple(features),
                     output=d.string(m["output"], f"{p}.output"),
-                    threshold=d.number(m["threshold"], f"{p}.threshold"),
+                    threshold=threshold,
                     goal=self.goal_ref(m["goal"], f"{p}.goal", goal_ids),
+                    opset=int(opset),
+                    input=d.string(m["input"], f"{p}.input") if "input" in m else "features",
+                    meaning=self.text(m["meaning"], f"{p}.meaning"),
+                    card=self.card(m["card"], f"{p}.card"),
                 )
             )
         return out

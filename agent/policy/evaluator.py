@@ -28,6 +28,7 @@ refused for another plan).
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -299,6 +300,11 @@ class Evaluator:
                 for spec, ist, fst in zip(self.plan.rules, self._rule_ist, self._rule_fst)
             },
         }
+
+    def state_json(self) -> str:
+        """:meth:`state` as canonical JSON (sorted keys, no spaces): what is saved and what
+        the attestation's state digest (claim -70001/5 key 9) hashes."""
+        return json.dumps(self.state(), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Load a :meth:`state` snapshot taken with the same plan.
