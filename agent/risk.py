@@ -176,6 +176,9 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3  # errors only: gateways log to stderr, keep it quiet
+    # Deterministic kernels where the provider has a choice (CUDA's cuDNN algorithm search,
+    # atomics in reductions); the CPU provider is deterministic at a fixed thread count.
+    so.use_deterministic_compute = True
     return so
 
 

@@ -33,7 +33,8 @@ def make_site(
     """Key, policy (short windows), model and agent config in ``tmp``; returns the config."""
     (tmp / "models").mkdir(parents=True, exist_ok=True)
     (tmp / "policies").mkdir(exist_ok=True)
-    shutil.copy(MODEL, tmp / "models" / MODEL.name)
+    for model in MODEL.parent.glob("*.onnx"):  # every model the policy may name
+        shutil.copy(model, tmp / "models" / model.name)
     text = POLICY.read_text()
     text = re.sub(r"(?m)^(\s*seconds:\s*)[\d.]+", rf"\g<1>{window_s}", text)
     if model_sha is not None:
@@ -183,8 +184,9 @@ def test_model_with_wrong_digest_is_refused_and_evidence_says_degraded(tmp_path)
         parse_claims(decode_sign1(f.read_bytes()).claims())
         for f in sorted((tmp_path / "spool").rglob("*.cose"))
     ]
-    for ev in evidence:  # every window says it, empty or not
-        assert any("excursion-risk refused" in d and "SHA-256" in d for d in ev.degraded)
+    for ev in evidence:  # every window says it, empty or not, for each model
+        for model in ("excursion-risk", "drift-anomaly"):
+            assert any(f"{model} refused" in d and "SHA-256" in d for d in ev.degraded)
         assert [r.model_id for r in ev.risk] == []
     assert sum(ev.rules[0].evaluated for ev in evidence) == stats.readings > 0
     # One alert when the evidence became degraded, not one per window.
@@ -195,8 +197,12 @@ def test_model_with_wrong_digest_is_refused_and_evidence_says_degraded(tmp_path)
         for x in (tmp_path / "spool" / "gw-test" / "alerts.jsonl").read_text().splitlines()
     ]
     degraded = [a for a in alerts if a["event"] == "degraded"]
-    assert len(degraded) == 1 and "excursion-risk refused" in degraded[0]["reason"]
-    assert degraded[0]["evidence"]["seq"] == 0
+    assert len(degraded) == 2  # one per reason (each model refused), not one per window
+    assert sorted(a["reason"].split(" refused")[0] for a in degraded) == [
+        "model drift-anomaly",
+        "model excursion-risk",
+    ]
+    assert {a["evidence"]["seq"] for a in degraded} == {0}
 
 
 def test_garbage_on_the_line_is_counted_and_good_frames_still_arrive(tmp_path):

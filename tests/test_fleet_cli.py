@@ -7,7 +7,7 @@ import json
 from agent.fleet._mqtt import FleetSession
 from agent.fleet.client import FleetClient, FleetClientConfig
 from agent.transport import BrokerURL
-from tests.fleet_util import MODEL, POLICY
+from tests.fleet_util import MODEL, POLICY, policy_bytes
 
 
 def test_init_add_assign_sign_publish_then_status_shows_each_gateway(tmp_path, broker, run_cli):
@@ -19,7 +19,9 @@ def test_init_add_assign_sign_publish_then_status_shows_each_gateway(tmp_path, b
         return r.stdout
 
     fleet("init", "--repo", repo, "--fleet", "site-a", "--keys", "root=3", "--threshold", "root=2")
-    fleet("add", "--repo", repo, "policies/cold-chain.yaml", str(POLICY))
+    policy = tmp_path / "cold-chain.yaml"
+    policy.write_bytes(policy_bytes(1))
+    fleet("add", "--repo", repo, "policies/cold-chain.yaml", str(policy))
     fleet("add", "--repo", repo, "models/excursion-v1.onnx", str(MODEL))
     out = fleet("assign", "--repo", repo, "--group", "cold", "--policy", "policies/cold-chain.yaml",
                 "--model", "models/excursion-v1.onnx")  # fmt: skip

@@ -546,7 +546,10 @@ def test_example_bundle_loads_and_evaluates() -> None:
     assert all(r.severity in ("info", "warning", "critical") for r in bundle.rules)
     assert bundle.rules[0].condition == "temperature >= 2.0 && temperature <= 8.0"
     assert EXAMPLE.read_text().splitlines()[bundle.rules[0].line - 1].strip() == "- id: temp-2-8"
-    (model,) = bundle.models
+    assert [m.id for m in bundle.models] == ["excursion-risk", "drift-anomaly"]
+    model = bundle.models[0]
+    assert model.card is not None and model.card.document == "../models/excursion-v1.md"
+    assert model.opset == 17 and model.input == "features" and "2-8 °C" in model.meaning
     assert model.path == (EXAMPLE.parent / "../models/excursion-v1.onnx").resolve()
     assert len(model.sha256) == 64
     assert model.threshold == 0.5

@@ -83,17 +83,38 @@ def window(temperature: np.ndarray, humidity: np.ndarray) -> np.ndarray:
 # --- the checked-in model --------------------------------------------------------------------
 
 
-def test_training_script_reproduces_the_checked_in_model_byte_for_byte(tmp_path: Path) -> None:
-    out = tmp_path / "excursion.onnx"
+@pytest.mark.parametrize(
+    ("script", "model"),
+    [
+        (SCRIPT, EXCURSION),
+        (MODELS / "train_drift_model.py", MODELS / "drift-v1.onnx"),
+        (MODELS / "make_near_miss_model.py", MODELS / "near-miss-v0.onnx"),
+    ],
+    ids=["excursion", "drift", "near-miss"],
+)
+def test_model_scripts_reproduce_the_checked_in_models_byte_for_byte(
+    tmp_path: Path, script: Path, model: Path
+) -> None:
+    out = tmp_path / "model.onnx"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(out)],
+        [sys.executable, str(script), "--out", str(out)],
         capture_output=True,
         text=True,
         check=True,
-        timeout=120,
+        timeout=300,
     )
-    assert out.read_bytes() == EXCURSION.read_bytes()
-    assert f"sha256 {sha256(EXCURSION)}" in proc.stdout
+    assert out.read_bytes() == model.read_bytes()
+    assert sha256(model) in proc.stdout
+
+
+def test_shipped_models_carry_training_ranges_for_every_input() -> None:
+    for path in MODELS.glob("*.onnx"):
+        m = onnx.load_model_from_string(path.read_bytes())
+        props = {p.key: p.value for p in m.metadata_props}
+        ranges = json.loads(props["feature_ranges"])
+        width = m.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+        assert len(ranges) == width, path.name
+        assert all(lo <= hi for lo, hi in ranges), path.name
 
 
 def test_checked_in_model_declares_its_identity_and_features() -> None:

@@ -221,3 +221,53 @@ def test_a_model_that_throws_at_run_time_gives_no_score_and_a_reason(tmp_path: P
     assert r2.score is None and r2.reason.startswith("model t: onnxruntime failed to score")
     ((r3,),) = engine.score([ok])  # and the next window scores again
     assert r3.score == r1.score
+
+
+# --- the shipped models on the emulator's own scenarios ---------------------------------------
+
+
+def emulated_windows(scenario: str, minutes: float) -> list:
+    """The emulator's DATA frames for ``minutes`` of device time, decoded, in 5 s windows."""
+    from firmware_bridge import Emulator
+    from firmware_bridge.frames import Data, FrameDecoder
+
+    emu = Emulator(scenario=scenario, rate_hz=20.0, seed=5)
+    decoder = FrameDecoder()
+    ts, vals = [], []
+    end = 1_700_000_000_000 + int(minutes * 60_000)
+    for t_ms, wire in emu.frames(1_700_000_000_000):
+        if t_ms >= end:
+            break
+        for frame in decoder.feed(wire):
+            if isinstance(frame.body, Data):
+                ts.append(frame.timestamp_ms)
+                vals.append(frame.body.values[:3])
+    t = np.array(ts, dtype=np.int64)
+    cols = np.array(vals, dtype=np.float64).T
+    edges = np.searchsorted(t, np.arange(t[0], t[-1] + 5000, 5000))
+    return [
+        (t[a:b], np.ascontiguousarray(cols[:, a:b])) for a, b in zip(edges[:-1], edges[1:]) if b > a
+    ]
+
+
+def test_the_drift_model_tells_the_emulators_drift_from_normal_and_excursions() -> None:
+    """drift-v1 on 12 minutes of each emulator scenario, through the whole engine."""
+    from agent.policy import load_policy
+
+    bundle = load_policy(REPO / "configs" / "policies" / "cold-chain.yaml")
+    models = [
+        load_model(r.id, r.path, r.sha256, r.features, r.output, r.threshold,
+                   input_name=r.input, opset=r.opset)
+        for r in bundle.models
+    ]  # fmt: skip
+    assert [m.id for m in models] == ["excursion-risk", "drift-anomaly"]
+    names = [c.name for c in bundle.channels]
+    last = {}
+    for scenario in ("normal", "excursion", "drift"):
+        results = RiskEngine(models, names).score(emulated_windows(scenario, 12))
+        drift = [r[1] for r in results[-24:]]  # the last 2 minutes, 10 min of history behind
+        assert all(r.score is not None for r in drift), scenario
+        last[scenario] = max(r.score for r in drift if r.score is not None)
+        if scenario == "drift":
+            assert min(r.score for r in drift if r.score is not None) > 0.5
+    assert last["normal"] < 0.2 and last["excursion"] < 0.2, last

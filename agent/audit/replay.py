@@ -154,7 +154,7 @@ class ReplayResult:
             )
             for r in w.rules:
                 lines.append(
-                    f"  rule {r.rule_id}: {r.violated} of {r.evaluated} violated"
+                    f"  rule {r.rule_id}: {r.violated} of {r.evaluated} readings violated"
                     + (f", {r.errors} not evaluable" if r.errors else "")
                 )
             for k in w.risk:

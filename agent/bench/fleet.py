@@ -42,8 +42,9 @@ def _policy(model: bytes, version: int) -> bytes:
     import re
 
     text = (resources.files("configs") / "policies" / "cold-chain.yaml").read_text()
+    # the first model (excursion) becomes the 1 MB one; the drift model stays as shipped
     text = re.sub(r'sha256:\s*"?[0-9a-f]{64}"?', f'sha256: "{hashlib.sha256(model).hexdigest()}"',
-                  text)  # fmt: skip
+                  text, count=1)  # fmt: skip
     return text.replace("\n  version: 1\n", f"\n  version: {version}\n").encode()
 
 
@@ -60,6 +61,8 @@ def _activation(rounds: int) -> tuple[float, float]:
         url = BrokerURL.parse(broker.url)
         repo = FleetRepository.init(Path(tmp) / "repo", "bench")
         repo.add_target("models/excursion-v1.onnx", model, "model")
+        drift = (resources.files("configs") / "models" / "drift-v1.onnx").read_bytes()
+        repo.add_target("models/drift-v1.onnx", drift, "model")
         root = Path(tmp) / "repo" / "metadata" / "1.root.json"
         client = FleetClient(FleetClientConfig("gw", "bench", url, root, Path(tmp) / "gw"))
         client.connect()
@@ -67,7 +70,8 @@ def _activation(rounds: int) -> tuple[float, float]:
         with FleetSession(url, "bench-publisher") as pub:
             for i in range(rounds + 1):
                 repo.add_target("policies/cold-chain.yaml", _policy(model, 1 + i % 2), "policy")
-                repo.assign("policies/cold-chain.yaml", ["models/excursion-v1.onnx"], device="gw")
+                models = ["models/excursion-v1.onnx", "models/drift-v1.onnx"]
+                repo.assign("policies/cold-chain.yaml", models, device="gw")
                 repo.release()
                 pub.publish_many(repo.messages(), retain=True, content_type="x")
                 t0 = time.perf_counter()

@@ -8,12 +8,20 @@ person came; replace it with a model trained on the cell's own data.
 
     score = sigmoid(4 * max(speed) - 2 * min(distance) + 0.5 * stddev(distance) - 1)
 
+The metadata ``feature_ranges`` (one ``[lo, hi]`` per input, which the agent uses to flag
+out-of-distribution windows) holds the *design* ranges the weights were set for, since
+there is no training set: the channel ranges declared in machine-zone.yaml (speed 0-3 m/s,
+distance 0-20 m, load 0-50 kg) for the means, minima and maxima, and 0-10 m for
+``stddev(distance)``, the largest population standard deviation of readings confined to
+0-20 m.
+
 Run ``python configs/models/make_near_miss_model.py`` to rebuild it (bytes
 are deterministic), then update the sha256 in the policy.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import sys
@@ -24,6 +32,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 FEATURES = ("mean(speed)", "min(distance)", "max(speed)", "stddev(distance)", "mean(load)")
+#: design range of each input, in FEATURES order (see the module docstring)
+FEATURE_RANGES = ((0.0, 3.0), (0.0, 20.0), (0.0, 3.0), (0.0, 10.0), (0.0, 50.0))
 WEIGHTS = (0.0, -2.0, 4.0, 0.5, 0.0)
 BIAS = -1.0
 OUT = Path(__file__).with_name("near-miss-v0.onnx")
@@ -51,9 +61,11 @@ def build() -> bytes:
         {
             "model_id": "near-miss",
             "features": json.dumps(list(FEATURES)),
+            "feature_ranges": json.dumps([list(r) for r in FEATURE_RANGES]),
             "output": "probability",
             "threshold": "0.8",
             "training_data": "none: hand-set demonstration weights",
+            "feature_ranges_basis": "design ranges of the policy's channels, not training data",
         },
     )
     onnx.checker.check_model(model)
@@ -61,10 +73,13 @@ def build() -> bytes:
     return data
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=OUT, help="where to write the .onnx")
+    args = parser.parse_args(argv)
     data = build()
-    OUT.write_bytes(data)
-    print(f"{OUT}: sha256 {hashlib.sha256(data).hexdigest()}")
+    args.out.write_bytes(data)
+    print(f"{args.out}: sha256 {hashlib.sha256(data).hexdigest()}")
     return 0
 
 

@@ -17,6 +17,13 @@ Everything here is deterministic, and the written file is byte-for-byte reproduc
 * the ONNX proto is built field by field (fixed ``ir_version``, opset, producer, no
   timestamps) and serialised directly.
 
+The features are computed here in float64 with numpy (the model was trained on those); the
+script checks that, rounded to float32, they equal bit for bit what the agent computes with
+``native.features.window_features`` on the same windows. The training inputs' per-column
+min and max, rounded outward to 5 decimals, go into the metadata ``feature_ranges``: the
+agent flags a window as out of distribution when any input lies outside its range. The MLP
+training and the ONNX export are shared with train_drift_model.py (``_training.py``).
+
 Usage::
 
     python configs/models/train_excursion_model.py [--out PATH]
@@ -43,9 +50,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+
+# _training.py sits next to this file; native (the agent's feature code) at the repo root.
+for _path in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[2]):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from _training import (  # noqa: E402
+    Params,
+    compute_features,
+    feature_columns,
+    feature_ranges,
+    forward,
+    mlp_to_onnx,
+    ort_scores,
+    report,
+    train_mlp,
+)
 
 MODEL_ID = "excursion-risk"
 MODEL_VERSION = 1
@@ -56,6 +77,7 @@ FEATURES = (
     "stddev(temperature)",
     "mean(humidity)",
 )
+CHANNELS = {"temperature": 0, "humidity": 1}
 INPUT_NAME = "features"
 OUTPUT_NAME = "probability"
 THRESHOLD = 0.5
@@ -77,8 +99,6 @@ STEPS = 500
 LEARNING_RATE = 0.05
 L2 = 1e-4
 DECIMALS = 5
-OPSET = 17
-IR_VERSION = 8
 
 SCENARIOS = ("normal", "precursor", "drift", "door")
 SCENARIO_P = (0.40, 0.25, 0.20, 0.15)
@@ -193,107 +213,48 @@ def windows(temp: np.ndarray, hum: np.ndarray, kinds: np.ndarray) -> Dataset:
 # --- model ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Params:
-    mean: np.ndarray  # (F,)
-    scale: np.ndarray  # (F,) = 1 / std
-    w1: np.ndarray  # (F, H)
-    b1: np.ndarray  # (H,)
-    w2: np.ndarray  # (H, 1)
-    b2: np.ndarray  # (1,)
-
-    def rounded(self) -> Params:
-        return Params(*(np.round(a, DECIMALS) for a in self.arrays()))
-
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        return (self.mean, self.scale, self.w1, self.b1, self.w2, self.b2)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    p: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
-    return p
-
-
-def forward(p: Params, x: np.ndarray) -> np.ndarray:
-    """The exported graph's computation in numpy: probability per row."""
-    hidden = np.tanh(((x - p.mean) * p.scale) @ p.w1 + p.b1)
-    return _sigmoid(hidden @ p.w2 + p.b2)[:, 0]
-
-
 def train(data: Dataset) -> Params:
     """Full-batch Adam on mean binary cross-entropy (+ L2 on the weights)."""
-    mean = np.round(data.x.mean(axis=0), DECIMALS)
-    scale = np.round(1.0 / data.x.std(axis=0), DECIMALS)
-    xs = (data.x - mean) * scale
-    y = data.y[:, None]
-    rng = np.random.default_rng(INIT_SEED)
-    n_feat = len(FEATURES)
-    params = [
-        rng.standard_normal((n_feat, HIDDEN)) / np.sqrt(n_feat),
-        np.zeros(HIDDEN),
-        rng.standard_normal((HIDDEN, 1)) / np.sqrt(HIDDEN),
-        np.zeros(1),
+    return train_mlp(
+        data.x,
+        data.y,
+        hidden=HIDDEN,
+        steps=STEPS,
+        learning_rate=LEARNING_RATE,
+        l2=L2,
+        init_seed=INIT_SEED,
+        decimals=DECIMALS,
+    )
+
+
+def agent_features(temp: np.ndarray, hum: np.ndarray) -> np.ndarray:
+    """The training windows' inputs as the agent computes them (``native.features``).
+
+    Same windows as :func:`windows` (the first ``WINDOWS_PER_TRACE - HORIZON_WINDOWS`` of
+    each trace), float32 (windows, len(FEATURES)).
+    """
+    columns = feature_columns(FEATURES, CHANNELS)
+    n = temp.shape[1]
+    ts = np.arange(n, dtype=np.int64) * 1000 // SAMPLE_HZ
+    lo = np.arange(WINDOWS_PER_TRACE - HORIZON_WINDOWS, dtype=np.int64) * WINDOW
+    parts = [
+        compute_features(columns, ts, np.stack([temp[i], hum[i]]), lo, lo + WINDOW)
+        for i in range(temp.shape[0])
     ]
-    m = [np.zeros_like(a) for a in params]
-    v = [np.zeros_like(a) for a in params]
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    n = xs.shape[0]
-    for step in range(1, STEPS + 1):
-        w1, b1, w2, b2 = params
-        hidden = np.tanh(xs @ w1 + b1)
-        prob = _sigmoid(hidden @ w2 + b2)
-        dz = (prob - y) / n
-        dh = (dz @ w2.T) * (1.0 - hidden * hidden)
-        grads = [xs.T @ dh + L2 * w1, dh.sum(axis=0), hidden.T @ dz + L2 * w2, dz.sum(axis=0)]
-        for k, g in enumerate(grads):
-            m[k] = beta1 * m[k] + (1.0 - beta1) * g
-            v[k] = beta2 * v[k] + (1.0 - beta2) * g * g
-            m_hat = m[k] / (1.0 - beta1**step)
-            v_hat = v[k] / (1.0 - beta2**step)
-            params[k] = params[k] - LEARNING_RATE * m_hat / (np.sqrt(v_hat) + eps)
-    return Params(mean, scale, *params).rounded()
+    return np.concatenate(parts)
 
 
 # --- export --------------------------------------------------------------------------------
 
 
-def to_onnx(p: Params) -> bytes:
+def to_onnx(p: Params, ranges: list[list[float]]) -> bytes:
     """Build the ONNX graph with ``onnx.helper`` and serialise it (deterministic bytes)."""
-
-    def init(name: str, a: np.ndarray) -> onnx.TensorProto:
-        return numpy_helper.from_array(np.ascontiguousarray(a, dtype=np.float32), name)
-
-    initializers = [
-        init("feature_mean", p.mean),
-        init("feature_scale", p.scale),
-        init("w1", p.w1),
-        init("b1", p.b1),
-        init("w2", p.w2),
-        init("b2", p.b2),
-    ]
-    node = helper.make_node
-    nodes = [
-        node("Sub", [INPUT_NAME, "feature_mean"], ["centred"], name="standardise_sub"),
-        node("Mul", ["centred", "feature_scale"], ["standardised"], name="standardise_mul"),
-        node("Gemm", ["standardised", "w1", "b1"], ["hidden_pre"], name="hidden"),
-        node("Tanh", ["hidden_pre"], ["hidden_act"], name="hidden_tanh"),
-        node("Gemm", ["hidden_act", "w2", "b2"], ["logit"], name="output"),
-        node("Sigmoid", ["logit"], [OUTPUT_NAME], name="output_sigmoid"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "excursion_risk_v1",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", len(FEATURES)])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 1])],
-        initializers,
-        doc_string="features -> (x - feature_mean) * feature_scale -> Gemm/Tanh -> Gemm/Sigmoid",
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="edgegov",
+    return mlp_to_onnx(
+        p,
+        graph_name="excursion_risk_v1",
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
         producer_version=f"train_excursion_model/{MODEL_VERSION}",
-        domain="org.edgegov",
         model_version=MODEL_VERSION,
         doc_string=(
             "edgegov cold-chain excursion risk: probability that the temperature leaves "
@@ -301,14 +262,11 @@ def to_onnx(p: Params) -> bytes:
             f"window of {SAMPLE_HZ} Hz readings. Trained on synthetic data by "
             "configs/models/train_excursion_model.py; see configs/models/excursion-v1.md."
         ),
-    )
-    model.ir_version = IR_VERSION  # fixed, so the bytes do not follow the onnx package
-    helper.set_model_props(
-        model,
-        {
+        props={
             "model_id": MODEL_ID,
             "version": str(MODEL_VERSION),
             "features": json.dumps(list(FEATURES)),
+            "feature_ranges": json.dumps(ranges),
             "output": OUTPUT_NAME,
             "threshold": f"{THRESHOLD:g}",
             "label": (
@@ -324,34 +282,14 @@ def to_onnx(p: Params) -> bytes:
             "training_data": "synthetic (configs/models/train_excursion_model.py)",
         },
     )
-    onnx.checker.check_model(model)
-    data: bytes = model.SerializeToString()
-    return data
 
 
 # --- evaluation ----------------------------------------------------------------------------
 
 
-def report(name: str, y: np.ndarray, pred: np.ndarray) -> str:
-    tp = int(np.sum((pred == 1) & (y == 1)))
-    fp = int(np.sum((pred == 1) & (y == 0)))
-    fn = int(np.sum((pred == 0) & (y == 1)))
-    precision = f"{tp / (tp + fp):.3f}" if tp + fp else "n/a"
-    recall = f"{tp / (tp + fn):.3f}" if tp + fn else "n/a"
-    accuracy = float(np.mean(pred == y))
-    return (
-        f"{name:<42} n={y.size:6d} positives={int(y.sum()):5d} alarms={tp + fp:5d}  "
-        f"precision={precision}  recall={recall}  accuracy={accuracy:.3f}"
-    )
-
-
 def evaluate(model_bytes: bytes, p: Params, test: Dataset) -> list[str]:
     """Score the held-out set with the exported model in onnxruntime (numpy as a check)."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-    prob = session.run([OUTPUT_NAME], {INPUT_NAME: test.x.astype(np.float32)})[0][:, 0]
+    prob = ort_scores(model_bytes, test.x, INPUT_NAME, OUTPUT_NAME)
     max_diff = float(np.max(np.abs(prob - forward(p, test.x.astype(np.float32)))))
     pred = (prob >= THRESHOLD).astype(np.float64)
     # A plain rule for comparison: "the window already comes within 0.5 degC of a limit".
@@ -377,14 +315,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the .onnx")
     args = parser.parse_args(argv)
 
-    train_set = windows(*simulate(np.random.default_rng(TRAIN_SEED), N_TRAIN_TRACES))
+    train_temp, train_hum, train_kinds = simulate(np.random.default_rng(TRAIN_SEED), N_TRAIN_TRACES)
+    train_set = windows(train_temp, train_hum, train_kinds)
     test_set = windows(*simulate(np.random.default_rng(TEST_SEED), N_TEST_TRACES))
+    # What the agent will feed the model: these float64 features rounded to float32 must be
+    # exactly what native.features computes on the same windows.
+    agent_x = agent_features(train_temp, train_hum)
+    if not np.array_equal(agent_x, train_set.x.astype(np.float32)):
+        raise SystemExit("training features differ from native.features.window_features")
     params = train(train_set)
-    model_bytes = to_onnx(params)
+    model_bytes = to_onnx(params, feature_ranges(agent_x))
     args.out.write_bytes(model_bytes)
 
     print(f"trained on {train_set.y.size} windows ({N_TRAIN_TRACES} traces, seed {TRAIN_SEED})")
     print(f"held-out set: {test_set.y.size} windows ({N_TEST_TRACES} traces, seed {TEST_SEED})")
+    print("training features == native.features.window_features (float32): yes")
     for line in evaluate(model_bytes, params, test_set):
         print(line)
     print(f"wrote {args.out} ({len(model_bytes)} bytes)")
