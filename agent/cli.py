@@ -60,10 +60,10 @@ def _cmd_emulate(a: argparse.Namespace) -> int:
 
 def _cmd_policy_check(a: argparse.Namespace) -> int:
     from agent.policy import load_policy
-    from agent.policy.lint import lint
+    from agent.policy.lint import check_models, lint
 
     b = load_policy(a.file)
-    findings = lint(b)
+    findings = lint(b) + check_models(b)
     if a.json:
         print(
             json.dumps(

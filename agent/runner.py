@@ -26,8 +26,6 @@ from agent.attestation import ConfigInForce, RuleResult
 from agent.attester import Attester
 from agent.config import AgentConfig
 from agent.errors import Error, KeyFileError, ModelError, StorageError
-from agent.fleet.activation import ActiveConfig
-from agent.fleet.agent_link import FleetLink
 from agent.fleet_ca import load_x5chain
 from agent.keys import Signer, load_signer
 from agent.policy import PolicyBundle, load_policy
@@ -39,6 +37,8 @@ from agent.transport import BrokerURL, MqttPublisher, Publisher, SpoolPublisher,
 from agent.window import Reading, Window, summarise_rules
 
 if TYPE_CHECKING:
+    from agent.fleet.activation import ActiveConfig
+    from agent.fleet.agent_link import FleetLink
     from agent.pkcs11_signer import Pkcs11Signer
 
 __all__ = ["Agent", "AgentStats"]
@@ -92,7 +92,11 @@ class Agent:
         self._degraded_before: set[str] = set()
         self.signer = _signer(config)
         # tuf: configured -> the fleet's signed config in force (if any) replaces the local policy
-        self.fleet = FleetLink(config) if config.tuf is not None else None
+        self.fleet: FleetLink | None = None
+        if config.tuf is not None:  # python-tuf (~9 MiB) only for a fleet-managed gateway
+            from agent.fleet.agent_link import FleetLink
+
+            self.fleet = FleetLink(config)
         self.policy = load_policy(self._policy_path)
         self.evaluator = self._new_evaluator(self.policy)
         self.store = EvidenceStore(config.state_dir / "evidence.sqlite", config.device_id)

@@ -300,17 +300,13 @@ def records_before(
         "SELECT MIN(seq) FROM attestations WHERE seq < ? AND window_end_ms > ?",
         (bound, t_last - keep_ms),
     ).fetchone()[0]
-    if keep_rows:  # walk back whole windows until enough rows are there
-        counts = db.execute(
-            "SELECT seq, COUNT(*) FROM readings WHERE seq < ? GROUP BY seq ORDER BY seq DESC",
-            (bound,),
-        ).fetchall()
-        total = 0
-        for s, n in counts:
-            total += n
-            first = s if first is None else min(first, s)
-            if total >= keep_rows:
-                break
+    if keep_rows:  # and the whole windows that hold the last keep_rows readings
+        last_idx = db.execute("SELECT MAX(idx) FROM readings WHERE seq < ?", (bound,)).fetchone()[0]
+        by_rows = db.execute(
+            "SELECT MIN(seq) FROM readings WHERE seq < ? AND idx > ?",
+            (bound, last_idx - keep_rows),
+        ).fetchone()[0]
+        first = by_rows if first is None else min(first, by_rows)
     if first is None:
         return []
     rows = db.execute(

@@ -60,7 +60,14 @@ def make_stream(
                     t0 + 10 if violated else None,
                 ),
             ),
-            (RiskResult("excursion", 0.1 + 0.2 * (w == 2), "CPUExecutionProvider"),),
+            (
+                RiskResult(
+                    "excursion",
+                    0.1 + 0.2 * (w == 2),
+                    "CPUExecutionProvider",
+                    ood=("max(temperature)",) if w == 2 else (),
+                ),
+            ),
             {"frames_ok": n, "crc_errors": 1 if w == 3 else 0},
             (),
         )

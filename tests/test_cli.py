@@ -88,6 +88,20 @@ def test_policy_check_prints_the_digest(run_cli):
     assert "digest sha256:" in r.stdout
 
 
+def test_policy_check_loads_each_model_as_the_agent_would(tmp_path, run_cli):
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "models").mkdir()
+    text = (ROOT / "configs" / "policies" / "cold-chain.yaml").read_text()
+    (tmp_path / "policies" / "p.yaml").write_text(text)
+    drift = (ROOT / "configs" / "models" / "drift-v1.onnx").read_bytes()
+    (tmp_path / "models" / "drift-v1.onnx").write_bytes(drift[: len(drift) // 2])  # truncated
+    r = run_cli("policy", "check", str(tmp_path / "policies" / "p.yaml"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "2 finding(s)" in r.stdout
+    assert "model-refused: model excursion-risk: file " in r.stdout and "does not exist" in r.stdout
+    assert "model-refused: model drift-anomaly: file " in r.stdout and "has SHA-256" in r.stdout
+
+
 def test_policy_syntax_error_names_file_line_and_column(tmp_path, run_cli):
     bad = tmp_path / "bad.yaml"
     text = (ROOT / "configs" / "policies" / "cold-chain.yaml").read_text()

@@ -13,13 +13,16 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import yaml
 
+from agent.attestation import parse_claims
 from agent.audit.replay import replay
 from agent.audit.trust import TrustedKey, TrustStore
 from agent.cli import main
 from agent.config import load_config
+from agent.cose import decode_sign1
 from agent.errors import Error
 from agent.keys import generate_key, load_public_key
 from agent.policy import load_policy
@@ -34,26 +37,28 @@ WINDOW_MS = 5000
 HZ = 20
 
 
-def make_site(tmp: Path) -> Path:
-    """Cold-chain policy whose model looks back (1 min trend, lags) and carries ranges."""
+def make_site(
+    tmp: Path, model: onnx.ModelProto | None = None, features: list[str] = FEATURES
+) -> Path:
+    """Cold-chain policy with one model ``trend``; by default one that looks back (1 min
+    trend, lags) and carries training ranges."""
     (tmp / "models").mkdir(parents=True)
     (tmp / "policies").mkdir()
-    digest = onnx_util.save(
-        onnx_util.logistic(
+    if model is None:
+        model = onnx_util.logistic(
             [2.0, 0.3, 0.2, 0.1, 0.01],
             -4.0,
             features=FEATURES,
             ranges=[(-1.0, 1.0), (2.0, 8.0), (2.0, 8.0), (2.0, 8.0), (40.0, 60.0)],
-        ),
-        tmp / "models" / "trend.onnx",
-    )
+        )
+    digest = onnx_util.save(model, tmp / "models" / "trend.onnx")
     text = POLICY.read_text()
     declaration = f"""models:
   - id: trend
     file: ../models/trend.onnx
     sha256: "{digest}"
     opset: 17
-    features: {json.dumps(FEATURES)}
+    features: {json.dumps(features)}
     output: probability
     meaning: test trend score
     threshold: 0.5
@@ -210,3 +215,30 @@ def test_cli_prints_the_verdict_and_exits_0_or_1(
     assert "cannot be replayed" in capsys.readouterr().out
     assert main([*args[:-1], "999"]) == 2
     assert "seq 999 is not in" in capsys.readouterr().err
+
+
+def test_a_model_failing_at_run_time_costs_its_score_not_the_rules_nor_any_window(
+    tmp_path: Path,
+) -> None:
+    """Every window: no score, the reason, degraded evidence; rules, signatures and the
+    chain as always; and replay reproduces exactly that."""
+    cfg = make_site(tmp_path, onnx_util.throws_above(4), ["max(temperature)"])
+    agent = Agent(load_config(cfg))  # loads: the trial run on zeros passes
+    try:
+        assert [m.id for m in agent.models] == ["trend"]
+        feed(agent, 0, 6)  # temperatures of ~5 degC index past the model's table of 4
+    finally:
+        agent.store.close()
+    evidence = [
+        parse_claims(decode_sign1(f.read_bytes()).claims())
+        for f in sorted((tmp_path / "spool" / "gw-replay").glob("*.cose"))
+    ]
+    assert [ev.seq for ev in evidence] == list(range(6))
+    for ev in evidence:
+        (risk,) = ev.risk
+        assert risk.score is None and "model trend: onnxruntime failed to score" in risk.reason
+        assert any(d.startswith("risk trend: model trend: onnxruntime failed") for d in ev.degraded)
+        assert ev.rules[0].rule_id == "temp-2-8" and ev.rules[0].evaluated > 90
+    res = replay(tmp_path / "state" / "evidence.sqlite", load_policy(
+        tmp_path / "policies" / "cold-chain.yaml"), trust(tmp_path), [5])  # fmt: skip
+    assert res.ok and res.windows[-1].risk[0].score is None

@@ -60,6 +60,8 @@ def test_html_report_is_self_contained_and_renders_in_chromium(tmp_path, signer,
     assert doc.count("<svg") == 4  # risk and completeness, per device
     assert "CHAIN_GAP" in doc and "temp-range" in doc and "NOT met" in doc
     assert "Violation episodes" in doc and "Configuration changes" in doc
+    # window 2 of gw-1 had an input outside the model's training range
+    assert "<tr><td>excursion</td><td class='num'>7</td><td class='num'>1</td>" in doc
 
     dom = _run_chromium(tmp_path, "--dump-dom", out.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]

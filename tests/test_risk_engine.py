@@ -192,20 +192,31 @@ def test_ranges_metadata_of_the_wrong_length_is_refused(tmp_path: Path) -> None:
         load_model("m", path, digest, ["mean(temperature)", "max(temperature)"])
 
 
-def test_an_execution_provider_that_is_not_installed_falls_back_to_cpu_with_a_reason(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize(
+    "requested",
+    [
+        ["CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"],
+        ["NoSuchExecutionProvider"],  # CPU is appended as the last resort
+    ],
+)
+def test_execution_providers_come_in_order_and_missing_ones_are_named(
+    requested: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert "NoSuchExecutionProvider" not in ort.get_available_providers()
+    available = ort.get_available_providers()
     with caplog.at_level(logging.WARNING, "edgegov.risk"):
         model = load_model(
-            "excursion-risk",
-            EXCURSION,
-            sha(EXCURSION),
-            EXCURSION_FEATURES,
-            providers=["NoSuchExecutionProvider", "CPUExecutionProvider"],
+            "excursion-risk", EXCURSION, sha(EXCURSION), EXCURSION_FEATURES, providers=requested
         )
-    assert model.provider == "CPUExecutionProvider"
-    assert "NoSuchExecutionProvider not available in this onnxruntime" in caplog.text
+    expected = next((p for p in requested if p in available), "CPUExecutionProvider")
+    assert model.provider == expected
+    missing = [p for p in requested if p not in available]
+    for p in missing:  # each one named, with what this onnxruntime has instead
+        assert p in caplog.text
+    if missing:
+        assert "not available in this onnxruntime" in caplog.text
+    (ts, cols), _ = windows(2)
+    (r,) = RiskEngine([model], CHANNELS).score([(ts, cols)])[0]
+    assert r.provider == expected and r.score is not None  # the attestation names it
 
 
 def test_a_model_that_throws_at_run_time_gives_no_score_and_a_reason(tmp_path: Path) -> None:

@@ -182,7 +182,6 @@ class _Row:
     seq: int
     start_ms: int
     end_ms: int
-    cose: bytes
     size_before: int
     log_before: bytes
 
@@ -196,13 +195,17 @@ class _Store:
         try:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             rows = self.db.execute(
-                "SELECT seq, window_start_ms, window_end_ms, cose, log_size_before, log_before "
+                "SELECT seq, window_start_ms, window_end_ms, log_size_before, log_before "
                 "FROM attestations ORDER BY seq"
             ).fetchall()
         except sqlite3.Error as e:
             raise Error(f"{path}: cannot read the evidence store: {e}") from e
         self.path = path
-        self.rows = {r[0]: _Row(r[0], r[1], r[2], bytes(r[3]), r[4], bytes(r[5])) for r in rows}
+        self.rows = {r[0]: _Row(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows}
+
+    def cose(self, seq: int) -> bytes:
+        row = self.db.execute("SELECT cose FROM attestations WHERE seq = ?", (seq,)).fetchone()
+        return bytes(row[0])
 
     def records(self, seq: int) -> list[bytes]:
         rows = self.db.execute(
@@ -214,10 +217,10 @@ class _Store:
         self.db.close()
 
 
-def _evidence(row: _Row, trust: TrustStore, cache: dict[int, Evidence]) -> Evidence:
+def _evidence(store: _Store, row: _Row, trust: TrustStore, cache: dict[int, Evidence]) -> Evidence:
     ev = cache.get(row.seq)
     if ev is None:
-        msg = decode_sign1(row.cose)
+        msg = decode_sign1(store.cose(row.seq))
         key = trust.resolve(msg)
         msg.verify(key.key)
         ev = parse_claims(msg.claims())
@@ -264,7 +267,7 @@ def _start(
                 f"seq {seq} is not in {store.path} (pruned by retention?): the evaluator state "
                 f"seq {first_target} started from cannot be rebuilt"
             )
-        ev = _evidence(row, trust, cache)
+        ev = _evidence(store, row, trust, cache)
         if seq == first_target or ev.config.policy_digest == bundle.digest:
             _check_config(ev, bundle)  # the target itself: say which policy was in force
         else:
@@ -402,7 +405,7 @@ def replay(
         wanted = set(targets)
         windows: list[WindowReplay] = []
         seq_list = [s for s in range(start, targets[-1] + 1)]
-        first_ev = _evidence(store.rows[start], trust, cache)
+        first_ev = _evidence(store, store.rows[start], trust, cache)
         for k in range(0, len(seq_list), _BATCH):
             chunk = seq_list[k : k + _BATCH]
             inputs = []
@@ -410,7 +413,7 @@ def replay(
                 row = store.rows.get(s)
                 if row is None:
                     raise Error(f"seq {s} is missing from {store_path}: the chain has a gap")
-                ev = _evidence(row, trust, cache)
+                ev = _evidence(store, row, trust, cache)
                 _check_config(ev, bundle)
                 inputs.append((row, ev, *_window_input(store, row, ev, bundle)))
             risks = engine.score([(ts, cols) for _row, _ev, ts, cols, _p in inputs])
@@ -427,6 +430,7 @@ def replay(
                 )  # fmt: skip
                 _compare(w, ev)
                 windows.append(w)
+                cache.pop(row.seq, None)
         return ReplayResult(
             device=first_ev.device_id,
             origin=first_ev.checkpoint.origin,

@@ -181,6 +181,16 @@ def _device(d: DeviceReport, res: AuditResult) -> str:
                 f"<td>{_e(w['policy'])}</td><td><code>{_e(w['policy_digest'][:16])}</code></td></tr>"
             )
             last = w["policy_digest"]
+    ood_rows = "".join(
+        f"<tr><td>{_e(m)}</td><td class='num'>{k['scored_windows']}</td><td class='num'>"
+        + (
+            "not assessed (the model has no training ranges)"
+            if k.get("ood_not_assessed_windows")
+            else str(k.get("out_of_distribution_windows", 0))
+        )
+        + f"</td><td>{_e(', '.join(k['providers']))}</td></tr>"
+        for m, k in d.risk.items()
+    )
     verdict = "pass" if not findings else "fail"
     return f"""
 <section>
@@ -199,6 +209,9 @@ def _device(d: DeviceReport, res: AuditResult) -> str:
 {ep_rows or "<tr><td colspan=5>none</td></tr>"}</table>
 <h3>Risk over time</h3>
 {_line_chart("risk score per model (0..1), one point per window", risk)}
+<table><tr><th>model</th><th>windows scored</th>
+<th>of them with inputs outside the training range</th><th>execution provider</th></tr>
+{ood_rows or "<tr><td colspan=4>no models</td></tr>"}</table>
 <h3>Data completeness</h3>
 {_bar_chart("share of frames received intact and time online, per window", complete)}
 <h3>Configuration changes</h3>

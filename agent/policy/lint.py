@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from agent.policy.bundle import PolicyBundle
 from native import _policy_py as _ops
 
-__all__ = ["Finding", "lint"]
+__all__ = ["Finding", "check_models", "lint"]
 
 _FEATURE_CHANNEL = re.compile(r"\(\s*([_a-zA-Z][_a-zA-Z0-9]*)\s*[,)]")
 
@@ -116,6 +116,39 @@ def lint(bundle: PolicyBundle) -> list[Finding]:
                     "unused-channel",
                     f"channel {c.name}",
                     "declared but used by no rule, measure or model feature",
+                )
+            )
+    return out
+
+
+def check_models(bundle: PolicyBundle) -> list[Finding]:
+    """Load each declared model as the agent would (digest, opset, signature, trial run).
+
+    A model that would be refused is a finding, with the reason; so is one without
+    training ranges (its scores would never be flagged as out of distribution).
+    """
+    from agent.errors import ModelError
+    from agent.risk import load_model  # onnxruntime: only when there are models to check
+
+    out: list[Finding] = []
+    for ref in bundle.models:
+        try:
+            model = load_model(ref.id, ref.path, ref.sha256, ref.features, ref.output,
+                               ref.threshold, input_name=ref.input, opset=ref.opset)  # fmt: skip
+        except ModelError as e:
+            out.append(
+                Finding(
+                    "model-refused", f"model {ref.id}", str(e).removeprefix(f"model {ref.id}: ")
+                )
+            )
+            continue
+        if model.ranges is None:
+            out.append(
+                Finding(
+                    "model-without-ranges",
+                    f"model {ref.id}",
+                    "the file carries no feature_ranges metadata: out-of-distribution inputs "
+                    "will not be flagged",
                 )
             )
     return out

@@ -13,11 +13,11 @@ attestation's health claim.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from agent.config import SourceConfig
 from agent.sources.framed import FramedSource, schema_problem
 from agent.sources.link import Deliver, PolicyChannel, PortSource
-from agent.sources.modbus import ModbusSource
 from agent.sources.quality import QualityLedger, sum_counters, window_problems
 from agent.sources.text import LineParser, TextSource
 
@@ -35,11 +35,16 @@ __all__ = [
     "window_problems",
 ]
 
-_KINDS: dict[str, type[PortSource]] = {
-    "framed": FramedSource,
-    "text": TextSource,
-    "modbus": ModbusSource,
-}
+_KINDS: dict[str, type[PortSource]] = {"framed": FramedSource, "text": TextSource}
+
+
+def __getattr__(name: str) -> Any:
+    # pymodbus costs ~4 MiB of RSS: load it only for a gateway that polls Modbus
+    if name == "ModbusSource":
+        from agent.sources.modbus import ModbusSource
+
+        return ModbusSource
+    raise AttributeError(name)
 
 
 def make_source(
@@ -50,4 +55,8 @@ def make_source(
     config_file: str = "",
 ) -> PortSource:
     """The source for *cfg*; ConfigError if it names channels the policy lacks."""
+    if cfg.protocol == "modbus":
+        from agent.sources.modbus import ModbusSource
+
+        return ModbusSource(index, cfg, channels, deliver, config_file)
     return _KINDS[cfg.protocol](index, cfg, channels, deliver, config_file)
