@@ -22,7 +22,6 @@ features from the same readings.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -233,9 +232,3 @@ class History:
         if first:
             self.ts = self.ts[first:].copy()
             self.cols = np.ascontiguousarray(self.cols[:, first:])
-
-    def digest_update(self, h: hashlib._Hash) -> None:
-        """Feed the history's exact content to a hash (for the state digest)."""
-        h.update(len(self).to_bytes(8, "big"))
-        h.update(self.ts.astype("<i8").tobytes())
-        h.update(self.cols.astype("<f8").tobytes())

@@ -464,6 +464,8 @@ class RiskEngine:
 
         ``columns`` is float64 (n_channels, n) with NaN for missing or invalid readings.
         """
+        if not self.models:
+            return [() for _ in windows]
         spans = self.history.extend(windows)
         lo = np.array([a for a, _ in spans], dtype=np.int64)
         hi = np.array([b for _, b in spans], dtype=np.int64)

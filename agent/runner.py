@@ -396,7 +396,12 @@ class Agent:
             (window.start_ms, window.end_ms), window.records, config, rules, risk, health, degraded
         )
         bad = ", ".join(f"{r.rule_id} {r.violated}/{r.evaluated}" for r in rules if r.violated)
-        scores = ", ".join(f"{r.model_id} {r.score:.2f}" for r in risk if r.score is not None)
+        scores = ", ".join(
+            f"{r.model_id} {r.score:.2f}"
+            + (" (inputs outside its training range)" if r.ood else "")
+            for r in risk
+            if r.score is not None
+        )
         log.info(
             "attestation seq %d signed: %d readings, violations: %s; risk: %s%s",
             item.seq,
