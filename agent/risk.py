@@ -35,11 +35,12 @@ from agent.leaves import records_to_columns
 from agent.policy.evaluator import mask_invalid
 
 if TYPE_CHECKING:
-    from agent.policy.bundle import PolicyBundle
+    from agent.policy.bundle import ModelRef, PolicyBundle
 
 __all__ = [
     "RiskEngine",
     "RiskModel",
+    "load_declared",
     "load_model",
     "model_opset",
 ]
@@ -420,6 +421,24 @@ def load_model(
         )
     log.info("model %s (sha256 %s) loaded on %s", model_id, actual, model.provider)
     return model
+
+
+def load_declared(
+    ref: ModelRef, providers: Sequence[str] = (_CPU,), intra_op_threads: int = 1
+) -> RiskModel:
+    """:func:`load_model` for a policy's declaration of the model."""
+    return load_model(
+        ref.id,
+        ref.path,
+        ref.sha256,
+        ref.features,
+        ref.output,
+        ref.threshold,
+        providers,
+        intra_op_threads,
+        input_name=ref.input,
+        opset=ref.opset,
+    )
 
 
 class RiskEngine:

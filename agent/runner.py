@@ -30,7 +30,7 @@ from agent.fleet_ca import load_x5chain
 from agent.keys import Signer, load_signer
 from agent.policy import PolicyBundle, load_policy
 from agent.policy.evaluator import BatchResult, Evaluator, mask_invalid
-from agent.risk import RiskEngine, RiskModel, load_model
+from agent.risk import RiskEngine, RiskModel, load_declared
 from agent.sources import PortSource, make_source, sum_counters, window_problems
 from agent.store import EvidenceStore, OutboxItem
 from agent.transport import BrokerURL, MqttPublisher, Publisher, SpoolPublisher, Topics
@@ -138,20 +138,7 @@ class Agent:
         models, problems = [], []
         for ref in bundle.models:
             try:
-                models.append(
-                    load_model(
-                        ref.id,
-                        ref.path,
-                        ref.sha256,
-                        ref.features,
-                        ref.output,
-                        ref.threshold,
-                        providers=self.config.providers,
-                        intra_op_threads=self.config.risk_threads,
-                        input_name=ref.input,
-                        opset=ref.opset,
-                    )
-                )
+                models.append(load_declared(ref, self.config.providers, self.config.risk_threads))
             except ModelError as e:
                 log.error("%s; continuing with the rules alone (evidence marked degraded)", e)
                 problems.append(f"model {ref.id} refused: {e}")

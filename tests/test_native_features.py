@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -66,20 +63,6 @@ def check(out_row, expected) -> None:
 
 
 # --------------------------------------------------------------------------- selector
-
-
-def test_selector_uses_the_compiled_module_unless_edgegov_pure_is_set():
-    code = "import native.features as f; print(f.IMPLEMENTATION, f.window_features.__module__)"
-    env = {k: v for k, v in os.environ.items() if k != "EDGEGOV_PURE"}
-    plain = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    pure = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env, "EDGEGOV_PURE": "1"},
-        capture_output=True,
-        text=True,
-    )
-    assert plain.stdout.split() == ["cython", "native._features"], plain.stderr
-    assert pure.stdout.split() == ["python", "native._features_py"], pure.stderr
 
 
 def test_both_modules_export_the_twins_op_codes():

@@ -14,7 +14,7 @@ from agent.errors import PolicyError, PolicySyntaxError
 from agent.policy import load_policy
 from agent.policy.lint import lint
 from agent.policy.replay import replay
-from agent.risk import RiskEngine, load_model
+from agent.risk import RiskEngine, load_declared
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "configs" / "policies"
@@ -330,8 +330,7 @@ def test_replay_of_cold_chain_explains_a_reportable_excursion(tmp_path: Path) ->
 def test_risk_scores_from_onnxruntime_drive_a_rule() -> None:
     bundle = load_policy(EXAMPLES / "machine-zone.yaml")
     (ref,) = bundle.models
-    model = load_model(ref.id, ref.path, ref.sha256, ref.features, ref.output, ref.threshold,
-                       input_name=ref.input, opset=ref.opset)  # fmt: skip
+    model = load_declared(ref)
     names = [c.name for c in bundle.channels]
     n = 50
     ts = np.arange(n, dtype=np.int64) * 200

@@ -13,7 +13,7 @@ import pytest
 
 from agent.errors import ModelError
 from agent.features import FeaturePlan, History, parse_feature
-from agent.risk import RiskEngine, load_model, model_opset
+from agent.risk import RiskEngine, load_declared, load_model, model_opset
 from tests import onnx_util
 
 REPO = Path(__file__).resolve().parents[1]
@@ -266,11 +266,7 @@ def test_the_drift_model_tells_the_emulators_drift_from_normal_and_excursions() 
     from agent.policy import load_policy
 
     bundle = load_policy(REPO / "configs" / "policies" / "cold-chain.yaml")
-    models = [
-        load_model(r.id, r.path, r.sha256, r.features, r.output, r.threshold,
-                   input_name=r.input, opset=r.opset)
-        for r in bundle.models
-    ]  # fmt: skip
+    models = [load_declared(r) for r in bundle.models]
     assert [m.id for m in models] == ["excursion-risk", "drift-anomaly"]
     names = [c.name for c in bundle.channels]
     last = {}

@@ -44,7 +44,7 @@ from agent.leaves import record_leaf_hashes, records_to_columns
 from agent.merkle import CompactRange
 from agent.policy import PolicyBundle
 from agent.policy.evaluator import mask_invalid
-from agent.risk import RiskEngine, RiskModel, load_model
+from agent.risk import RiskEngine, RiskModel, load_declared
 from agent.store import records_before
 from agent.window import summarise_rules
 
@@ -285,19 +285,7 @@ def _load_models(bundle: PolicyBundle, providers: Sequence[str]) -> list[RiskMod
     out = []
     for ref in bundle.models:
         try:
-            out.append(
-                load_model(
-                    ref.id,
-                    ref.path,
-                    ref.sha256,
-                    ref.features,
-                    ref.output,
-                    ref.threshold,
-                    providers=providers,
-                    input_name=ref.input,
-                    opset=ref.opset,
-                )
-            )
+            out.append(load_declared(ref, providers))
         except ModelError as e:
             raise Error(f"cannot replay: {e}") from e
     return out

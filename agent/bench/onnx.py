@@ -36,11 +36,10 @@ import onnxruntime
 t1 = time.perf_counter()
 from pathlib import Path
 from agent.policy import load_policy
-from agent.risk import load_model
+from agent.risk import load_declared
 bundle = load_policy(Path(sys.argv[1]))
 t2 = time.perf_counter()
-models = [load_model(r.id, r.path, r.sha256, r.features, r.output, r.threshold,
-                     input_name=r.input, opset=r.opset) for r in bundle.models]
+models = [load_declared(r) for r in bundle.models]
 t3 = time.perf_counter()
 del models
 import yaml
@@ -115,16 +114,12 @@ def run(quick: bool) -> list[Row]:
 
     from agent.features import FeaturePlan
     from agent.policy import load_policy
-    from agent.risk import RiskEngine, load_model
+    from agent.risk import RiskEngine, load_declared
     from native.features import IMPLEMENTATION as IMPL
 
     bundle = load_policy(_policy_path())
     names = [c.name for c in bundle.channels]
-    models = [
-        load_model(r.id, r.path, r.sha256, r.features, r.output, r.threshold,
-                   input_name=r.input, opset=r.opset)
-        for r in bundle.models
-    ]  # fmt: skip
+    models = [load_declared(r) for r in bundle.models]
     model = next(m for m in models if m.id == "excursion-risk")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1

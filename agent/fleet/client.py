@@ -357,7 +357,7 @@ class FleetClient:
     def _check_staged(self, cfg: ActiveConfig, a: Assignment) -> None:
         """The policy loads, and references only the assigned models, by digest."""
         from agent.policy import load_policy  # the policy compiler is heavy; load lazily
-        from agent.risk import load_model
+        from agent.risk import load_declared
 
         try:
             bundle = load_policy(cfg.policy_path)
@@ -373,8 +373,7 @@ class FleetClient:
                 )
             if self.config.check_models:
                 try:
-                    load_model(ref.id, ref.path, ref.sha256, ref.features, ref.output,
-                               ref.threshold, input_name=ref.input, opset=ref.opset)  # fmt: skip
+                    load_declared(ref)
                 except Error as e:
                     raise ConfigRejected(f"{a.policy}: {e}") from e
 

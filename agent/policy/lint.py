@@ -128,13 +128,12 @@ def check_models(bundle: PolicyBundle) -> list[Finding]:
     training ranges (its scores would never be flagged as out of distribution).
     """
     from agent.errors import ModelError
-    from agent.risk import load_model  # onnxruntime: only when there are models to check
+    from agent.risk import load_declared  # onnxruntime: only when there are models to check
 
     out: list[Finding] = []
     for ref in bundle.models:
         try:
-            model = load_model(ref.id, ref.path, ref.sha256, ref.features, ref.output,
-                               ref.threshold, input_name=ref.input, opset=ref.opset)  # fmt: skip
+            model = load_declared(ref)
         except ModelError as e:
             out.append(
                 Finding(
