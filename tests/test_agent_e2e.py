@@ -150,22 +150,30 @@ def test_broker_outage_loses_nothing_and_delivers_in_order(tmp_path):
         worker.start()
         try:
             time.sleep(3.2)  # ~3 windows with no broker at all
-            assert len(agent.store.pending()) >= 2, "attestations must wait in the outbox"
+            waiting = len(agent.store.pending())
+            assert waiting >= 2, f"attestations must wait in the outbox; {waiting} there, " + (
+                f"{agent.stats.windows} window(s) closed"
+            )
             with MosquittoBroker(tmp_path / "broker", port=port) as broker:
                 collector = FileCollector(broker.url, tmp_path / "collected", fleet="t")
                 collector.start()
                 # paho reconnects with backoff; the outbox drains once it is back.
-                assert wait_for(lambda: not agent.store.pending(), timeout=20)
+                drained = wait_for(lambda: not agent.store.pending(), timeout=20)
+                assert drained, f"{len(agent.store.pending())} still in the outbox after 20 s"
+                # and a few more windows with the broker up (1 s windows: at least 5 in all)
+                assert wait_for(lambda: agent.stats.attestations >= 5, timeout=10)
                 agent.stop()
                 worker.join(timeout=15)
-                assert wait_for(lambda: len(collector.stored) >= agent.stats.attestations)
+                assert wait_for(lambda: len(collector.stored) >= agent.stats.attestations), (
+                    f"collected {len(collector.stored)} of {agent.stats.attestations}"
+                )
                 collector.stop()
         finally:
             agent.stop()
             worker.join(timeout=15)
     res = verify_paths([tmp_path / "collected"], [agent.signer.public])
     assert res.ok, [str(f) for f in res.findings]
-    assert res.verified == agent.stats.attestations >= 5
+    assert res.verified == agent.stats.attestations >= 5, (res.verified, agent.stats)
     from agent.store import EvidenceStore
 
     assert EvidenceStore(tmp_path / "state" / "evidence.sqlite", "gw-test").pending() == []
