@@ -12,10 +12,14 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.errors import Error
+
+if TYPE_CHECKING:  # the commands import what they use, when they run
+    from agent.audit.trust import TrustStore
+    from agent.audit.verify import AuditResult
 
 __all__ = ["main"]
 
@@ -123,7 +127,7 @@ def _cmd_policy_eval(a: argparse.Namespace) -> int:
     return 1 if any(r.violated for r in reports) else 0
 
 
-def _trust(a: argparse.Namespace) -> object:
+def _trust(a: argparse.Namespace) -> TrustStore:
     """--trust FILE and/or --key PEM... as one TrustStore (fails closed if neither)."""
     from agent.audit.trust import TrustedKey, TrustStore, load_trust
     from agent.keys import load_public_key
@@ -137,11 +141,11 @@ def _trust(a: argparse.Namespace) -> object:
     return trust
 
 
-def _audit_result(a: argparse.Namespace) -> object:
+def _audit_result(a: argparse.Namespace) -> AuditResult:
     from agent.audit.evidence_db import open_db
     from agent.audit.verify import verify_messages, verify_paths
 
-    trust: Any = _trust(a)
+    trust = _trust(a)
     if a.store:
         db = open_db(a.store)
         try:
@@ -156,7 +160,7 @@ def _audit_result(a: argparse.Namespace) -> object:
 def _cmd_audit_verify(a: argparse.Namespace) -> int:
     from agent.audit import format_result
 
-    res: Any = _audit_result(a)
+    res = _audit_result(a)
     print(json.dumps(res.to_json(), indent=2) if a.json else format_result(res))
     return 0 if res.ok else 1
 
@@ -164,7 +168,7 @@ def _cmd_audit_verify(a: argparse.Namespace) -> int:
 def _cmd_audit_report(a: argparse.Namespace) -> int:
     from agent.audit.report import render_html
 
-    res: Any = _audit_result(a)
+    res = _audit_result(a)
     Path(a.html).write_text(render_html(res), encoding="utf-8")
     print(
         f"report written to {a.html}: {'PASS' if res.ok else 'FAIL'}, "
@@ -177,7 +181,7 @@ def _cmd_audit_prove(a: argparse.Namespace) -> int:
     from agent.audit.prove import check_proof, make_proof
 
     if a.check:
-        p = check_proof(Path(a.check).read_bytes(), _trust(a))  # type: ignore[arg-type]
+        p = check_proof(Path(a.check).read_bytes(), _trust(a))
         r = p.reading
         print(
             f"{a.check}: reading {r.index} of {p.evidence.device_id} is in the log "
@@ -200,7 +204,7 @@ def _cmd_audit_replay(a: argparse.Namespace) -> int:
 
     bundle = load_policy(Path(a.policy))
     providers = a.provider or ["CPUExecutionProvider"]
-    res = replay(Path(a.store), bundle, _trust(a), a.seq or (), providers)  # type: ignore[arg-type]
+    res = replay(Path(a.store), bundle, _trust(a), a.seq or (), providers)
     print(json.dumps(res.to_json(), indent=2) if a.json else res.text())
     return 0 if res.ok else 1
 
@@ -389,15 +393,18 @@ def _parser() -> argparse.ArgumentParser:
         asub,
     )
 
+    def trust(sp: argparse.ArgumentParser) -> None:  # read by _trust()
+        sp.add_argument("--trust", help="trust file (YAML): keys, fleet CAs, revocations, ...")
+        sp.add_argument(
+            "--key", action="append", help="trusted device public key (PEM); repeatable"
+        )
+
     def sources(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("paths", nargs="*", help=".cose files or directories")
         sp.add_argument(
             "--store", help="a collector store URL instead (sqlite:///F, postgresql://)"
         )
-        sp.add_argument("--trust", help="trust file (YAML): keys, fleet CAs, revocations, ...")
-        sp.add_argument(
-            "--key", action="append", help="trusted device public key (PEM); repeatable"
-        )
+        trust(sp)
         sp.add_argument("--device", help="audit this device's stream: others are findings")
 
     sources(av)
@@ -422,8 +429,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--index", type=int, help="leaf index of the reading")
     ap.add_argument("--out", help="where to write the proof")
     ap.add_argument("--check", help="a proof file to check")
-    ap.add_argument("--trust", help="trust file (YAML)")
-    ap.add_argument("--key", action="append", help="trusted device public key (PEM)")
+    trust(ap)
     arp = cmd(
         "replay",
         _cmd_audit_replay,
@@ -438,8 +444,7 @@ def _parser() -> argparse.ArgumentParser:
         "--policy", required=True, help="the policy bundle in force (its models beside it)"
     )
     arp.add_argument("--seq", type=int, action="append", help="window to replay (default: newest)")
-    arp.add_argument("--trust", help="trust file (YAML)")
-    arp.add_argument("--key", action="append", help="trusted device public key (PEM)")
+    trust(arp)
     arp.add_argument(
         "--provider",
         action="append",

@@ -211,8 +211,9 @@ class _Fields:
         p = Path(v).expanduser()
         return p if p.is_absolute() else (self.file.parent / p)
 
-    def sub(self, key: str) -> _Fields:
-        return _Fields(self.data.get(key), self.file, self._name(key))
+    def sub(self, key: str, optional: bool = False) -> _Fields:
+        """The mapping under ``key`` (absent and ``optional``: an empty one)."""
+        return _Fields(self.data.get(key, {} if optional else None), self.file, self._name(key))
 
     def reject_unknown(self, known: set[str]) -> None:
         extra = sorted(set(map(str, self.data)) - known)
@@ -295,7 +296,7 @@ def _source(s: _Fields, index: int) -> SourceConfig:
     if not name or any(c.isspace() for c in name):
         raise s.err("name", f"{name!r} must be non-empty without whitespace")
     serial = _serial(s)
-    rc = _Fields(s.data.get("reconnect", {}), s.file, s._name("reconnect"))
+    rc = s.sub("reconnect", optional=True)
     rc.reject_unknown({"initial_s", "max_s"})
     initial = _number(rc, "initial_s", 0.25, positive=True)
     cap = _number(rc, "max_s", 10.0, positive=True)
@@ -325,7 +326,7 @@ def _source(s: _Fields, index: int) -> SourceConfig:
                 )
             )
         return replace(out, text_format=fmt, fields=tuple(fields))
-    poll = _Fields(s.data.get("poll", {}), s.file, s._name("poll"))
+    poll = s.sub("poll", optional=True)
     poll.reject_unknown({"period_s", "timeout_s"})
     period = _number(poll, "period_s", 1.0, positive=True)
     timeout = _number(poll, "timeout_s", 0.2, positive=True)
@@ -402,14 +403,14 @@ def load_config(path: str | Path) -> AgentConfig:
     if (mqtt_cfg is None) == (spool is None):
         raise out.err("mqtt", "give exactly one of output.mqtt or output.spool")
 
-    risk = _Fields(top.data.get("risk", {}), file, "risk")
+    risk = top.sub("risk", optional=True)
     risk.reject_unknown({"providers", "threads"})
     providers = risk.get("providers", list, ["CPUExecutionProvider"])
     if not providers or not all(isinstance(p, str) for p in providers):
         raise risk.err("providers", "expected a non-empty list of execution provider names")
     threads = risk.get("threads", int, 1)
 
-    ev = _Fields(top.data.get("evidence", {}), file, "evidence")
+    ev = top.sub("evidence", optional=True)
     ev.reject_unknown({"retention_days", "max_mb"})
     retention = ev.get("retention_days", (int, float), None)
     if retention is not None and retention <= 0:
@@ -427,7 +428,7 @@ def load_config(path: str | Path) -> AgentConfig:
         tuf = TufSettings(
             t.path_of("root"),  # type: ignore[arg-type]
             t.get("group", str, None),
-            float(_number(t, "refresh_seconds", 300.0, positive=True)),
+            _number(t, "refresh_seconds", 300.0, positive=True),
         )
 
     state_dir = top.path_of("state_dir")

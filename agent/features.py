@@ -211,9 +211,8 @@ class History:
         if at == len(self):
             return spans
         t = np.concatenate([self.ts, *(np.asarray(ts, dtype=np.int64) for ts, _ in windows)])
-        first = len(self)
-        if first:  # never earlier than the last reading kept
-            t[first:] = np.maximum(t[first:], t[first - 1])
+        # self.ts is already non-decreasing, so this clamps only the new readings, and
+        # never to earlier than the last reading kept.
         self.ts = np.maximum.accumulate(t)
         self.cols = np.ascontiguousarray(
             np.concatenate(

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.errors import KeyFileError
-from agent.keys import Signer, generate_key, load_signer
+from agent.keys import ALG_EDDSA, Signer, generate_key, load_signer
 
 __all__ = ["init_ca", "issue_certificate", "load_x5chain", "make_csr", "revoke_certificate"]
 
@@ -26,7 +26,7 @@ CA_KEY, CA_CERT, CRL = "ca.key", "ca.pem", "fleet.crl.pem"
 
 
 def _hash_for(signer: Signer) -> hashes.SHA256 | None:
-    return None if signer.alg == -8 else hashes.SHA256()  # Ed25519 signs without a prehash
+    return None if signer.alg == ALG_EDDSA else hashes.SHA256()  # Ed25519 signs without a prehash
 
 
 def _now() -> dt.datetime:

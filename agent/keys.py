@@ -93,14 +93,12 @@ class PublicKey:
 
     def verify(self, signature: bytes, data: bytes) -> bool:
         """True if ``signature`` over ``data`` is valid for this key."""
+        if len(signature) != 64:  # Ed25519, and raw r||s for P-256
+            return False
         try:
             if self.alg == ALG_EDDSA:
-                if len(signature) != 64:
-                    return False
                 self.key.verify(signature, data)  # type: ignore[call-arg]
             else:
-                if len(signature) != 64:
-                    return False
                 der = encode_dss_signature(
                     int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
                 )

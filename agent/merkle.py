@@ -188,7 +188,7 @@ class RangeHasher:
             k = _split(hi - lo)
             if m - lo <= k:
                 proof.append(self.mth(lo + k, hi))
-                hi, complete = lo + k, complete
+                hi = lo + k
             else:
                 proof.append(self.mth(lo, lo + k))
                 lo, complete = lo + k, False

@@ -71,7 +71,6 @@ class RiskModel:
         "_input_name",
         "_output_names",
         "_run",
-        "_session",
         "features",
         "id",
         "inputs",
@@ -103,7 +102,6 @@ class RiskModel:
         self.threshold = threshold
         self.ranges = ranges
         self.provider: str = session.get_providers()[0]
-        self._session = session
         self._run = session.run
         self._input_name: str = session.get_inputs()[0].name
         self._output_names = [output]

@@ -341,7 +341,7 @@ class Agent:
         p = self.policy
         masked = []
         for w in windows:
-            cols = w.columns.copy()
+            cols = w.columns  # a copy: masked in place
             _missing, oor = mask_invalid(p.plan.channels if p.plan else (), cols)
             masked.append((cols, sum(oor.values())))
         risks = self.risk.score([(w.timestamps, cols) for w, (cols, _) in zip(windows, masked)])
@@ -486,6 +486,15 @@ class Agent:
         local = self.config.policy_path
         return self.fleet.policy_path(local) if self.fleet is not None else local
 
+    def _same_channels(self, bundle: PolicyBundle) -> bool:
+        """A policy switch keeps the window's columns: only with the same channel list."""
+        return [c.name for c in bundle.channels] == [c.name for c in self.policy.channels]
+
+    def _use_policy(self, bundle: PolicyBundle) -> None:
+        self.policy = bundle
+        self.evaluator = self._new_evaluator(bundle)
+        self._use_models(bundle)
+
     def apply_bundle(self, cfg: ActiveConfig, at_ms: int) -> None:
         """Evaluate with a fleet config the fleet client has verified and activated."""
         assert self.fleet is not None
@@ -494,12 +503,10 @@ class Agent:
         except Error as e:
             self.fleet.refused(cfg, e)
             return
-        if [c.name for c in bundle.channels] != [c.name for c in self.policy.channels]:
+        if not self._same_channels(bundle):
             self.fleet.refused(cfg, "the channel list changed; it applies at the next start")
             return
-        self.policy = bundle
-        self.evaluator = self._new_evaluator(bundle)
-        self._use_models(bundle)
+        self._use_policy(bundle)
         self.fleet.switched(cfg, at_ms)
         log.info("fleet config v%d in force: %s v%d", cfg.config_version, bundle.id, bundle.version)
 
@@ -511,12 +518,10 @@ class Agent:
                 "policy reload refused, keeping %s v%d: %s", self.policy.id, self.policy.version, e
             )
             return
-        if [c.name for c in bundle.channels] != [c.name for c in self.policy.channels]:
+        if not self._same_channels(bundle):
             log.error("policy reload refused: the channel list changed; restart the agent")
             return
-        self.policy = bundle
-        self.evaluator = self._new_evaluator(bundle)
-        self._use_models(bundle)
+        self._use_policy(bundle)
         log.info("policy reloaded: %s v%d (%s)", bundle.id, bundle.version, bundle.digest[:16])
 
     def _status(self) -> dict[str, Any]:

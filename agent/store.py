@@ -22,7 +22,7 @@ from pathlib import Path
 import cbor2
 
 from agent.errors import StorageError
-from agent.leaves import record_leaf_hashes
+from agent.leaves import decode_record, record_leaf_hashes
 from agent.merkle import CompactRange, RangeHasher
 
 __all__ = [
@@ -291,17 +291,16 @@ def records_before(
     """
     bound = seq if seq is not None else (1 << 62)
     row = db.execute(
-        "SELECT record FROM readings WHERE seq < ? ORDER BY idx DESC LIMIT 1", (bound,)
+        "SELECT idx, record FROM readings WHERE seq < ? ORDER BY idx DESC LIMIT 1", (bound,)
     ).fetchone()
     if row is None:
         return []
-    t_last = int.from_bytes(bytes(row[0])[24:32], "big", signed=True)  # received_ms
+    last_idx, t_last = row[0], decode_record(row[1]).received_ms
     first = db.execute(
         "SELECT MIN(seq) FROM attestations WHERE seq < ? AND window_end_ms > ?",
         (bound, t_last - keep_ms),
     ).fetchone()[0]
     if keep_rows:  # and the whole windows that hold the last keep_rows readings
-        last_idx = db.execute("SELECT MAX(idx) FROM readings WHERE seq < ?", (bound,)).fetchone()[0]
         by_rows = db.execute(
             "SELECT MIN(seq) FROM readings WHERE seq < ? AND idx > ?",
             (bound, last_idx - keep_rows),

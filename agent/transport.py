@@ -215,6 +215,8 @@ class MqttPublisher:
         c.on_publish = self._on_publish
         self._client = c
         self._status: dict[str, Any] = {}
+        self._json = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        self._json.ContentType = "application/json"  # status and alerts
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, pending: list[OutboxItem]) -> None:
@@ -287,18 +289,16 @@ class MqttPublisher:
 
     def publish_status(self, status: dict[str, Any]) -> None:
         self._status = status
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ContentType = "application/json"
         info = self._client.publish(
-            self.topics.status, json.dumps(status), qos=1, retain=True, properties=props
+            self.topics.status, json.dumps(status), qos=1, retain=True, properties=self._json
         )
         self._track(info.mid, None)
 
     def publish_alert(self, alert: dict[str, Any]) -> None:
         """JSON on ``.../alert``, QoS 1; paho queues it while we are offline."""
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ContentType = "application/json"
-        info = self._client.publish(self.topics.alert, json.dumps(alert), qos=1, properties=props)
+        info = self._client.publish(
+            self.topics.alert, json.dumps(alert), qos=1, properties=self._json
+        )
         self._track(info.mid, None)
 
     def _track(self, mid: int, seq: int | None) -> None:

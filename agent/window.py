@@ -66,8 +66,8 @@ class Window:
 
     @property
     def columns(self) -> np.ndarray:
-        """C-contiguous float64 (n_channels, n_readings); NaN = missing."""
-        return np.ascontiguousarray(self._cols[:, : self.n])
+        """A C-contiguous float64 copy, (n_channels, n_readings); NaN = missing."""
+        return np.array(self._cols[:, : self.n], order="C")
 
 
 def summarise_rules(

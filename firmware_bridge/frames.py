@@ -63,8 +63,6 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _CHANNEL_TAIL = struct.Struct("<Bff")  # kind, min, max
 _DATA_HEAD = struct.Struct("<BBH")  # n_channels, n_samples, interval_ms
-_U32_MAX = 0xFFFF_FFFF
-_U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 
 
 class MsgType(IntEnum):
@@ -493,11 +491,9 @@ class FrameDecoder:
             stats.bytes_discarded += len(seg)
             return None
         # From here on the bytes are what the sender sent: count even before sync.
-        version, mtype = raw[0], raw[1]
-        parser = _PARSERS.get(mtype)
-        if version != PROTOCOL_VERSION:
+        if raw[0] != PROTOCOL_VERSION:
             stats.version_errors += 1
-        elif parser is None:
+        elif raw[1] not in _PARSERS:
             stats.unknown_types += 1
         else:
             frame = parse_frame(raw)

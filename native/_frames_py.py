@@ -21,7 +21,14 @@ import numpy as np
 import numpy.typing as npt
 
 from firmware_bridge.cobs import decode as cobs_decode
-from firmware_bridge.frames import MAX_ENCODED_LEN, MAX_FRAME_LEN, MIN_FRAME_LEN, Frame, parse_frame
+from firmware_bridge.frames import (
+    MAX_ENCODED_LEN,
+    MAX_FRAME_LEN,
+    MIN_FRAME_LEN,
+    Frame,
+    MsgType,
+    parse_frame,
+)
 
 __all__ = ["STAT_NAMES", "Batch", "BatchDecoder"]
 
@@ -38,7 +45,7 @@ STAT_NAMES = (
 
 _HEAD = struct.Struct("<BBIQBBH")  # header + DATA n_channels, n_samples, interval_ms
 _CRC = struct.Struct("<I")
-_KNOWN = frozenset((0x01, 0x02, 0x03, 0x04, 0x81, 0x82))
+_KNOWN = frozenset(MsgType)
 
 
 class Batch:

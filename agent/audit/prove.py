@@ -22,10 +22,9 @@ from pathlib import Path
 
 import cbor2
 
-from agent.attestation import Evidence, parse_claims
+from agent.attestation import Evidence
 from agent.audit.trust import TrustStore
 from agent.cbor_limits import check_cbor
-from agent.cose import decode_sign1
 from agent.errors import VerificationError
 from agent.keys import PublicKey
 from agent.leaves import LeafRecord, decode_record
@@ -66,12 +65,7 @@ def check_proof(data: bytes, anchors: Sequence[PublicKey] | TrustStore) -> Prove
         raise VerificationError("proof fields have the wrong types")
     if not (isinstance(index, int) and isinstance(size, int)):
         raise VerificationError("proof index and size must be integers")
-    msg = decode_sign1(att)
-    key = trust.resolve(msg)
-    msg.verify(key.key)
-    ev = parse_claims(msg.claims())
-    if key.device is not None and key.device != ev.device_id:
-        raise VerificationError(f"attestation of {ev.device_id} signed by {key.device}'s key")
+    ev = trust.evidence(att)
     if size != ev.checkpoint.size:
         raise VerificationError(
             f"proof is for a tree of {size} leaves, the attestation's checkpoint has "

@@ -36,9 +36,8 @@ from typing import Any
 import cbor2
 import numpy as np
 
-from agent.attestation import Evidence, RiskResult, RuleResult, parse_claims
+from agent.attestation import Evidence, RiskResult, RuleResult
 from agent.audit.trust import TrustStore
-from agent.cose import decode_sign1
 from agent.errors import Error, ModelError, VerificationError
 from agent.leaves import record_leaf_hashes, records_to_columns
 from agent.merkle import CompactRange
@@ -184,28 +183,39 @@ class _Row:
     end_ms: int
     size_before: int
     log_before: bytes
+    cose: bytes
 
 
 class _Store:
-    """The gateway's evidence store, read-only."""
+    """The gateway's evidence store, read-only; rows are read when a window needs them."""
 
     def __init__(self, path: Path) -> None:
         if not path.is_file():
             raise Error(f"{path}: no evidence store there (the agent's state/evidence.sqlite)")
+        self.path = path
         try:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            rows = self.db.execute(
-                "SELECT seq, window_start_ms, window_end_ms, log_size_before, log_before "
-                "FROM attestations ORDER BY seq"
-            ).fetchall()
         except sqlite3.Error as e:
             raise Error(f"{path}: cannot read the evidence store: {e}") from e
-        self.path = path
-        self.rows = {r[0]: _Row(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows}
 
-    def cose(self, seq: int) -> bytes:
-        row = self.db.execute("SELECT cose FROM attestations WHERE seq = ?", (seq,)).fetchone()
-        return bytes(row[0])
+    def bounds(self) -> tuple[int | None, int | None]:
+        """The first and last seq stored (None, None: no attestations)."""
+        first, last = self.db.execute("SELECT MIN(seq), MAX(seq) FROM attestations").fetchone()
+        return first, last
+
+    def has(self, seq: int) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM attestations WHERE seq = ?", (seq,)).fetchone()
+            is not None
+        )
+
+    def row(self, seq: int) -> _Row | None:
+        r = self.db.execute(
+            "SELECT window_start_ms, window_end_ms, log_size_before, log_before, cose "
+            "FROM attestations WHERE seq = ?",
+            (seq,),
+        ).fetchone()
+        return None if r is None else _Row(seq, r[0], r[1], r[2], bytes(r[3]), bytes(r[4]))
 
     def records(self, seq: int) -> list[bytes]:
         rows = self.db.execute(
@@ -217,19 +227,20 @@ class _Store:
         self.db.close()
 
 
-def _evidence(store: _Store, row: _Row, trust: TrustStore, cache: dict[int, Evidence]) -> Evidence:
-    ev = cache.get(row.seq)
-    if ev is None:
-        msg = decode_sign1(store.cose(row.seq))
-        key = trust.resolve(msg)
-        msg.verify(key.key)
-        ev = parse_claims(msg.claims())
-        if key.device is not None and key.device != ev.device_id:
-            raise VerificationError(f"attestation of {ev.device_id} signed by {key.device}'s key")
-        if ev.seq != row.seq:
-            raise VerificationError(f"store row {row.seq} holds the attestation of seq {ev.seq}")
-        cache[row.seq] = ev
-    return ev
+def _verified(
+    store: _Store, seq: int, trust: TrustStore, cache: dict[int, tuple[_Row, Evidence]]
+) -> tuple[_Row, Evidence] | None:
+    """Window ``seq``'s row and its verified attestation; None if the store lacks it."""
+    hit = cache.get(seq)
+    if hit is None:
+        row = store.row(seq)
+        if row is None:
+            return None
+        ev = trust.evidence(row.cose)
+        if ev.seq != seq:
+            raise VerificationError(f"store row {seq} holds the attestation of seq {ev.seq}")
+        hit = cache[seq] = (row, ev)
+    return hit
 
 
 def _check_config(ev: Evidence, bundle: PolicyBundle) -> None:
@@ -255,19 +266,19 @@ def _start(
     first_target: int,
     bundle: PolicyBundle,
     trust: TrustStore,
-    cache: dict[int, Evidence],
+    cache: dict[int, tuple[_Row, Evidence]],
     fresh: str,
 ) -> int:
     """The latest seq <= first_target under the same policy that began from a fresh state."""
     seq = first_target
     while True:
-        row = store.rows.get(seq)
-        if row is None:
+        hit = _verified(store, seq, trust, cache)
+        if hit is None:
             raise Error(
                 f"seq {seq} is not in {store.path} (pruned by retention?): the evaluator state "
                 f"seq {first_target} started from cannot be rebuilt"
             )
-        ev = _evidence(store, row, trust, cache)
+        ev = hit[1]
         if seq == first_target or ev.config.policy_digest == bundle.digest:
             _check_config(ev, bundle)  # the target itself: say which policy was in force
         else:
@@ -372,19 +383,18 @@ def replay(
     """
     store = _Store(store_path)
     try:
-        if not store.rows:
+        first, last = store.bounds()
+        if last is None:
             raise Error(f"{store_path}: the store holds no attestations")
-        targets = sorted(set(seqs)) or [max(store.rows)]
+        targets = sorted(set(seqs)) or [last]
         for s in targets:
-            if s not in store.rows:
-                raise Error(
-                    f"seq {s} is not in {store_path} (it holds seq {min(store.rows)} to "
-                    f"{max(store.rows)})"
-                )
-        cache: dict[int, Evidence] = {}
+            if not store.has(s):
+                raise Error(f"seq {s} is not in {store_path} (it holds seq {first} to {last})")
+        cache: dict[int, tuple[_Row, Evidence]] = {}
         evaluator = bundle.evaluator()
         fresh = hashlib.sha256(evaluator.state_json().encode()).hexdigest()
         start = _start(store, targets[0], bundle, trust, cache, fresh)
+        first_ev = cache[start][1]
         models = _load_models(bundle, providers)
         engine = RiskEngine(models, [c.name for c in bundle.channels])
         h = engine.history
@@ -392,16 +402,14 @@ def replay(
             engine.prime(records_before(store.db, start, h.keep_ms, h.keep_rows), bundle)
         wanted = set(targets)
         windows: list[WindowReplay] = []
-        seq_list = [s for s in range(start, targets[-1] + 1)]
-        first_ev = _evidence(store, store.rows[start], trust, cache)
-        for k in range(0, len(seq_list), _BATCH):
-            chunk = seq_list[k : k + _BATCH]
+        replayed = range(start, targets[-1] + 1)
+        for k in range(0, len(replayed), _BATCH):
             inputs = []
-            for s in chunk:
-                row = store.rows.get(s)
-                if row is None:
+            for s in replayed[k : k + _BATCH]:
+                hit = _verified(store, s, trust, cache)
+                if hit is None:
                     raise Error(f"seq {s} is missing from {store_path}: the chain has a gap")
-                ev = _evidence(store, row, trust, cache)
+                row, ev = hit
                 _check_config(ev, bundle)
                 inputs.append((row, ev, *_window_input(store, row, ev, bundle)))
             risks = engine.score([(ts, cols) for _row, _ev, ts, cols, _p in inputs])
@@ -427,5 +435,7 @@ def replay(
             start_seq=start,
             windows=windows,
         )
+    except sqlite3.Error as e:
+        raise Error(f"{store_path}: cannot read the evidence store: {e}") from e
     finally:
         store.close()

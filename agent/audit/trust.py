@@ -33,7 +33,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
-from agent.cose import Sign1
+from agent.attestation import Evidence, parse_claims
+from agent.cose import Sign1, decode_sign1
 from agent.errors import ConfigError, KeyFileError, VerificationError
 from agent.keys import PublicKey, load_public_key
 from agent.rotation import RotationStatement, verify_rotation
@@ -109,7 +110,7 @@ class TrustStore:
                     + ", ".join(r.old_kid.hex() for r in pending)
                 )
 
-    def resolve(self, msg: Sign1, when: int | None = None) -> TrustedKey:
+    def resolve(self, msg: Sign1) -> TrustedKey:
         """The key to verify ``msg`` with; raises if there is none or it is revoked."""
         if msg.kid in self.revoked_kids:
             raise RevokedKey(f"kid {msg.kid.hex()} is revoked")
@@ -119,6 +120,21 @@ class TrustStore:
         if msg.x5chain and self.cas:
             return self._from_chain(msg)
         raise UnknownKey(f"signed by kid {msg.kid.hex()}, which is not a trusted key")
+
+    def evidence(self, raw: bytes) -> Evidence:
+        """The claims of one attestation whose signature verifies with a trusted key bound
+        (if at all) to the device it names; raises VerificationError (or a subclass) otherwise.
+
+        ``audit prove`` and ``audit replay`` check single messages this way; ``audit verify``
+        makes each step a finding of its own instead.
+        """
+        msg = decode_sign1(raw)
+        key = self.resolve(msg)
+        msg.verify(key.key)
+        ev = parse_claims(msg.claims())
+        if key.device is not None and key.device != ev.device_id:
+            raise VerificationError(f"attestation of {ev.device_id} signed by {key.device}'s key")
+        return ev
 
     def _from_chain(self, msg: Sign1) -> TrustedKey:
         try:

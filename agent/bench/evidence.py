@@ -15,7 +15,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.bench.core import Row, timeit
-from agent.keys import Signer
+from agent.keys import Signer, generate_key
 
 S = "evidence"
 
@@ -60,7 +60,6 @@ def _evidence(rules: int = 4) -> object:
 def _stream(n: int) -> tuple[list[tuple[bytes, str, str | None]], Signer]:
     from agent.attestation import ConfigInForce, RiskResult, RuleResult
     from agent.attester import Attester
-    from agent.keys import generate_key
     from agent.store import EvidenceStore
     from agent.window import Reading
 
@@ -91,7 +90,6 @@ def run(quick: bool) -> list[Row]:
     from agent.attestation import encode_claims
     from agent.audit.verify import verify_messages
     from agent.cose import decode_sign1, encode_sign1, sig_structure
-    from agent.keys import generate_key
     from agent.leaves import encode_columns, encode_records, leaf_hashes, record_leaf_hashes
     from agent.window import Reading
 

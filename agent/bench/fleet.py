@@ -11,7 +11,9 @@ raw SHA-256 over the same megabyte, for scale.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 import tempfile
 import time
 from importlib import resources
@@ -31,6 +33,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+@functools.cache
 def _model_1mb() -> bytes:
     """The shipped model padded to 1 MB with an unknown protobuf field (parsers skip it)."""
     raw = (resources.files("configs") / "models" / "excursion-v1.onnx").read_bytes()
@@ -39,8 +42,6 @@ def _model_1mb() -> bytes:
 
 
 def _policy(model: bytes, version: int) -> bytes:
-    import re
-
     text = (resources.files("configs") / "policies" / "cold-chain.yaml").read_text()
     # the first model (excursion) becomes the 1 MB one; the drift model stays as shipped
     text = re.sub(r'sha256:\s*"?[0-9a-f]{64}"?', f'sha256: "{hashlib.sha256(model).hexdigest()}"',

@@ -21,7 +21,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,7 @@ class TufVersions:
     targets: int
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "root": self.root,
-            "timestamp": self.timestamp,
-            "snapshot": self.snapshot,
-            "targets": self.targets,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -63,7 +58,7 @@ class ActiveConfig:
 
     @property
     def policy_path(self) -> Path:
-        return self.directory / "policies" / self.policy.rsplit("/", 1)[-1]
+        return staged_path(self.directory, self.policy, "policy")
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -124,12 +119,11 @@ class ConfigStore:
         except FileNotFoundError:
             return None
         try:
-            cfg = ActiveConfig.from_manifest(
+            return ActiveConfig.from_manifest(
                 target, json.loads((target / "manifest.json").read_bytes())
             )
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise FleetError(f"{target}: config in force has no valid manifest: {e}") from e
-        return cfg
 
     def new_staging(self, name: str) -> Path:
         d = self.staging / f"{name}.{os.getpid()}"
@@ -149,7 +143,7 @@ class ConfigStore:
         # A fresh name per activation: a config activated again (after a crash, or
         # switching back) never collides with a directory that is or was in force.
         final = self.configs / f"v{config.config_version}-{secrets.token_hex(8)}"
-        cfg = ActiveConfig(**{**config.__dict__, "directory": final})
+        cfg = replace(config, directory=final)
         self.write(staged / "manifest.json", json.dumps(cfg.manifest(), indent=2).encode())
         for sub in ("policies", "models", "."):
             _fsync_dir(staged / sub)

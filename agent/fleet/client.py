@@ -84,8 +84,6 @@ class UpdateOutcome:
 
 @dataclass
 class _Health:
-    last_check_ms: int | None = None
-    last_ok_ms: int | None = None
     last_error: str = ""
     potential_freeze: bool = False
     timestamp_version: int = 0
@@ -225,7 +223,6 @@ class FleetClient:
         """
         with self._lock:
             self.connect()
-            self._health.last_check_ms = _ms()
             try:
                 outcome = self._update()
             except ConfigRejected as e:
@@ -233,7 +230,6 @@ class FleetClient:
                 self._health.last_error = e.reason
                 log.error("fleet config rejected: %s", e.reason)
             else:
-                self._health.last_ok_ms = _ms()
                 self._health.last_error = ""
                 self._health.potential_freeze = False
             if outcome.state != "unchanged":
@@ -379,6 +375,8 @@ class FleetClient:
 
     # -- reporting ------------------------------------------------------------------------
     def _ack(self, outcome: UpdateOutcome) -> None:
+        if self._session is None:
+            return
         cfg = outcome.config
         body = {
             "device": self.config.device_id,
@@ -390,8 +388,6 @@ class FleetClient:
             "tuf": cfg.tuf.as_dict() if cfg else None,
             "targets": dict(cfg.targets) if cfg else {},
         }
-        if self._session is None:
-            return
         try:
             self._last_ack = outcome.state
             self._session.publish(

@@ -26,8 +26,8 @@ Snapshot and timestamp carry hashes and lengths of what they name (TUF §4.4,
 and version is refused (mix-and-match).
 
 Built on ``tuf.repository.Repository`` (python-tuf's editing base class) and
-``securesystemslib`` ``CryptoSigner``; keys live in PEM files. A PKCS#11 signer
-can replace :meth:`FleetRepository.signers_for` (securesystemslib ``HSMSigner``).
+``securesystemslib`` ``CryptoSigner``; keys live in PEM files, or in a PKCS#11
+token that a ``keys/<name>.pkcs11`` reference points at (``agent.fleet.hsm``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from securesystemslib.signer import CryptoSigner, Signer, SSlibKey
+from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 from tuf.api.metadata import (
     DelegatedRole,
     Delegations,
@@ -156,6 +156,7 @@ class FleetRepository(Repository):
             raise FleetError(f"{self.dir}/repository.json: unreadable: {e}") from e
         self.topics = FleetTopics(self.settings["prefix"], self.settings["fleet"])
         self.expiry_days: dict[str, float] = {**DEFAULT_EXPIRY_DAYS, **self.settings["expiry"]}
+        self._loaded: dict[str, Signer] = {}  # key name -> signer (a token key opens once)
 
     # -- creation -------------------------------------------------------------------
     @classmethod
@@ -226,25 +227,26 @@ class FleetRepository(Repository):
         _write_atomic(path, pem, 0o600)
         return SSlibKey.from_crypto(priv.public_key())
 
-    def _signers(self) -> dict[str, Signer]:
-        out: dict[str, Signer] = {}
+    def _key_names(self, pattern: str = "*") -> list[str]:
         keys = self.dir / "keys"
-        for path in sorted([*keys.glob("*.pem"), *keys.glob("*.pkcs11")]):
-            signer = self.signer(path.stem)
-            out[signer.public_key.keyid] = signer
-        return out
+        return sorted(p.stem for ext in (".pem", ".pkcs11") for p in keys.glob(pattern + ext))
 
-    def key_ids(self, prefix: str) -> list[str]:
-        """Key ids of the key files named ``<prefix>-*.pem``."""
-        keys = self.dir / "keys"
-        names = sorted(
-            p.stem for p in [*keys.glob(f"{prefix}-*.pem"), *keys.glob(f"{prefix}-*.pkcs11")]
-        )
-        return [self.signer(n).public_key.keyid for n in names]
+    def _signers(self) -> dict[str, Signer]:
+        signers = (self.signer(n) for n in self._key_names())
+        return {s.public_key.keyid: s for s in signers}
+
+    def public_keys(self, prefix: str) -> list[Key]:
+        """Public keys of the key files named ``<prefix>-*`` (``.pem`` or ``.pkcs11``)."""
+        return [self.signer(n).public_key for n in self._key_names(f"{prefix}-*")]
 
     def signer(self, name: str) -> Signer:
         """The signer of ``keys/<name>.pem``, or of the token key ``keys/<name>.pkcs11``
-        points at (see agent/fleet/hsm.py)."""
+        points at (see agent/fleet/hsm.py); loaded once per repository object."""
+        if name not in self._loaded:
+            self._loaded[name] = self._load_signer(name)
+        return self._loaded[name]
+
+    def _load_signer(self, name: str) -> Signer:
         token_ref = self.dir / "keys" / f"{name}.pkcs11"
         if token_ref.exists():
             from agent.fleet.hsm import load_pkcs11_reference
@@ -337,8 +339,7 @@ class FleetRepository(Repository):
 
     @property
     def targets_infos(self) -> dict[str, MetaFile]:
-        roles = ["targets"] + [r for r in self.delegated_roles()]
-        return {f"{r}.json": self._metafile(r) for r in roles}
+        return {f"{r}.json": self._metafile(r) for r in ["targets", *self.delegated_roles()]}
 
     @property
     def snapshot_info(self) -> MetaFile:
@@ -398,15 +399,15 @@ class FleetRepository(Repository):
     def _delegate(self, role: str, path: str) -> None:
         if role in self.delegated_roles():
             return
-        keyids = self.key_ids(DIRECTOR)
+        keys = self.public_keys(DIRECTOR)
         with self.edit_targets() as targets:
             if targets.delegations is None:
                 targets.delegations = Delegations({}, roles={})
             assert targets.delegations.roles is not None
-            for kid in keyids:
-                targets.delegations.keys[kid] = self._signers()[kid].public_key
+            targets.delegations.keys.update({k.keyid: k for k in keys})
+            threshold = int(self.settings["director_threshold"])
             targets.delegations.roles[role] = DelegatedRole(
-                role, keyids, int(self.settings["director_threshold"]), True, [path]
+                role, [k.keyid for k in keys], threshold, True, [path]
             )
         with self.edit_targets(role):
             pass

@@ -75,7 +75,7 @@ class FleetTopics:
         if not url.startswith(_SCHEME):
             raise FleetError(f"not a fleet URL: {url!r}")
         rest = unquote(url[len(_SCHEME) :])
-        if not (rest.startswith("metadata/") or rest.startswith("targets/")):
+        if not rest.startswith(("metadata/", "targets/")):
             raise FleetError(f"not a fleet URL: {url!r}")
         check_target_name(rest)
         return f"{self.tuf}/{rest}"

@@ -41,6 +41,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from agent.features import parse_feature
 from agent.policy.compiler import DurationNode, PlanBuilder, offset_to_line_col
 from agent.policy.evaluator import ChannelSpec, Evaluator, Plan, RuleSpec
 from agent.policy.layering import check_override
-from agent.policy.parser import RESERVED, ConditionError, DurationLit, parse
+from agent.policy.parser import RESERVED, ConditionError, parse_duration
 from native import _policy_py as _ops
 from native.policy import Program
 
@@ -82,6 +83,7 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _CHANNEL = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]{0,63}")  # a CEL identifier
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")  # YAML's line breaks
 
 
 @dataclass(frozen=True)
@@ -281,8 +283,6 @@ def _strip(text: str | None) -> str | None:
 
 
 def _iso(ms: int) -> str:
-    from datetime import datetime, timezone
-
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
 
 
@@ -409,7 +409,7 @@ def _source_index(node: yaml.ScalarNode, text: str, offset: int) -> int | None:
     if style in ("'", '"'):
         p += 1
     elif style in ("|", ">"):
-        m = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]").search(text, p, end)
+        m = _LINE_BREAK.search(text, p, end)
         p = m.end() if m else end
     positions: list[int] = []
     for ch in value[: offset + 1]:
@@ -576,7 +576,7 @@ class _Loader:
         }
         unsigned = PolicyBundle(digest="", **fields)
         digest = hashlib.sha256(unsigned.canonical_bytes()).hexdigest()
-        plan = Plan(**{**plan.__dict__, "digest": digest})
+        plan = dataclasses.replace(plan, digest=digest)
         return PolicyBundle(digest=digest, plan=plan, **fields)
 
     def parent(self, node: yaml.Node) -> PolicyBundle:
@@ -835,13 +835,10 @@ class _Loader:
         if isinstance(node, yaml.ScalarNode) and node.tag in _NUMERIC:
             raise d.error(node, path, "give a unit: 30s, 10m, 1h (a bare number is ambiguous)")
         text = d.string(node, path)
-        try:
-            lit = parse(text)
-        except ConditionError:
-            lit = None
-        if not isinstance(lit, DurationLit):
+        ms = parse_duration(text)
+        if ms is None:
             raise d.error(node, path, f"{text!r} is not a duration such as 500ms, 30s, 10m, 1h")
-        return lit.ms
+        return ms
 
     def goal_ref(self, node: yaml.Node, path: str, goal_ids: list[str]) -> str:
         goal = self.doc.string(node, path)

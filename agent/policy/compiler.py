@@ -58,6 +58,7 @@ from agent.policy.parser import (
     Str,
     Unary,
     parse,
+    parse_duration,
 )
 from native import _policy_py as _ops
 from native.policy import Program
@@ -114,7 +115,6 @@ class _Code:
     type: str
     instrs: list[tuple[int, float]]
     const: Any = None  # float | bool | int | str | ERROR | None (not constant)
-    node: Expr | None = None
 
 
 @dataclass(frozen=True)
@@ -247,11 +247,6 @@ class PlanBuilder:
 
     # -- code generation --------------------------------------------------------
     def gen(self, e: Expr) -> _Code:
-        code = self._gen(e)
-        code.node = e
-        return code
-
-    def _gen(self, e: Expr) -> _Code:
         if isinstance(e, Number):
             return _const(DOUBLE, e.value)
         if isinstance(e, Int):
@@ -354,12 +349,7 @@ class PlanBuilder:
                 f"operator '{e.op}' compares {lt} with {rt}; both sides must have the same type",
                 e.op_pos,
             )
-        if left.const is not None and right.const is not None and lt != DOUBLE != rt:
-            # int/string/bool constants (and int with int): exact, at compile time
-            if ERROR in (left.const, right.const):
-                return _const(BOOL, ERROR)
-            return _const(BOOL, _compare(e.op, left.const, right.const))
-        return self.apply(BOOL, _BINARY[e.op], [self.as_double(left), self.as_double(right)])
+        return self.binary_codes(e, left, right)
 
     @staticmethod
     def operands_must_be_numbers(e: Binary, left: _Code, right: _Code) -> None:
@@ -407,7 +397,9 @@ class PlanBuilder:
         return result
 
     def binary_codes(self, e: Binary, left: _Code, right: _Code) -> _Code:
+        """An ordering or equality of two checked operands."""
         if left.const is not None and right.const is not None and left.type != DOUBLE != right.type:
+            # int/string/bool constants (and int with int): exact, at compile time
             if ERROR in (left.const, right.const):
                 return _const(BOOL, ERROR)
             return _const(BOOL, _compare(e.op, left.const, right.const))
@@ -472,13 +464,10 @@ class PlanBuilder:
             if len(e.args) != 1 or not isinstance(e.args[0], Str):
                 raise ConditionError('duration() takes one string such as "10m"', e.start)
             inner = e.args[0].value
-            try:
-                lit = parse(inner)
-            except ConditionError:
-                lit = None
-            if not isinstance(lit, DurationLit):
+            parsed = parse_duration(inner)
+            if parsed is None:
                 raise ConditionError(f"{inner!r} is not a duration such as 10m", e.args[0].start)
-            ms = lit.ms
+            ms = parsed
         if ms <= 0:
             raise ConditionError("a window must be longer than 0", e.start)
         return ms

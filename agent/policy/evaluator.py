@@ -54,7 +54,6 @@ __all__ = [
 
 STATE_FORMAT = "edgegov-policy-state/1"
 _I64 = np.int64
-# result code -> condition value for duration kernels is the code itself
 
 
 @dataclass(frozen=True)
@@ -153,17 +152,15 @@ class _Ring:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> _Ring:
-        r = cls()
-        r.ist = np.array(d["ist"], dtype=_I64)
-        r.fst = np.array([float.fromhex(v) for v in d["fst"]], dtype=np.float64)
-        if r.ist.shape != (7,) or r.fst.shape != (2,):
+        ist = np.array(d["ist"], dtype=_I64)
+        fst = np.array([float.fromhex(v) for v in d["fst"]], dtype=np.float64)
+        if ist.shape != (7,) or fst.shape != (2,):
             raise ValueError("bad aggregate state")
-        head, tail, dqh, dqt = (int(v) for v in r.ist[:4])
+        head, tail, dqh, dqt = (int(v) for v in ist[:4])
         if not (0 <= head <= tail and 0 <= dqh <= dqt and tail - head == len(d["t"])):
             raise ValueError("bad aggregate counters")
-        r.ist[:4] = 0
-        r.ist[1] = 0
-        r.reserve(tail - head)
+        r = cls()
+        r.reserve(tail - head)  # the fresh ring is empty: only sizes the buffers
         mask = r.rt.shape[0] - 1
         seq = np.arange(head, tail, dtype=_I64)
         r.rt[seq & mask] = np.array(d["t"], dtype=_I64)
@@ -173,7 +170,7 @@ class _Ring:
         if dqv.shape != dseq.shape or (dqv.size and (dqv.min() < head or dqv.max() >= tail)):
             raise ValueError("bad deque state")
         r.dq[dseq & mask] = dqv
-        r.ist = np.array(d["ist"], dtype=_I64)
+        r.ist, r.fst = ist, fst
         return r
 
 
@@ -196,6 +193,9 @@ class Evaluator:
             np.array([0, 0, 0, 0, _policy_py.NO_TIME], dtype=_I64) for _ in plan.rules
         ]
         self._rule_fst = [np.full(1, np.nan) for _ in plan.rules]
+        # every condition, then the clear conditions, in one evaluate_many call per batch
+        self._programs = [r.condition for r in plan.rules]
+        self._programs += [r.clear for r in plan.rules if r.clear is not None]
 
     # -- evaluation ----------------------------------------------------------------
     def run(
@@ -247,16 +247,13 @@ class Evaluator:
                 cond = self.k.evaluate(plan.duration_programs[d], rows)
                 d += 1
                 self.k.duration_update(ts, cond, out, self._durations[node.row])
-        programs = [r.condition for r in plan.rules]
-        programs += [r.clear for r in plan.rules if r.clear is not None]
-        codes = self.k.evaluate_many(programs, rows) if programs else None
+        codes = self.k.evaluate_many(self._programs, rows)
         nan_row = np.full(n, np.nan)
         ep_s = np.empty(n, dtype=_I64)
         ep_e = np.empty(n, dtype=_I64)
         ep_p = np.empty(n, dtype=np.float64)
         c = len(plan.rules)
         for i, rule in enumerate(plan.rules):
-            assert codes is not None
             cond = codes[i]
             clear = cond
             if rule.clear is not None:
@@ -366,10 +363,3 @@ def mask_invalid(
 
 def _peak(v: float) -> float | None:
     return None if v != v else v
-
-
-def plan_rows(plan: Plan) -> Sequence[str]:
-    """Names of the rows, for diagnostics."""
-    names = [c.name for c in plan.channels] + [f'risk("{m}")' for m in plan.models]
-    names += [n.text for n in plan.derived]
-    return names

@@ -9,22 +9,20 @@ loader. A bundle that loads can still mislead; each of these is a finding:
 * a rule that duplicates an earlier one (same condition, durations, clear);
 * a goal that no rule and no risk model serves;
 * a channel that no rule, measure or model feature uses;
-* a model feature naming a channel the bundle does not declare;
 * a declared risk model that no rule reads with ``risk()`` is *not* a
   finding: models also feed the attestation's risk claim.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from agent.features import parse_feature
 from agent.policy.bundle import PolicyBundle
 from native import _policy_py as _ops
+from native.policy import Program
 
 __all__ = ["Finding", "check_models", "lint"]
-
-_FEATURE_CHANNEL = re.compile(r"\(\s*([_a-zA-Z][_a-zA-Z0-9]*)\s*[,)]")
 
 
 @dataclass(frozen=True)
@@ -37,12 +35,10 @@ class Finding:
         return f"{self.subject}: {self.message}"
 
 
-def _constant(rule_program: object) -> bool | None:
-    ops = getattr(rule_program, "opcodes", None)
-    args = getattr(rule_program, "operands", None)
-    if ops is None or args is None or len(ops) != 1 or int(ops[0]) != _ops.LOAD_BOOL:
+def _constant(program: Program) -> bool | None:
+    if len(program) != 1 or int(program.opcodes[0]) != _ops.LOAD_BOOL:
         return None
-    return bool(args[0])
+    return bool(program.operands[0])
 
 
 def lint(bundle: PolicyBundle) -> list[Finding]:
@@ -95,20 +91,8 @@ def lint(bundle: PolicyBundle) -> list[Finding]:
                     "no rule or risk model serves it, so nothing shows whether it is met",
                 )
             )
-    names = {c.name for c in bundle.channels}
-    features: set[str] = set()
-    for m in bundle.models:
-        for f in m.features:
-            for name in _FEATURE_CHANNEL.findall(f) or [f]:
-                if name not in names:
-                    out.append(
-                        Finding(
-                            "unknown-channel",
-                            f"model {m.id}",
-                            f"feature {f!r} names channel {name!r}, which is not declared",
-                        )
-                    )
-                features.add(name)
+    # (a feature naming an undeclared channel is refused by the loader)
+    features = {parse_feature(f).channel for m in bundle.models for f in m.features}
     for c in bundle.channels:
         if c.name not in bundle.used_channels and c.name not in features:
             out.append(

@@ -7,7 +7,6 @@ what this version supports; precedence and associativity are CEL's::
     ConditionalOr  = [ConditionalOr "||"] ConditionalAnd
     ConditionalAnd = [ConditionalAnd "&&"] Relation
     Relation       = [Relation Relop] Addition
-    Relop          = "<" | "<=" | ">=" | ">" | "==" | "!="
     Addition       = [Addition ("+" | "-")] Multiplication
     Multiplication = [Multiplication ("*" | "/")] Unary
     Relop          = "<" | "<=" | ">=" | ">" | "==" | "!=" | "in"
@@ -53,6 +52,7 @@ __all__ = [
     "Unary",
     "children",
     "parse",
+    "parse_duration",
 ]
 
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
@@ -498,3 +498,12 @@ def parse(text: str) -> Expr:
         ConditionError: with the offset of the offending character.
     """
     return _Parser(text).parse()
+
+
+def parse_duration(text: str) -> int | None:
+    """``text`` as one duration literal (``500ms``, ``10m``) in ms; None if it is not one."""
+    try:
+        e = parse(text)
+    except ConditionError:
+        return None
+    return e.ms if isinstance(e, DurationLit) else None

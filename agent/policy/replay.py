@@ -108,6 +108,9 @@ def read_readings(
                         f"{label}:1: unknown column {h!r}; channels: {', '.join(names)}"
                     )
             idx = {h: i for i, h in enumerate(header)}
+            t_col = idx["timestamp"]
+            chan_cols = [idx.get(n) for n in names]  # None: not in the file, missing
+            risk_cols = [idx.get(f"risk:{m}") for m in models]
             ts: list[int] = []
             rows: list[list[float]] = []
             risk: list[list[float]] = []
@@ -119,14 +122,9 @@ def read_readings(
                 if len(ts) >= MAX_ROWS:
                     raise PolicyError(f"{label}: more than {MAX_ROWS} rows")
                 where = f"{label}:{line}"
-                ts.append(_time(rec[idx["timestamp"]], where))
-                rows.append([_value(rec[idx[n]], where) if n in idx else math.nan for n in names])
-                risk.append(
-                    [
-                        _value(rec[idx[f"risk:{m}"]], where) if f"risk:{m}" in idx else math.nan
-                        for m in models
-                    ]
-                )
+                ts.append(_time(rec[t_col], where))
+                rows.append([math.nan if i is None else _value(rec[i], where) for i in chan_cols])
+                risk.append([math.nan if i is None else _value(rec[i], where) for i in risk_cols])
     except OSError as e:
         raise PolicyError(f"{label}: cannot read: {e.strerror or e}") from e
     except (UnicodeDecodeError, csv.Error) as e:

@@ -172,6 +172,16 @@ class FramedSource(PortSource):
         cmd = Frame(self._cmd_seq, now_ms(), Command(CommandCode.SEND_HELLO))
         ser.write(encode_frame(cmd))
 
+    def _ask_hello_again(self) -> None:
+        """Request HELLO, unless a request went out less than _HELLO_RETRY_S ago."""
+        if time.monotonic() - self._hello_requested > _HELLO_RETRY_S:
+            self._request_hello()
+
+    def _before_hello(self, n: int) -> None:
+        """*n* samples arrived before any HELLO: counted, not used; ask for the schema."""
+        self.ledger.add("data_before_hello", n)
+        self._ask_hello_again()
+
     # -- sequence numbers --------------------------------------------------------------
     def _track(self, seq: int, hello: bool) -> bool:
         """Judge one frame's seq; False if it is a duplicate (drop it)."""
@@ -208,15 +218,12 @@ class FramedSource(PortSource):
         if isinstance(body, Hello):
             self._on_hello(body)
         elif isinstance(body, Data) and self._map is None:
-            self.ledger.add("data_before_hello", body.n_samples)
-            if time.monotonic() - self._hello_requested > _HELLO_RETRY_S:
-                self._request_hello()
+            self._before_hello(body.n_samples)
         elif isinstance(body, Data):
             # DATA whose channel count is not the announced schema's: never guess.
             self.ledger.add("schema_mismatch_samples", body.n_samples)
             self.ledger.problem("DATA does not match the channels announced in HELLO")
-            if time.monotonic() - self._hello_requested > _HELLO_RETRY_S:
-                self._request_hello()
+            self._ask_hello_again()
 
     def _on_hello(self, hello: Hello) -> None:
         names = [c.name for c in hello.channels]
@@ -264,9 +271,7 @@ class FramedSource(PortSource):
         if not n:
             return
         if self._map is None:
-            self.ledger.add("data_before_hello", n)
-            if time.monotonic() - self._hello_requested > _HELLO_RETRY_S:
-                self._request_hello()
+            self._before_hello(n)
             return
         if self._quarantine is not None:
             self.ledger.add("quarantined", n)

@@ -113,11 +113,6 @@ class QualityLedger:
                 self._close_interval(self._offline_since, now_ms)
                 self._offline_since = None
 
-    @property
-    def is_offline(self) -> bool:
-        with self._lock:
-            return self._offline_since is not None
-
     def problem(self, reason: str) -> None:
         """Something that makes this window's evidence weaker (listed once per window)."""
         with self._lock:

@@ -1,9 +1,8 @@
 """Code shared by the training scripts in configs/models (not a model of its own).
 
-* :func:`feature_columns` / :func:`compute_features`: a model's feature specs (the agent's
-  feature language, see ``agent/features.py``) turned into the op arrays of
-  ``native.features.window_features`` and evaluated with it, so a training script computes
-  its inputs with the very function the agent scores with;
+* the inputs themselves come from ``agent.features.FeaturePlan`` (spec parsing and
+  ``native.features.window_features``), so a training script computes them with the very
+  code the agent scores with;
 * :func:`feature_ranges`: the per-input training ranges stored as ONNX metadata
   ``feature_ranges`` (the agent flags a window whose inputs leave them);
 * :class:`Params`, :func:`train_mlp`, :func:`forward`: the one-hidden-layer tanh MLP with
@@ -20,8 +19,7 @@ imported, use fixed seeds and fix the ONNX IR version and opset.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
@@ -31,14 +29,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from native import features as native_features
-
 __all__ = [
     "IR_VERSION",
     "OPSET",
     "Params",
-    "compute_features",
-    "feature_columns",
     "feature_ranges",
     "forward",
     "mlp_to_onnx",
@@ -52,113 +46,8 @@ OPSET = 17
 IR_VERSION = 8
 RANGE_DECIMALS = 5
 
-_AGGREGATES = {
-    "mean": native_features.F_MEAN,
-    "min": native_features.F_MIN,
-    "max": native_features.F_MAX,
-    "stddev": native_features.F_STDDEV,
-    "count": native_features.F_COUNT,
-    "rate": native_features.F_RATE,
-    "delta": native_features.F_DELTA,
-    "completeness": native_features.F_COMPLETENESS,
-}
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_SPEC_RE = re.compile(
-    r"(?P<agg>[a-z_]+)\(\s*(?P<channel>[A-Za-z_][A-Za-z0-9_]*)\s*(?:,\s*(?P<arg>[^()]*?)\s*)?\)"
-)
-_DURATION_RE = re.compile(r"(?P<n>[0-9]+)(?P<unit>ms|s|m|h|d)")
-
 
 # --- features ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FeatureColumns:
-    """The ``window_features`` op arrays of a list of specs, one entry per model input."""
-
-    names: tuple[str, ...]  # input names, lags expanded: "lag(t, 3)[0]", ...
-    chan: np.ndarray  # int32
-    op: np.ndarray  # int32
-    dur_ms: np.ndarray  # int64
-    arg: np.ndarray  # int32
-
-
-def feature_columns(specs: Sequence[str], channels: Mapping[str, int]) -> FeatureColumns:
-    """Map feature specs to ``(chan, op, dur_ms, arg)`` arrays, expanding ``lag(c, K)``.
-
-    ``AGG(c)`` is the aggregate over the window's own readings, ``AGG(c, DUR)`` over the
-    trailing ``DUR`` at the window's last reading, ``lag(c, K)`` the K most recent valid
-    readings (K inputs, most recent first); ``channels`` gives the row of each channel.
-    """
-    names: list[str] = []
-    chan: list[int] = []
-    op: list[int] = []
-    dur: list[int] = []
-    arg: list[int] = []
-    for spec in specs:
-        m = _SPEC_RE.fullmatch(spec.strip())
-        if m is None:
-            raise ValueError(f"feature {spec!r} is not AGG(channel[, DUR]) or lag(channel, K)")
-        agg, channel, extra = m["agg"], m["channel"], m["arg"]
-        if channel not in channels:
-            raise ValueError(f"feature {spec!r}: unknown channel {channel!r}")
-        row = channels[channel]
-        if agg == "lag":
-            if extra is None or not extra.isdigit() or int(extra) < 1:
-                raise ValueError(f"feature {spec!r}: lag needs a count K >= 1")
-            for k in range(int(extra)):
-                names.append(f"{spec}[{k}]")
-                chan.append(row)
-                op.append(native_features.F_LAG)
-                dur.append(0)
-                arg.append(k)
-            continue
-        if agg not in _AGGREGATES:
-            raise ValueError(f"feature {spec!r}: unknown aggregate {agg!r}")
-        ms = 0
-        if extra is not None:
-            d = _DURATION_RE.fullmatch(extra)
-            if d is None or int(d["n"]) == 0:
-                raise ValueError(f"feature {spec!r}: {extra!r} is not a duration like 30s, 5m")
-            ms = int(d["n"]) * _UNIT_MS[d["unit"]]
-        names.append(spec)
-        chan.append(row)
-        op.append(_AGGREGATES[agg])
-        dur.append(ms)
-        arg.append(0)
-    return FeatureColumns(
-        names=tuple(names),
-        chan=np.array(chan, dtype=np.int32),
-        op=np.array(op, dtype=np.int32),
-        dur_ms=np.array(dur, dtype=np.int64),
-        arg=np.array(arg, dtype=np.int32),
-    )
-
-
-def compute_features(
-    columns: FeatureColumns,
-    ts: np.ndarray,
-    cols: np.ndarray,
-    lo: np.ndarray,
-    hi: np.ndarray,
-) -> np.ndarray:
-    """Inputs of the windows ``[lo[w], hi[w])``: float32 (W, inputs), via window_features.
-
-    ``ts`` int64 ms (non-decreasing), ``cols`` float64 (channels, n) with NaN = missing.
-    """
-    out = np.empty((len(lo), len(columns.names)), dtype=np.float32)
-    native_features.window_features(
-        np.ascontiguousarray(ts, dtype=np.int64),
-        np.ascontiguousarray(cols, dtype=np.float64),
-        np.ascontiguousarray(lo, dtype=np.int64),
-        np.ascontiguousarray(hi, dtype=np.int64),
-        columns.chan,
-        columns.op,
-        columns.dur_ms,
-        columns.arg,
-        out,
-    )
-    return out
 
 
 def feature_ranges(x: np.ndarray, decimals: int = RANGE_DECIMALS) -> list[list[float]]:

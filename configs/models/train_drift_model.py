@@ -53,15 +53,13 @@ from pathlib import Path
 
 import numpy as np
 
-# _training.py sits next to this file; native (the agent's feature code) at the repo root.
+# _training.py sits next to this file; agent (the agent's feature code) at the repo root.
 for _path in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[2]):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
 from _training import (  # noqa: E402
     Params,
-    compute_features,
-    feature_columns,
     feature_ranges,
     forward,
     mlp_to_onnx,
@@ -69,6 +67,8 @@ from _training import (  # noqa: E402
     perturbation_check,
     train_mlp,
 )
+
+from agent.features import FeaturePlan  # noqa: E402
 
 MODEL_ID = "drift-anomaly"
 MODEL_VERSION = 1
@@ -227,14 +227,12 @@ def windows(traces: Traces, specs: tuple[str, ...] = FEATURES) -> Dataset:
     going on and has been for at least ``DRIFT_MIN_AGE_S`` s. The first 2 minutes of a drift,
     drifts slower than 0.1 degC/min and a drift that has stopped are 0.
     """
-    columns = feature_columns(specs, CHANNELS)
+    plan = FeaturePlan(specs, CHANNELS)
     n_traces, n = traces.temp.shape
     ts = np.arange(n, dtype=np.int64) * 1000 // SAMPLE_HZ
     hi = WINDOW_ENDS_S.astype(np.int64) * SAMPLE_HZ
     lo = hi - WINDOW
-    x = np.concatenate(
-        [compute_features(columns, ts, traces.temp[i : i + 1], lo, hi) for i in range(n_traces)]
-    )
+    x = np.concatenate([plan.compute(ts, traces.temp[i : i + 1], lo, hi) for i in range(n_traces)])
     t_end = (hi - 1).astype(np.float64) / SAMPLE_HZ  # time of the window's last reading
     since = t_end[None, :] - traces.onset[:, None]
     active = (since >= 0.0) & (since < traces.length[:, None])
@@ -384,12 +382,12 @@ def evaluate(model_bytes: bytes, p: Params, test: Dataset) -> list[str]:
 def ablation(train_traces: Traces, held_out: list[Traces]) -> list[str]:
     """Held-out P/R/F1 at the threshold for variants of the feature list (numpy scoring)."""
     specs = FEATURES + CANDIDATES
-    names = feature_columns(specs, CHANNELS).names
+    names = FeaturePlan(specs, CHANNELS).inputs
     full = windows(train_traces, specs)
     held = [windows(traces, specs) for traces in held_out]
 
     def cols(feature_specs: tuple[str, ...]) -> list[int]:
-        wanted = feature_columns(feature_specs, CHANNELS).names
+        wanted = FeaturePlan(feature_specs, CHANNELS).inputs
         return [names.index(w) for w in wanted]
 
     variants = {

@@ -51,15 +51,13 @@ from pathlib import Path
 
 import numpy as np
 
-# _training.py sits next to this file; native (the agent's feature code) at the repo root.
+# _training.py sits next to this file; agent (the agent's feature code) at the repo root.
 for _path in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[2]):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
 from _training import (  # noqa: E402
     Params,
-    compute_features,
-    feature_columns,
     feature_ranges,
     forward,
     mlp_to_onnx,
@@ -67,6 +65,8 @@ from _training import (  # noqa: E402
     report,
     train_mlp,
 )
+
+from agent.features import FeaturePlan  # noqa: E402
 
 MODEL_ID = "excursion-risk"
 MODEL_VERSION = 1
@@ -180,7 +180,7 @@ class Dataset:
 def windows(temp: np.ndarray, hum: np.ndarray, kinds: np.ndarray) -> Dataset:
     """Cut traces into 5 s windows; features per window, label from the next 60 s.
 
-    The features are exactly those ``agent.risk.compute_features`` computes: NaN readings
+    The features are exactly those ``agent.features.FeaturePlan.compute`` computes: NaN readings
     are ignored and ``stddev`` is the population standard deviation (ddof=0).
     """
     n_traces = temp.shape[0]
@@ -233,13 +233,12 @@ def agent_features(temp: np.ndarray, hum: np.ndarray) -> np.ndarray:
     Same windows as :func:`windows` (the first ``WINDOWS_PER_TRACE - HORIZON_WINDOWS`` of
     each trace), float32 (windows, len(FEATURES)).
     """
-    columns = feature_columns(FEATURES, CHANNELS)
+    plan = FeaturePlan(FEATURES, CHANNELS)
     n = temp.shape[1]
     ts = np.arange(n, dtype=np.int64) * 1000 // SAMPLE_HZ
     lo = np.arange(WINDOWS_PER_TRACE - HORIZON_WINDOWS, dtype=np.int64) * WINDOW
     parts = [
-        compute_features(columns, ts, np.stack([temp[i], hum[i]]), lo, lo + WINDOW)
-        for i in range(temp.shape[0])
+        plan.compute(ts, np.stack([temp[i], hum[i]]), lo, lo + WINDOW) for i in range(temp.shape[0])
     ]
     return np.concatenate(parts)
 
