@@ -16,7 +16,7 @@ device:
   id: {device_id}
   key: keys/device.key            # private key, mode 0600; never share it
 fleet: my-fleet
-policy: policies/cold-chain.yaml  # copy one from configs/policies/ and adapt it
+policy: policies/cold-chain.yaml  # copy one from configs/policies/, with the models/ it names
 state_dir: state                  # evidence store and outbox (SQLite, WAL)
 sources:
   - port: /dev/ttyUSB0

@@ -32,7 +32,6 @@ from agent.attestation import RiskResult
 from agent.errors import ModelError
 from agent.features import FeaturePlan, History, parse_feature
 from agent.leaves import records_to_columns
-from agent.policy.evaluator import mask_invalid
 
 if TYPE_CHECKING:
     from agent.policy.bundle import ModelRef, PolicyBundle
@@ -461,6 +460,11 @@ class RiskEngine:
             keep_rows=4 * lags + 16 if lags else 0,
         )
 
+    @property
+    def lookback(self) -> tuple[int, int]:
+        """(ms, readings) the features reach back before a window: what :meth:`prime` needs."""
+        return self.history.keep_ms, self.history.keep_rows
+
     def prime(self, records: Sequence[bytes], bundle: PolicyBundle) -> None:
         """Fill the history from stored reading records (after a start, a switch, a replay).
 
@@ -470,7 +474,7 @@ class RiskEngine:
         if not records:
             return
         ts, cols = records_to_columns(records, len(bundle.channels))
-        mask_invalid(bundle.plan.channels if bundle.plan else (), cols)
+        bundle.mask_invalid(cols)
         self.history.append(ts, cols)
         self.history.trim()
 

@@ -9,7 +9,6 @@ and exit 0; SIGHUP reloads the policy (the last good one stays on error).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from agent.errors import Error, KeyFileError, ModelError, StorageError
 from agent.fleet_ca import load_x5chain
 from agent.keys import Signer, load_signer
 from agent.policy import PolicyBundle, load_policy
-from agent.policy.evaluator import BatchResult, Evaluator, mask_invalid
+from agent.policy.evaluator import BatchResult, Evaluator, state_digest
 from agent.risk import RiskEngine, RiskModel, load_declared
 from agent.sources import PortSource, make_source, sum_counters, window_problems
 from agent.store import EvidenceStore, OutboxItem
@@ -141,19 +140,19 @@ class Agent:
                 models.append(load_declared(ref, self.config.providers, self.config.risk_threads))
             except ModelError as e:
                 log.error("%s; continuing with the rules alone (evidence marked degraded)", e)
-                problems.append(f"model {ref.id} refused: {e}")
+                problems.append(
+                    f"model {ref.id} refused: {str(e).removeprefix(f'model {ref.id}: ')}"
+                )
         return models, problems
 
     def _use_models(self, bundle: PolicyBundle) -> None:
         """Load ``bundle``'s models and give their features the stored recent readings."""
         self.models, self._model_problems = self._load_models(bundle)
         self.risk = RiskEngine(self.models, [c.name for c in bundle.channels])
-        h = self.risk.history
-        if h.keep_ms or h.keep_rows:
-            try:
-                self.risk.prime(self.store.records_before(None, h.keep_ms, h.keep_rows), bundle)
-            except (StorageError, ValueError) as e:
-                log.warning("recent readings not read back for the risk features: %s", e)
+        try:
+            self.risk.prime(self.store.records_before(None, *self.risk.lookback), bundle)
+        except (StorageError, ValueError) as e:
+            log.warning("recent readings not read back for the risk features: %s", e)
 
     @property
     def _policy_state_path(self) -> Path:
@@ -171,7 +170,7 @@ class Agent:
         except (OSError, ValueError, Error) as e:
             log.warning("policy state in %s not used (%s); windows and durations start empty",
                         path, e)  # fmt: skip
-        self._state_in = hashlib.sha256(ev.state_json().encode()).hexdigest()
+        self._state_in = ev.state_digest()
         return ev
 
     def _save_policy_state(self) -> str:
@@ -184,7 +183,7 @@ class Agent:
             os.replace(tmp, path)
         except OSError as e:
             log.error("cannot save the policy state to %s: %s", path, e)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return state_digest(text)
 
     def _make_publisher(self) -> Publisher:
         cfg = self.config
@@ -342,7 +341,7 @@ class Agent:
         masked = []
         for w in windows:
             cols = w.columns  # a copy: masked in place
-            _missing, oor = mask_invalid(p.plan.channels if p.plan else (), cols)
+            _missing, oor = p.mask_invalid(cols)
             masked.append((cols, sum(oor.values())))
         risks = self.risk.score([(w.timestamps, cols) for w, (cols, _) in zip(windows, masked)])
         for w, (cols, out_of_range), risk in zip(windows, masked, risks):
@@ -360,8 +359,7 @@ class Agent:
             health = {**health, "readings_out_of_range": out_of_range}
         if self._shed:
             health = {**health, "readings_shed": self._shed}
-        episodes = [[(e.start_ms, e.end_ms, e.peak) for e in eps] for eps in batch.episodes]
-        rules = summarise_rules([r.id for r in p.rules], batch.codes, window.timestamps, episodes)
+        rules = summarise_rules([r.id for r in p.rules], batch, window.timestamps)
         for r in rules:
             if r.violated:
                 self.stats.violations[r.rule_id] = self.stats.violations.get(r.rule_id, 0) + 1

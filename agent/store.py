@@ -289,6 +289,8 @@ def records_before(
     records, in log order: a superset of what :class:`agent.features.History` keeps.
     Shed or pruned records are simply not there.
     """
+    if not keep_ms and not keep_rows:
+        return []
     bound = seq if seq is not None else (1 << 62)
     row = db.execute(
         "SELECT idx, record FROM readings WHERE seq < ? ORDER BY idx DESC LIMIT 1", (bound,)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from agent.attestation import RuleEpisode, RuleResult
+
+if TYPE_CHECKING:
+    from agent.policy.evaluator import BatchResult
 
 __all__ = ["Reading", "Window", "summarise_rules"]
 
@@ -71,17 +74,15 @@ class Window:
 
 
 def summarise_rules(
-    rule_ids: Sequence[str],
-    results: np.ndarray,
-    timestamps: np.ndarray,
-    episodes: Sequence[Sequence[tuple[int, int | None, float | None]]] | None = None,
+    rule_ids: Sequence[str], batch: BatchResult, timestamps: np.ndarray
 ) -> tuple[RuleResult, ...]:
-    """Per-rule counts from the evaluator's (n_rules, n) uint8 results.
+    """Per-rule counts from the evaluator's result for one window.
 
-    Each result is 1 (condition holds), 0 (violated) or 2 (not evaluable).
-    ``episodes``: per rule, the violation episodes (start_ms, end_ms or None
-    while open, peak) that the evaluator reported for this window.
+    ``batch.codes`` is (n_rules, n) uint8: 1 (condition holds), 0 (violated) or 2 (not
+    evaluable); ``batch.episodes`` per rule, the violation episodes (start_ms, end_ms or
+    None while open, peak) that the evaluator reported for this window.
     """
+    results, episodes = batch.codes, batch.episodes
     out = []
     for i, rule_id in enumerate(rule_ids):
         row = results[i] if results.size else np.empty(0, dtype=np.uint8)
@@ -89,7 +90,7 @@ def summarise_rules(
         errors = int(np.count_nonzero(row == 2))
         first = int(timestamps[violated_at[0]]) if violated_at.size else None
         last = int(timestamps[violated_at[-1]]) if violated_at.size else None
-        eps = tuple(RuleEpisode(*e) for e in episodes[i]) if episodes else ()
+        eps = tuple(RuleEpisode(e.start_ms, e.end_ms, e.peak) for e in episodes[i])
         out.append(
             RuleResult(
                 rule_id, int(row.size) - errors, int(violated_at.size), errors, first, last, eps

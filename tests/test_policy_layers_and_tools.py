@@ -305,6 +305,25 @@ def test_policy_eval_rejects_a_bad_recording(tmp_path: Path, run_cli) -> None:
     assert "unknown column 'temprature'" in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # a model's scores need the risk: prefix; the bare id is not silently dropped
+        ("timestamp,near-miss\n0,0.5\n", ":1: unknown column 'near-miss'"),
+        ("timestamp,speed,speed\n0,1,2\n", ":1: column 'speed' appears twice"),
+        # the line named is the file's, blank lines included
+        ("timestamp,speed\n0,1\n\n\n2000,1\n1000,1\n", ":6: timestamps go backwards"),
+    ],
+)
+def test_policy_eval_names_the_line_and_column_at_fault(
+    tmp_path: Path, run_cli, text: str, message: str
+) -> None:
+    csv = tmp_path / "bad.csv"
+    csv.write_text(text)
+    r = run_cli("policy", "eval", str(EXAMPLES / "machine-zone.yaml"), "--readings", str(csv))
+    assert r.returncode == 2 and f"{csv}{message}" in r.stderr, r.stderr
+
+
 def test_replay_of_cold_chain_explains_a_reportable_excursion(tmp_path: Path) -> None:
     bundle = load_policy(EXAMPLES / "cold-chain.yaml")
     rows = ["timestamp,temperature,humidity,door"]

@@ -242,3 +242,28 @@ def test_a_model_failing_at_run_time_costs_its_score_not_the_rules_nor_any_windo
     res = replay(tmp_path / "state" / "evidence.sqlite", load_policy(
         tmp_path / "policies" / "cold-chain.yaml"), trust(tmp_path), [5])  # fmt: skip
     assert res.ok and res.windows[-1].risk[0].score is None
+
+
+def test_windows_scored_without_a_refused_model_replay_without_it(tmp_path: Path) -> None:
+    """The model file was missing for the first windows (refused, rules alone), then put
+    back: replay, with the file present, scores only the windows the agent scored."""
+    cfg = make_site(tmp_path)
+    model = tmp_path / "models" / "trend.onnx"
+    kept = model.read_bytes()
+    model.unlink()
+    agent = Agent(load_config(cfg))
+    try:
+        assert agent.models == []
+        feed(agent, 0, 5)
+    finally:
+        agent.store.close()
+    model.write_bytes(kept)
+    agent = Agent(load_config(cfg))
+    try:
+        feed(agent, 5, 5)
+    finally:
+        agent.store.close()
+    bundle = load_policy(tmp_path / "policies" / "cold-chain.yaml")
+    res = replay(tmp_path / "state" / "evidence.sqlite", bundle, trust(tmp_path), range(10))
+    assert res.ok, res.text()
+    assert [len(w.risk) for w in res.windows] == [0] * 5 + [1] * 5

@@ -54,6 +54,25 @@ def test_device_certificates_from_the_fleet_ca_are_trusted_via_x5chain(tmp_path,
     assert {f.kind for f in res.findings} == {"CERTIFICATE"}
 
 
+def test_a_certificate_expired_when_the_attestation_was_issued_is_refused_everywhere(
+    tmp_path, fleet
+):
+    """verify makes it a finding; prove and replay (TrustStore.evidence) refuse it too."""
+    import time
+
+    from agent.audit.trust import CertificateError
+
+    ca_dir, dev, _ = fleet
+    cert = issue_certificate(ca_dir, make_csr(dev, "gw-1"), days=0)  # ends now
+    time.sleep(1.5)  # whole seconds: iat is now after not_valid_after
+    msgs = make_stream(tmp_path / "e.sqlite", dev, x5chain=(_der(cert),), windows=1)
+    trust = _trust(tmp_path, fleet_ca=[str(ca_dir / "ca.pem")])
+    res = verify_paths([write(tmp_path / "f", msgs)], trust)
+    assert {f.kind for f in res.findings} == {"CERTIFICATE"}
+    with pytest.raises(CertificateError, match="is not valid at iat"):
+        trust.evidence(msgs[0])
+
+
 def test_a_certificate_binds_its_key_to_one_device(tmp_path, fleet):
     ca_dir, dev, cert = fleet
     msgs = make_stream(tmp_path / "e.sqlite", dev, device="gw-9", x5chain=(_der(cert),))

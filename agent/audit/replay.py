@@ -26,7 +26,6 @@ reading changes the Merkle root; a tampered attestation fails its signature.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,7 +41,6 @@ from agent.errors import Error, ModelError, VerificationError
 from agent.leaves import record_leaf_hashes, records_to_columns
 from agent.merkle import CompactRange
 from agent.policy import PolicyBundle
-from agent.policy.evaluator import mask_invalid
 from agent.risk import RiskEngine, RiskModel, load_declared
 from agent.store import records_before
 from agent.window import summarise_rules
@@ -323,7 +321,7 @@ def _window_input(
                 "(altered or reordered readings)"
             )
     ts, cols = records_to_columns(records, len(bundle.channels))
-    mask_invalid(bundle.plan.channels if bundle.plan else (), cols)
+    bundle.mask_invalid(cols)
     return ts, cols, problems
 
 
@@ -392,14 +390,12 @@ def replay(
                 raise Error(f"seq {s} is not in {store_path} (it holds seq {first} to {last})")
         cache: dict[int, tuple[_Row, Evidence]] = {}
         evaluator = bundle.evaluator()
-        fresh = hashlib.sha256(evaluator.state_json().encode()).hexdigest()
+        fresh = evaluator.state_digest()
         start = _start(store, targets[0], bundle, trust, cache, fresh)
         first_ev = cache[start][1]
         models = _load_models(bundle, providers)
         engine = RiskEngine(models, [c.name for c in bundle.channels])
-        h = engine.history
-        if h.keep_ms or h.keep_rows:
-            engine.prime(records_before(store.db, start, h.keep_ms, h.keep_rows), bundle)
+        engine.prime(records_before(store.db, start, *engine.lookback), bundle)
         wanted = set(targets)
         windows: list[WindowReplay] = []
         replayed = range(start, targets[-1] + 1)
@@ -414,12 +410,12 @@ def replay(
                 inputs.append((row, ev, *_window_input(store, row, ev, bundle)))
             risks = engine.score([(ts, cols) for _row, _ev, ts, cols, _p in inputs])
             for (row, ev, ts, cols, problems), risk in zip(inputs, risks):
-                state_ok = hashlib.sha256(evaluator.state_json().encode()).hexdigest() == (
-                    ev.config.state_in
-                )
+                state_ok = evaluator.state_digest() == ev.config.state_in
+                # a model the agent had refused (no result in the attestation) did not run
+                ran = {r.model_id for r in ev.risk}
+                risk = tuple(r for r in risk if r.model_id in ran)
                 batch = evaluator.run(ts, cols, {r.model_id: r.score for r in risk})
-                episodes = [[(e.start_ms, e.end_ms, e.peak) for e in eps] for eps in batch.episodes]
-                rules = summarise_rules([r.id for r in bundle.rules], batch.codes, ts, episodes)
+                rules = summarise_rules([r.id for r in bundle.rules], batch, ts)
                 w = WindowReplay(
                     row.seq, row.start_ms, row.end_ms, len(ts), row.seq in wanted, state_ok,
                     list(rules), list(risk), list(problems),

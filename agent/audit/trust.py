@@ -134,6 +134,7 @@ class TrustStore:
         ev = parse_claims(msg.claims())
         if key.device is not None and key.device != ev.device_id:
             raise VerificationError(f"attestation of {ev.device_id} signed by {key.device}'s key")
+        self.check_validity(msg, ev.issued_at)
         return ev
 
     def _from_chain(self, msg: Sign1) -> TrustedKey:

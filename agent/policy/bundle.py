@@ -52,7 +52,7 @@ import yaml
 from agent.errors import ModelError, PolicyError, PolicySyntaxError
 from agent.features import parse_feature
 from agent.policy.compiler import DurationNode, PlanBuilder, offset_to_line_col
-from agent.policy.evaluator import ChannelSpec, Evaluator, Plan, RuleSpec
+from agent.policy.evaluator import ChannelSpec, Evaluator, Plan, RuleSpec, mask_invalid
 from agent.policy.layering import check_override
 from agent.policy.parser import RESERVED, ConditionError, parse_duration
 from native import _policy_py as _ops
@@ -195,6 +195,14 @@ class PolicyBundle:
         """A fresh stateful evaluator for this bundle."""
         assert self.plan is not None
         return Evaluator(self.plan)
+
+    def mask_invalid(
+        self, columns: npt.NDArray[np.float64]
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Set readings outside their channel's valid range to NaN, in place (see
+        :func:`agent.policy.evaluator.mask_invalid`); returns (missing, out_of_range)."""
+        assert self.plan is not None
+        return mask_invalid(self.plan.channels, columns)
 
     def channel_index(self, name: str) -> int:
         """Row of channel ``name`` in the ``columns`` input; KeyError if undeclared."""

@@ -27,6 +27,7 @@ refused for another plan).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,7 @@ __all__ = [
     "Plan",
     "RuleSpec",
     "mask_invalid",
+    "state_digest",
 ]
 
 STATE_FORMAT = "edgegov-policy-state/1"
@@ -298,6 +300,10 @@ class Evaluator:
             },
         }
 
+    def state_digest(self) -> str:
+        """SHA-256 (hex) of :meth:`state_json`: claim -70001/5 key 9."""
+        return state_digest(self.state_json())
+
     def state_json(self) -> str:
         """:meth:`state` as canonical JSON (sorted keys, no spaces): what is saved and what
         the attestation's state digest (claim -70001/5 key 9) hashes."""
@@ -331,6 +337,11 @@ class Evaluator:
             raise PolicyError("policy state does not match the plan's derived rows")
         self._rings, self._durations = rings, durs
         self._rule_ist, self._rule_fst = ists, fsts
+
+
+def state_digest(state_json: str) -> str:
+    """SHA-256 (hex) of an evaluator state's canonical JSON (:meth:`Evaluator.state_json`)."""
+    return hashlib.sha256(state_json.encode()).hexdigest()
 
 
 def mask_invalid(

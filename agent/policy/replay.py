@@ -102,16 +102,21 @@ def read_readings(
             header = [h.strip() for h in header]
             if "timestamp" not in header:
                 raise PolicyError(f"{label}:1: no 'timestamp' column")
-            for h in header:
-                if h != "timestamp" and h not in names and h.removeprefix("risk:") not in models:
+            known = {"timestamp", *names, *(f"risk:{m}" for m in models)}
+            for k, h in enumerate(header):
+                if h not in known:
                     raise PolicyError(
                         f"{label}:1: unknown column {h!r}; channels: {', '.join(names)}"
+                        + "".join(f", risk:{m}" for m in models)
                     )
+                if h in header[:k]:
+                    raise PolicyError(f"{label}:1: column {h!r} appears twice")
             idx = {h: i for i, h in enumerate(header)}
             t_col = idx["timestamp"]
             chan_cols = [idx.get(n) for n in names]  # None: not in the file, missing
             risk_cols = [idx.get(f"risk:{m}") for m in models]
             ts: list[int] = []
+            lines: list[int] = []  # file line of each row (blank lines are skipped)
             rows: list[list[float]] = []
             risk: list[list[float]] = []
             for line, rec in enumerate(reader, start=2):
@@ -123,6 +128,7 @@ def read_readings(
                     raise PolicyError(f"{label}: more than {MAX_ROWS} rows")
                 where = f"{label}:{line}"
                 ts.append(_time(rec[t_col], where))
+                lines.append(line)
                 rows.append([math.nan if i is None else _value(rec[i], where) for i in chan_cols])
                 risk.append([math.nan if i is None else _value(rec[i], where) for i in risk_cols])
     except OSError as e:
@@ -131,7 +137,7 @@ def read_readings(
         raise PolicyError(f"{label}: not a readable CSV file: {e}") from e
     t = np.array(ts, dtype=np.int64)
     if t.size and np.any(np.diff(t) < 0):
-        bad = int(np.flatnonzero(np.diff(t) < 0)[0]) + 3
+        bad = lines[int(np.flatnonzero(np.diff(t) < 0)[0]) + 1]
         raise PolicyError(f"{label}:{bad}: timestamps go backwards")
     cols = np.array(rows, dtype=np.float64).reshape(len(rows), len(names)).T.copy()
     scores = np.array(risk, dtype=np.float64).reshape(len(risk), len(models)).T
