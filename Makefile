@@ -65,4 +65,4 @@ $(ORACLE)/.installed:
 	@touch $@
 
 clean:
-	rm -rf $(VENV) $(ORACLE) build *.egg-info native/*.c native/*.so demo-out
+	rm -rf $(VENV) $(ORACLE) build dist *.egg-info native/*.c native/*.so demo-out

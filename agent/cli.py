@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.errors import Error
+from agent.logs import FORMATS as LOG_FORMATS
+from agent.logs import LEVELS as LOG_LEVELS
 
 if TYPE_CHECKING:  # the commands import what they use, when they run
     from agent.audit.trust import TrustStore
     from agent.audit.verify import AuditResult
+    from agent.mqtt_tls import TlsFiles
 
 __all__ = ["main"]
 
@@ -34,6 +37,27 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     )
 
 
+def _cmd_doctor(a: argparse.Namespace) -> int:
+    from agent.doctor import diagnose
+
+    d = diagnose()
+    print(json.dumps(d.to_json(), indent=2) if a.json else d.format())
+    return 1 if d.findings else 0
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the version, then which native modules are compiled (and why not)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from native import format_native_status
+
+        print(f"edgegov {__version__}\n{format_native_status()}")
+        parser.exit()
+
+
 def _cmd_init(a: argparse.Namespace) -> int:
     from agent.init import init_device
 
@@ -43,16 +67,24 @@ def _cmd_init(a: argparse.Namespace) -> int:
 
 def _cmd_run(a: argparse.Namespace) -> int:
     from agent.config import load_config
+    from agent.logs import configure, set_level
     from agent.runner import Agent
+    from agent.service import Notifier
 
-    logging.basicConfig(
-        level=logging.DEBUG if a.verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    agent = Agent(load_config(a.config))
+    level = a.log_level or ("debug" if a.verbose else None)
+    configure(level or "info", a.log_format)
+    notifier = Notifier.from_env()  # systemd Type=notify (NOTIFY_SOCKET); else a no-op
+    try:
+        config = load_config(a.config)
+        if level is None and config.log_level is not None:
+            set_level(config.log_level)  # --log-level wins over the file's log.level
+        agent = Agent(config, notifier)
+    except Error as e:
+        notifier.status(f"failed to start: {e}")  # systemctl status shows why
+        raise
     agent.install_signal_handlers()
     agent.run()
+    notifier.close()
     return 0
 
 
@@ -62,16 +94,52 @@ def _cmd_emulate(a: argparse.Namespace) -> int:
     return emulate_main(a.rest)
 
 
+def _cmd_status(a: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.local_status import Thresholds, local_status
+
+    st = local_status(load_config(a.config), Thresholds(a.max_lag, a.max_outbox_age))
+    print(json.dumps(st.to_json(), indent=2) if a.json else st.text())
+    return 0 if st.ok else 1
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds, >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return v
+
+
 def _cmd_policy_check(a: argparse.Namespace) -> int:
+    """Each file in turn (one that fails to load does not stop the others): exit 2 if any
+    failed to load, else 1 if any has findings."""
+    codes = []
+    for file in a.files:
+        try:
+            codes.append(_policy_check_one(file, a.json))
+        except Error as e:
+            if a.json:
+                print(json.dumps({"file": file, "error": str(e)}), flush=True)
+            print(f"edgegov: error: {e}", file=sys.stderr, flush=True)
+            codes.append(e.exit_code)
+    return 2 if 2 in codes else max(codes)
+
+
+def _policy_check_one(file: str, as_json: bool) -> int:
     from agent.policy import load_policy
     from agent.policy.lint import check_models, lint
 
-    b = load_policy(a.file)
+    b = load_policy(file)
     findings = lint(b) + check_models(b)
-    if a.json:
+    if as_json:
         print(
             json.dumps(
                 {
+                    "file": file,
                     "id": b.id,
                     "version": b.version,
                     "digest": b.digest,
@@ -83,17 +151,18 @@ def _cmd_policy_check(a: argparse.Namespace) -> int:
                         for f in findings
                     ],
                 }
-            )
+            ),
+            flush=True,
         )
     else:
         verdict = "OK" if not findings else f"{len(findings)} finding(s)"
         print(
-            f"{a.file}: {verdict} - policy {b.id} v{b.version}, {len(b.goals)} goal(s), "
+            f"{file}: {verdict} - policy {b.id} v{b.version}, {len(b.goals)} goal(s), "
             f"{len(b.rules)} rule(s), {len(b.channels)} channel(s), {len(b.models)} model(s)"
         )
         for f in findings:
             print(f"  {f.kind}: {f}")
-        print(f"digest sha256:{b.digest}")
+        print(f"digest sha256:{b.digest}", flush=True)
     return 1 if findings else 0
 
 
@@ -102,7 +171,9 @@ def _cmd_policy_eval(a: argparse.Namespace) -> int:
     from agent.policy.replay import replay
 
     b = load_policy(a.file)
-    reports, bad = replay(b, a.readings)
+    reports, bad = replay(
+        b, a.readings, warn=lambda msg: print(f"edgegov: warning: {msg}", file=sys.stderr)
+    )
     if a.json:
         doc = {
             "policy": {"id": b.id, "version": b.version, "digest": b.digest},
@@ -214,7 +285,7 @@ def _cmd_audit_collect(a: argparse.Namespace) -> int:
 
     from agent.audit.collector import StoreCollector
 
-    c = StoreCollector(a.broker, a.store, fleet=a.fleet, share=a.share)
+    c = StoreCollector(a.broker, a.store, fleet=a.fleet, share=a.share, tls=_tls_files(a))
     c.start()
     print(f"collecting {c.topic} from {c.url} into {a.store} (Ctrl-C to stop)", file=sys.stderr)
     try:
@@ -227,6 +298,14 @@ def _cmd_audit_collect(a: argparse.Namespace) -> int:
         c.stop()
     print(f"received {c.received}, stored {len(c.stored)} new", file=sys.stderr)
     return 0
+
+
+def _tls_files(a: argparse.Namespace) -> TlsFiles | None:
+    """--ca/--cert/--key (``edgegov fleet status`` takes the same)."""
+    from agent.mqtt_tls import TlsFiles
+
+    paths = [Path(p) if p else None for p in (a.ca, a.cert, a.key)]
+    return TlsFiles(*paths) if any(paths) else None
 
 
 def _cmd_fleet_ca(a: argparse.Namespace) -> int:
@@ -261,6 +340,51 @@ def _cmd_key_rotate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_key_create(a: argparse.Namespace) -> int:
+    from agent.pkcs11_signer import create_token_key, pin_from_env
+
+    out = Path(a.pub_out)
+    if out.exists() or not out.parent.is_dir():
+        why = "exists (not overwritten)" if out.exists() else "its directory does not exist"
+        raise Error(f"--pub-out {out}: {why}; nothing was created")
+    pin = pin_from_env(a.pin_env, "--pin-env")
+    signer = create_token_key(a.pkcs11_module, a.token, a.label, pin, a.key_type)
+    try:
+        with open(out, "xb") as f:
+            f.write(signer.public.pem())
+    except OSError as e:
+        raise Error(
+            f"--pub-out {out}: {e.strerror}; the key {a.label!r} was created: export its public "
+            "key with 'edgegov key export-pub'"
+        ) from e
+    finally:
+        signer.close()
+    print(
+        f"created {a.key_type} key {a.label!r} in token {a.token!r} (kid {signer.kid.hex()}; "
+        f"the private key cannot leave the token)\npublic key   {out}\n"
+        f"use it as a device key (agent.yaml): device: {{pkcs11: {{module: {a.pkcs11_module}, "
+        f"token: {a.token}, key: {a.label}, pin_env: {a.pin_env}}}}}\n"
+        f"or as a fleet key (Ed25519): write fleet-repo/keys/<name>.pkcs11 with the same four "
+        "fields"
+    )
+    return 0
+
+
+def _cmd_key_export_pub(a: argparse.Namespace) -> int:
+    import os
+
+    from agent.pkcs11_signer import export_public
+
+    pub = export_public(a.pkcs11_module, a.token, a.label, os.environ.get(a.pin_env))
+    out = Path(a.pub_out)
+    try:
+        out.write_bytes(pub.pem())
+    except OSError as e:
+        raise Error(f"--pub-out {out}: cannot write: {e.strerror}") from e
+    print(f"public key of {a.label!r} in token {a.token!r} (kid {pub.kid.hex()}): {out}")
+    return 0
+
+
 def _cmd_bench(a: argparse.Namespace) -> int:
     from agent.bench import SECTIONS, format_rows, run_sections
 
@@ -284,7 +408,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  edgegov demo\n  edgegov run --config /etc/edgegov/agent.yaml\n"
         "  edgegov audit verify attestations/ --key device.pub.pem",
     )
-    p.add_argument("--version", action="version", version=f"edgegov {__version__}")
+    p.add_argument(
+        "--version", action=_VersionAction, help="show the version and the native modules in use"
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -321,6 +447,15 @@ def _parser() -> argparse.ArgumentParser:
         help="write attestations to a local spool even if mosquitto is installed",
     )
 
+    doc = cmd(
+        "doctor",
+        _cmd_doctor,
+        "check this installation: Python, platform, which native modules are compiled, "
+        "onnxruntime and its execution providers, mosquitto; exit 1 on a finding",
+        "edgegov doctor --json",
+    )
+    doc.add_argument("--json", action="store_true", help="machine-readable report")
+
     i = cmd(
         "init",
         _cmd_init,
@@ -334,11 +469,24 @@ def _parser() -> argparse.ArgumentParser:
     r = cmd(
         "run",
         _cmd_run,
-        "run the agent daemon (SIGTERM flushes and exits 0, SIGHUP reloads the policy)",
-        "edgegov run --config /etc/edgegov/agent.yaml",
+        "run the agent daemon (SIGTERM flushes and exits 0, SIGHUP reloads the config file; "
+        "systemd: Type=notify with a watchdog, see configs/systemd/)",
+        "edgegov run --config /etc/edgegov/agent.yaml --log-format json",
     )
     r.add_argument("--config", required=True, help="agent config file (YAML)")
-    r.add_argument("-v", "--verbose", action="store_true")
+    r.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (default) or json: one object per line with time, level, logger, message "
+        "and fields such as seq, device, reason",
+    )
+    r.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="overrides the config's log.level (default info)",
+    )
+    r.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
 
     e = cmd(
         "emulate",
@@ -348,18 +496,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
+    st = cmd(
+        "status",
+        _cmd_status,
+        "the agent's state from its local files alone (no broker; reads, never writes): "
+        "device, evidence log, last signed seq, outbox, sources' last-window quality, config "
+        "in force, degraded reasons, boot count; exit 1 if it is behind or degraded",
+        "edgegov status --config /etc/edgegov/agent.yaml --json",
+    )
+    st.add_argument("--config", required=True, help="agent config file (YAML)")
+    st.add_argument("--json", action="store_true", help="machine-readable status")
+    st.add_argument(
+        "--max-lag",
+        type=_seconds,
+        metavar="SECONDS",
+        help="behind if the newest signed window ended longer ago (default: two windows + 60 s)",
+    )
+    st.add_argument(
+        "--max-outbox-age",
+        type=_seconds,
+        metavar="SECONDS",
+        help="behind if the oldest undelivered attestation was signed longer ago "
+        "(default: two windows + 300 s)",
+    )
+
     pol = sub.add_parser("policy", help="check policy bundles")
     psub = pol.add_subparsers(dest="policy_command", metavar="COMMAND")
     psub.required = True
     pc = cmd(
         "check",
         _cmd_policy_check,
-        "lint a policy bundle and print its digest",
-        "edgegov policy check configs/policies/cold-chain.yaml",
+        "lint policy bundles and print their digests (one line or JSON object per file); "
+        "exit 1 if any has findings, 2 if any does not load (the others are still checked)",
+        "edgegov policy check configs/policies/*.yaml",
         psub,
     )
-    pc.add_argument("file")
-    pc.add_argument("--json", action="store_true")
+    pc.add_argument("files", nargs="+", metavar="FILE")
+    pc.add_argument("--json", action="store_true", help="one JSON object per line, per file")
     pe = cmd(
         "eval",
         _cmd_policy_eval,
@@ -369,7 +542,20 @@ def _parser() -> argparse.ArgumentParser:
         psub,
     )
     pe.add_argument("file")
-    pe.add_argument("--readings", required=True, help="CSV with a timestamp column")
+    pe.add_argument(
+        "--readings",
+        required=True,
+        help="CSV with a header: a time column, then one column per channel (a channel "
+        "without a column is all missing readings: a warning) and risk:<model-id> scores",
+    )
+    pe.epilog = (
+        "time column (one of):\n"
+        "  timestamp     ISO 8601 with a time zone: 2026-01-01T00:00:00Z,\n"
+        "                2026-01-01T01:00:00.250+01:00 (a bare number is refused:\n"
+        "                seconds or milliseconds?)\n"
+        "  timestamp_ms  Unix time in integer milliseconds: 1767225600000\n\n"
+        f"{pe.epilog}"
+    )
     pe.add_argument("--json", action="store_true")
 
     b = cmd(
@@ -464,6 +650,9 @@ def _parser() -> argparse.ArgumentParser:
     ac.add_argument("--fleet", default="+", help="fleet to follow (all)")
     ac.add_argument("--share", help="MQTT v5 shared-subscription group (several collectors)")
     ac.add_argument("--seconds", type=float, default=0, help="stop after this long (never)")
+    ac.add_argument("--ca", help="CA certificate of the broker (mqtts; default: the system's)")
+    ac.add_argument("--cert", help="client certificate (mutual TLS)")
+    ac.add_argument("--key", help="client key (mutual TLS)")
 
     fleet = sub.add_parser("fleet", help="fleet identity (CA) and signed configuration (TUF)")
     fsub = fleet.add_subparsers(dest="fleet_command", metavar="COMMAND")
@@ -501,6 +690,43 @@ def _parser() -> argparse.ArgumentParser:
     kr.add_argument("--new", required=True)
     kr.add_argument("--out", required=True)
     kr.add_argument("--key-type", choices=["ed25519", "p256"], default="ed25519")
+
+    def token_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--pkcs11-module", required=True, metavar="MODULE", help="PKCS#11 library (.so)"
+        )
+        sp.add_argument("--token", required=True, help="token label")
+        sp.add_argument("--label", required=True, help="key label (CKA_LABEL)")
+        sp.add_argument(
+            "--pin-env",
+            default="EDGEGOV_PKCS11_PIN",
+            metavar="VAR",
+            help="environment variable holding the user PIN (EDGEGOV_PKCS11_PIN); "
+            "never pass a PIN as an argument",
+        )
+        sp.add_argument("--pub-out", required=True, metavar="FILE", help="public key (PEM)")
+
+    kc = cmd(
+        "create",
+        _cmd_key_create,
+        "create a device or fleet key inside a PKCS#11 token (HSM, TPM, SoftHSM2) and export "
+        "its public key; refuses a label already in use. Needs python-pkcs11: "
+        "pip install 'edgegov[pkcs11]'",
+        "edgegov key create --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --token gw "
+        "--label device --pub-out device.pub.pem   (PIN in $EDGEGOV_PKCS11_PIN)",
+        ksub,
+    )
+    token_args(kc)
+    kc.add_argument("--key-type", choices=["ed25519", "p256"], default="ed25519")
+    ke = cmd(
+        "export-pub",
+        _cmd_key_export_pub,
+        "write the public key of a key pair in a PKCS#11 token (PEM)",
+        "edgegov key export-pub --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --token gw "
+        "--label device --pub-out device.pub.pem",
+        ksub,
+    )
+    token_args(ke)
     return p
 
 

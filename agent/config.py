@@ -13,8 +13,15 @@ Example (``configs/agent.example.yaml``)::
       # or: spool: /var/lib/edgegov/spool
     risk: {providers: [CPUExecutionProvider], threads: 1}
 
-Relative paths are relative to the config file. Every error names the file and
-the field (``sources[0].baud``) and says what was expected.
+Relative paths are relative to the config file. Every error starts with the config
+file's resolved path and the full field path (``/etc/edgegov/agent.yaml:
+sources[0].reconnect.max_s: …``) and says what was expected.
+
+:func:`load_config` checks what can be checked without side effects, in two passes:
+first every field's type and value (the broker URL included), then the files the config
+names (device key and certificate, PKCS#11 module, TLS files, TUF root: they exist and
+are readable; TLS files load as the MQTT clients load them). The policy bundle is the
+agent's to load (``agent.runner.Agent`` loads it, and the key, before it writes anything).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any
 import yaml
 
 from agent.errors import ConfigError
+from agent.logs import LEVELS as _LOG_LEVELS
 
 __all__ = [
     "AgentConfig",
@@ -46,6 +54,7 @@ _PARITIES = ("N", "E", "O", "M", "S")
 _TEXT_FORMATS = ("kv", "json")
 _REGISTER_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
 _REGISTER_TABLES = ("holding", "input")
+_TOPIC_UNSAFE = "+#/\x00"  # never inside one MQTT topic level
 
 
 @dataclass(frozen=True)
@@ -163,7 +172,7 @@ class AgentConfig:
     device_id: str
     key_path: Path | None  # None when the key lives in a PKCS#11 token (``pkcs11``)
     fleet: str
-    policy_path: Path
+    policy_path: Path | None  # None: only with ``tuf`` (the policy comes from the fleet)
     state_dir: Path
     sources: tuple[SourceConfig, ...]
     mqtt: MqttOutput | None
@@ -175,6 +184,7 @@ class AgentConfig:
     evidence_max_mb: float | None = None  # evidence.max_mb: disk quota; readings shed first
     tuf: TufSettings | None = None  # tuf: signed fleet configuration
     pkcs11: Pkcs11Key | None = None  # device.pkcs11: sign inside an HSM / TPM / SoftHSM2
+    log_level: str | None = None  # log.level; None: --log-level or info (agent.logs)
 
 
 class _Fields:
@@ -182,9 +192,8 @@ class _Fields:
 
     def __init__(self, data: Any, file: Path, path: str) -> None:
         if not isinstance(data, Mapping):
-            raise ConfigError(
-                f"{file}: {path or 'the file'} must be a mapping, got {type(data).__name__}"
-            )
+            where = f"{path}: expected" if path else "expected the file to hold"
+            raise ConfigError(f"{file}: {where} a mapping, got {type(data).__name__}")
         self.data, self.file, self.path = data, file, path
 
     def _name(self, key: str) -> str:
@@ -199,7 +208,8 @@ class _Fields:
                 raise self.err(key, "required field is missing")
             return default
         v = self.data[key]
-        if not isinstance(v, typ) or (isinstance(v, bool) and typ is int):
+        types = typ if isinstance(typ, tuple) else (typ,)
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
             want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
             raise self.err(key, f"expected {want}, got {type(v).__name__} {v!r}")
         return v
@@ -225,10 +235,73 @@ class _Fields:
 
 
 def _number(f: _Fields, key: str, default: float, *, positive: bool = False) -> float:
-    v = float(f.get(key, (int, float), default))
+    v = _maybe_number(f, key, default, positive=positive)
+    assert v is not None
+    return v
+
+
+def _maybe_number(
+    f: _Fields, key: str, default: float | None, *, positive: bool = False
+) -> float | None:
+    raw = f.get(key, (int, float), default)
+    if raw is None:
+        return None
+    v = float(raw)
     if v != v or v in (float("inf"), float("-inf")) or (positive and v <= 0):
         raise f.err(key, f"must be a finite{' positive' if positive else ''} number, got {v!r}")
     return v
+
+
+def _topic_level(f: _Fields, key: str, default: Any = ...) -> str:
+    """A name used as one MQTT topic level (fleet, device id, topic prefix, group)."""
+    v: str = f.get(key, str, default)
+    if not v or any(c in v for c in _TOPIC_UNSAFE) or any(c.isspace() for c in v):
+        raise f.err(key, f"{v!r} must be non-empty, without whitespace, '/', '+', '#' or NUL")
+    return v
+
+
+def _readable(f: _Fields, key: str, path: Path | None, what: str, hint: str = "") -> None:
+    """``path`` (the value of field ``key``) is a file we can read."""
+    if path is None:
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise f.err(key, f"{path}: cannot read the {what}: {e.strerror or e}{hint}") from e
+
+
+def _broker_url(m: _Fields) -> tuple[str, bool]:
+    """``output.mqtt.url``, parsed as the publisher will parse it; returns (url, tls)."""
+    from agent.transport import BrokerURL  # paho: only once a config names a broker
+
+    url: str = m.get("url", str)
+    parsed = BrokerURL.parse(url, f"{m.file}: {m._name('url')}")
+    return url, parsed.tls
+
+
+def _check_tls(m: _Fields, mqtt: MqttOutput, tls: bool) -> None:
+    """The TLS files exist, are readable, and load as the MQTT clients load them."""
+    from agent.mqtt_tls import TlsFiles, client_context
+
+    given = [(k, p) for k, p in (("ca", mqtt.ca), ("cert", mqtt.cert), ("key", mqtt.key)) if p]
+    if not tls:
+        for k, _p in given:
+            raise m.err(k, "a TLS file, but output.mqtt.url is mqtt:// (no TLS): use mqtts://")
+        return
+    for k, p in given:
+        _readable(m, k, p, {"ca": "broker CA", "cert": "client certificate"}.get(k, "client key"))
+    if mqtt.key is not None and mqtt.cert is None:
+        raise m.err("key", "a client key needs its certificate: set output.mqtt.cert")
+    for k, files in (
+        ("ca", TlsFiles(mqtt.ca) if mqtt.ca else None),
+        ("cert", TlsFiles(mqtt.ca, mqtt.cert, mqtt.key) if mqtt.cert else None),
+    ):
+        if files is not None:
+            try:
+                client_context(files)
+            except ConfigError as e:
+                raise m.err(k, str(e)) from e
 
 
 def _serial(s: _Fields) -> SerialSettings:
@@ -342,12 +415,17 @@ def _source(s: _Fields, index: int) -> SourceConfig:
 
 
 def load_config(path: str | Path) -> AgentConfig:
-    """Read and validate an agent config file."""
+    """Read and validate an agent config file (see the module docstring).
+
+    Raises ConfigError naming the file (resolved) and the full field path.
+    """
     file = Path(path).resolve()
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{file}: cannot read config: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {e.start})") from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -356,12 +434,15 @@ def load_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"{file}{where}: not valid YAML: {getattr(e, 'problem', e)}") from e
     top = _Fields(data, file, "")
     top.reject_unknown(
-        {"device", "fleet", "policy", "state_dir", "sources", "output", "risk", "evidence", "tuf"}
+        {"device", "fleet", "policy", "state_dir", "sources", "output", "risk", "evidence"}
+        | {"tuf", "log"}
     )
 
+    # -- pass 1: every field's type and value ------------------------------------------
     dev = top.sub("device")
     dev.reject_unknown({"id", "key", "cert", "pkcs11"})
     pkcs11 = None
+    p11 = None
     if "pkcs11" in dev.data:
         p11 = dev.sub("pkcs11")
         p11.reject_unknown({"module", "token", "key", "pin_env"})
@@ -373,9 +454,8 @@ def load_config(path: str | Path) -> AgentConfig:
         )
     if ("key" in dev.data) == (pkcs11 is not None):
         raise dev.err("key", "give exactly one of device.key (a key file) or device.pkcs11")
-    device_id = dev.get("id", str)
-    if not device_id or any(c in device_id for c in "+#/ \x00"):
-        raise dev.err("id", f"{device_id!r} must be non-empty, without spaces, '/', '+' or '#'")
+    device_id = _topic_level(dev, "id")
+    fleet = _topic_level(top, "fleet")
 
     raw_sources = top.get("sources", list)
     if not raw_sources:
@@ -389,12 +469,15 @@ def load_config(path: str | Path) -> AgentConfig:
     out = top.sub("output")
     out.reject_unknown({"mqtt", "spool"})
     mqtt_cfg = None
+    m = None
+    tls = False
     if "mqtt" in out.data:
         m = out.sub("mqtt")
         m.reject_unknown({"url", "topic_prefix", "ca", "cert", "key"})
+        url, tls = _broker_url(m)
         mqtt_cfg = MqttOutput(
-            m.get("url", str),
-            m.get("topic_prefix", str, "edgegov"),
+            url,
+            _topic_level(m, "topic_prefix", "edgegov"),
             m.path_of("ca", None),
             m.path_of("cert", None),
             m.path_of("key", None),
@@ -406,20 +489,31 @@ def load_config(path: str | Path) -> AgentConfig:
     risk = top.sub("risk", optional=True)
     risk.reject_unknown({"providers", "threads"})
     providers = risk.get("providers", list, ["CPUExecutionProvider"])
-    if not providers or not all(isinstance(p, str) for p in providers):
+    if not providers:
         raise risk.err("providers", "expected a non-empty list of execution provider names")
+    for i, name in enumerate(providers):
+        if not isinstance(name, str) or not name:
+            raise risk.err(
+                f"providers[{i}]",
+                f"expected an execution provider name (e.g. CPUExecutionProvider), got {name!r}",
+            )
     threads = risk.get("threads", int, 1)
+    if threads < 1:
+        raise risk.err("threads", f"must be at least 1, got {threads}")
 
     ev = top.sub("evidence", optional=True)
     ev.reject_unknown({"retention_days", "max_mb"})
-    retention = ev.get("retention_days", (int, float), None)
-    if retention is not None and retention <= 0:
-        raise ev.err("retention_days", "must be > 0 (omit it to keep readings forever)")
-    max_mb = ev.get("max_mb", (int, float), None)
-    if max_mb is not None and max_mb <= 0:
-        raise ev.err("max_mb", "must be > 0 (omit it for no quota)")
+    retention = _maybe_number(ev, "retention_days", None, positive=True)
+    max_mb = _maybe_number(ev, "max_mb", None, positive=True)
+
+    lg = top.sub("log", optional=True)
+    lg.reject_unknown({"level"})
+    log_level = lg.get("level", str, None)
+    if log_level is not None and log_level not in _LOG_LEVELS:
+        raise lg.err("level", f"must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
 
     tuf = None
+    t = None
     if "tuf" in top.data:
         t = top.sub("tuf")
         t.reject_unknown({"root", "group", "refresh_seconds"})
@@ -427,27 +521,48 @@ def load_config(path: str | Path) -> AgentConfig:
             raise t.err("root", "fleet configuration arrives over MQTT: set output.mqtt")
         tuf = TufSettings(
             t.path_of("root"),  # type: ignore[arg-type]
-            t.get("group", str, None),
+            _topic_level(t, "group", None) if t.data.get("group") is not None else None,
             _number(t, "refresh_seconds", 300.0, positive=True),
         )
-
+    if "policy" not in top.data and tuf is None:
+        raise top.err(
+            "policy",
+            "required field is missing (a policy bundle; or tuf: to run the fleet's signed one)",
+        )
+    policy = top.path_of("policy", None)
     state_dir = top.path_of("state_dir")
     assert state_dir is not None
+    key_path = dev.path_of("key", None)
+    device_cert = dev.path_of("cert", None)
+
+    # -- pass 2: the files it names ------------------------------------------------------
+    _readable(dev, "key", key_path, "device key", " (create one with 'edgegov init')")
+    _readable(dev, "cert", device_cert, "device certificate")
+    if p11 is not None and pkcs11 is not None:
+        _readable(p11, "module", pkcs11.module, "PKCS#11 module")
+    if state_dir.exists() and not state_dir.is_dir():
+        raise top.err("state_dir", f"{state_dir}: exists and is not a directory")
+    if m is not None and mqtt_cfg is not None:
+        _check_tls(m, mqtt_cfg, tls)
+    if t is not None and tuf is not None:
+        _readable(t, "root", tuf.root, "fleet's trusted root.json")
+
     return AgentConfig(
         source=file,
         device_id=device_id,
-        key_path=dev.path_of("key", None),
-        fleet=top.get("fleet", str),
-        policy_path=top.path_of("policy"),  # type: ignore[arg-type]
+        key_path=key_path,
+        fleet=fleet,
+        policy_path=policy,
         state_dir=state_dir,
         sources=tuple(sources),
         mqtt=mqtt_cfg,
         spool_dir=spool,
         providers=tuple(providers),
         risk_threads=threads,
-        device_cert=dev.path_of("cert", None),
-        retention_days=None if retention is None else float(retention),
-        evidence_max_mb=None if max_mb is None else float(max_mb),
+        device_cert=device_cert,
+        retention_days=retention,
+        evidence_max_mb=max_mb,
         tuf=tuf,
         pkcs11=pkcs11,
+        log_level=log_level,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from agent.errors import ConfigError
@@ -15,9 +16,11 @@ _SKELETON = """\
 device:
   id: {device_id}
   key: keys/device.key            # private key, mode 0600; never share it
+  # cert: keys/device.pem         # device certificate from the fleet CA (see edgegov init's hint)
 fleet: my-fleet
 policy: policies/cold-chain.yaml  # copy one from configs/policies/, with the models/ it names
-state_dir: state                  # evidence store and outbox (SQLite, WAL)
+state_dir: state                  # evidence store and outbox (SQLite, WAL); as a systemd
+                                  #   service (configs/systemd/): /var/lib/edgegov
 sources:
   - port: /dev/ttyUSB0
     baud: 115200
@@ -44,7 +47,14 @@ def init_device(device_id: str, directory: Path, key_type: str = "ed25519") -> N
     print(f"device key   {key} ({key_type}, mode 0600)")
     print(f"public key   {public_key_path(key)}  (give this to your auditors)")
     print(f"key id       {signer.kid.hex()}")
-    print(f"CSR          {csr}  (edgegov fleet ca issue {csr.name} --out device.pem)")
+    cert = directory / "keys" / "device.pem"
+    q = shlex.quote
+    print(f"CSR          {csr}  (for a device certificate from the fleet CA:")
+    print("               edgegov fleet ca init --dir fleet-ca    (once per fleet)")
+    print(
+        f"               edgegov fleet ca issue {q(str(csr))} --dir fleet-ca --out {q(str(cert))}"
+    )
+    print("             then set device.cert: keys/device.pem in the config)")
     print(
         f"config       {cfg}  (edit sources, policy and output, then: edgegov run --config {cfg})"
     )

@@ -3,7 +3,10 @@
 Threads: one per serial source (reads and decodes), paho's network thread, and
 the main loop here, which owns the window, the evaluator and the signer.
 SIGTERM/SIGINT close the current window, sign it, wait briefly for PUBACKs
-and exit 0; SIGHUP reloads the policy (the last good one stays on error).
+and exit 0; SIGHUP reloads the whole config file (``agent.reload`` says what applies
+live; the last good config stays on error). Under systemd the main loop reports to
+``NOTIFY_SOCKET`` (``agent.service``): READY once the store is open and the sources
+have been tried, WATCHDOG=1 from the loop itself, STATUS= per window, STOPPING=1.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ from typing import TYPE_CHECKING, Any
 from agent import __version__
 from agent.attestation import ConfigInForce, RuleResult
 from agent.attester import Attester
-from agent.config import AgentConfig
-from agent.errors import Error, KeyFileError, ModelError, StorageError
+from agent.config import AgentConfig, load_config
+from agent.errors import ConfigError, Error, KeyFileError, ModelError, PolicyError, StorageError
 from agent.fleet_ca import load_x5chain
 from agent.keys import Signer, load_signer
+from agent.logs import set_level as set_log_level
 from agent.policy import PolicyBundle, load_policy
 from agent.policy.evaluator import BatchResult, Evaluator, state_digest
+from agent.reload import plan_reload
 from agent.risk import RiskEngine, RiskModel, load_declared
+from agent.service import Notifier
 from agent.sources import PortSource, make_source, sum_counters, window_problems
 from agent.store import EvidenceStore, OutboxItem
 from agent.transport import BrokerURL, MqttPublisher, Publisher, SpoolPublisher, Topics
@@ -45,6 +51,7 @@ __all__ = ["Agent", "AgentStats"]
 _SHED = "raw readings shed to keep the evidence store within its disk quota"
 _OVER_QUOTA = "evidence store over its disk quota even without raw readings (evidence kept)"
 _STORAGE_HELD = "evidence store could not be written for a while; windows were held in memory"
+_WAITING = "waiting for signed fleet config (tuf: configured, no local policy)"
 
 log = logging.getLogger("edgegov.agent")
 
@@ -54,7 +61,10 @@ def _signer(config: AgentConfig) -> Signer | Pkcs11Signer:
     p11 = config.pkcs11
     if p11 is None:
         assert config.key_path is not None  # the loader requires one of the two
-        return load_signer(config.key_path)
+        try:
+            return load_signer(config.key_path)
+        except KeyFileError as e:
+            raise KeyFileError(f"{config.source}: device.key: {e}") from e
     pin = os.environ.get(p11.pin_env)
     if pin is None:
         raise KeyFileError(
@@ -63,7 +73,10 @@ def _signer(config: AgentConfig) -> Signer | Pkcs11Signer:
         )
     from agent.pkcs11_signer import Pkcs11Signer
 
-    return Pkcs11Signer(str(p11.module), p11.token, pin, p11.label)
+    try:
+        return Pkcs11Signer(str(p11.module), p11.token, pin, p11.label)
+    except KeyFileError as e:
+        raise KeyFileError(f"{config.source}: device.pkcs11: {e}") from e
 
 
 @dataclass
@@ -78,9 +91,18 @@ class AgentStats:
 class Agent:
     """One gateway agent. ``run()`` blocks until ``stop()`` (or a signal)."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, notifier: Notifier | None = None) -> None:
+        """Set up; every check that can fail comes before the first write.
+
+        In order: the device key, the fleet trust root and the fleet config in force,
+        the policy, the device certificate, the sources and the publisher (built, not
+        connected). Only then the evidence store is opened, which counts a boot. With
+        ``tuf:`` and no local policy, before the first signed config is in force there is
+        no policy yet: see :meth:`_await_first_fleet_config`.
+        """
         self.config = config
         self.stats = AgentStats()
+        self.notifier = notifier or Notifier(None)  # systemd's (agent.service); None: no-op
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._queue: queue.Queue[list[Reading]] = queue.Queue()
@@ -89,6 +111,7 @@ class Agent:
         self._storage_problem: str | None = None
         self._last_source_health: list[dict[str, Any]] | None = None
         self._degraded_before: set[str] = set()
+        self._unsigned: list[tuple[Window, dict[str, Any]]] = []  # windows the store refused
         self.signer = _signer(config)
         # tuf: configured -> the fleet's signed config in force (if any) replaces the local policy
         self.fleet: FleetLink | None = None
@@ -96,10 +119,21 @@ class Agent:
             from agent.fleet.agent_link import FleetLink
 
             self.fleet = FleetLink(config)
-        self.policy = load_policy(self._policy_path)
-        self.evaluator = self._new_evaluator(self.policy)
+        # tuf: and no local policy, and no signed config yet: nothing to attribute evidence to
+        local = config.policy_path
+        self._waiting = self.fleet is not None and self.fleet.policy_path(local) is None
+        bundle = None if self._waiting else self._load_first_policy()
+        prefix = config.mqtt.topic_prefix if config.mqtt else "edgegov"
+        self.topics = Topics(prefix, config.fleet, config.device_id)
+        try:
+            x5chain = load_x5chain(config.device_cert) if config.device_cert else ()
+        except KeyFileError as e:
+            raise KeyFileError(f"{config.source}: device.cert: {e}") from e
+        self.sources: list[PortSource] = [] if bundle is None else self._make_sources(bundle)
+        self.publisher = self._make_publisher()
+
+        # The first write: the evidence store (a new log, or the next boot of this one).
         self.store = EvidenceStore(config.state_dir / "evidence.sqlite", config.device_id)
-        self._use_models(self.policy)
         if self.store.new_log:
             log.info("starting a new evidence log %s", self.store.state.origin)
         else:
@@ -109,14 +143,12 @@ class Agent:
                 self.store.state.next_seq,
                 self.store.state.bootcount,
             )
-        prefix = config.mqtt.topic_prefix if config.mqtt else "edgegov"
-        self.topics = Topics(prefix, config.fleet, config.device_id)
         self.attester = Attester(
             config.device_id,
             self.signer,
             self.store,
             self.topics.attestation,
-            x5chain=load_x5chain(config.device_cert) if config.device_cert else (),
+            x5chain=x5chain,
             retention_ms=(
                 int(config.retention_days * 86_400_000) if config.retention_days else None
             ),
@@ -125,12 +157,8 @@ class Agent:
                 for i, s in enumerate(config.sources)
             },
         )
-        self.publisher = self._make_publisher()
-        self.sources: list[PortSource] = [
-            make_source(i, s, self.policy.channels, self._queue.put, str(config.source))
-            for i, s in enumerate(config.sources)
-        ]
-        self._unsigned: list[tuple[Window, dict[str, Any]]] = []  # windows the store refused
+        if bundle is not None:
+            self._use_policy(bundle)  # evaluator (its saved state) and models (stored readings)
 
     # -- set-up ------------------------------------------------------------------
     def _load_models(self, bundle: PolicyBundle) -> tuple[list[RiskModel], list[str]]:
@@ -185,20 +213,46 @@ class Agent:
             log.error("cannot save the policy state to %s: %s", path, e)
         return state_digest(text)
 
+    def _load_first_policy(self) -> PolicyBundle:
+        """The policy to start with; a local one that fails names the config field."""
+        path = self._policy_path
+        try:
+            return load_policy(path)
+        except PolicyError as e:
+            if path != self.config.policy_path:
+                raise
+            raise PolicyError(f"{self.config.source}: policy: {e}") from e
+
+    def _make_sources(self, bundle: PolicyBundle) -> list[PortSource]:
+        """The sources, built for ``bundle``'s channels (not opened yet)."""
+        cfg = self.config
+        return [
+            make_source(i, s, bundle.channels, self._queue.put, str(cfg.source))
+            for i, s in enumerate(cfg.sources)
+        ]
+
+    def _acknowledge(self, seq: int) -> None:
+        self.store.acknowledge(seq)  # the publisher is built before the store is opened
+
     def _make_publisher(self) -> Publisher:
+        """The publisher, built but not connected (``run()`` starts it)."""
         cfg = self.config
         if cfg.mqtt is not None:
             m = cfg.mqtt
-            return MqttPublisher(
-                BrokerURL.parse(m.url),
-                self.topics,
-                self.store.acknowledge,
-                ca_file=m.ca,
-                cert_file=m.cert,
-                key_file=m.key,
-            )
+            url = BrokerURL.parse(m.url, f"{cfg.source}: output.mqtt.url")
+            try:
+                return MqttPublisher(
+                    url,
+                    self.topics,
+                    self._acknowledge,
+                    ca_file=m.ca,
+                    cert_file=m.cert,
+                    key_file=m.key,
+                )
+            except ConfigError as e:  # load_config checked them; changed since?
+                raise ConfigError(f"{cfg.source}: output.mqtt: {e}") from e
         assert cfg.spool_dir is not None
-        return SpoolPublisher(cfg.spool_dir, cfg.device_id, self.store.acknowledge)
+        return SpoolPublisher(cfg.spool_dir, cfg.device_id, self._acknowledge)
 
     # -- control -------------------------------------------------------------------
     def stop(self) -> None:
@@ -229,13 +283,18 @@ class Agent:
         self.publisher.publish_status(self._status())
         if self.fleet is not None:
             self.fleet.start()
+        if not self._await_first_fleet_config():  # tuf: without a local policy: fail closed
+            return self._stop_waiting()
         for s in self.sources:
             s.start()
+        self._await_sources(timeout=2.0)
+        self.notifier.ready(self._service_status())  # store open, sources tried, publisher up
         n = len(self.policy.channels)
         start, end = self.window_bounds(int(time.time() * 1000), self.store.last_window_end())
         window = Window(start, end, n)
         try:
             while not self._stop.is_set():
+                self.notifier.watchdog()  # only from this loop: a hung loop stops the pings
                 timeout = max(0.0, min(0.25, end / 1000 - time.time()))
                 try:
                     batch = self._queue.get(timeout=timeout)
@@ -246,7 +305,7 @@ class Agent:
                     pass
                 if self._reload.is_set():
                     self._reload.clear()
-                    self._reload_policy()
+                    self._reload_config()
                 fleet_cfg = self.fleet.take_pending() if self.fleet is not None else None
                 if fleet_cfg is not None:  # end the window at the switch: one config per window
                     window.end_ms = max(window.start_ms + 1, int(time.time() * 1000))
@@ -260,6 +319,7 @@ class Agent:
                     start, end = self.window_bounds(now_ms)
                     window = Window(start, end, len(self.policy.channels))
         finally:
+            self.notifier.stopping("stopping: signing the last window, flushing the outbox")
             if self.fleet is not None:
                 self.fleet.stop()
             for s in self.sources:
@@ -303,14 +363,23 @@ class Agent:
             self.stats.last_seq = item.seq
             self._publish(item)
         self._storage_problem = None  # every held window is signed and stored now
+        self.notifier.status(self._service_status())
 
     def _storage_failed(self, e: StorageError) -> None:
         """The store refused a write (disk full, I/O error): hold the window, say so loudly."""
         first = self._storage_problem is None
         self._storage_problem = str(e)
         log.error(
-            "%s; %d window(s) held in memory, retried at the next window", e, len(self._unsigned)
+            "%s; %d window(s) held in memory, retried at the next window",
+            e,
+            len(self._unsigned),
+            extra={
+                "device": self.config.device_id,
+                "reason": str(e),
+                "windows_held": len(self._unsigned),
+            },
         )
+        self.notifier.status(self._service_status())
         if first:
             self.publisher.publish_alert(
                 {
@@ -326,7 +395,12 @@ class Agent:
         try:
             self.publisher.publish(item)
         except Error as e:
-            log.error("%s; attestation seq %d stays in the outbox", e, item.seq)
+            log.error(
+                "%s; attestation seq %d stays in the outbox",
+                e,
+                item.seq,
+                extra={"device": self.config.device_id, "seq": item.seq, "reason": str(e)},
+            )
         self.publisher.publish_status(self._status())
 
     def _evaluate(self, windows: list[Window]) -> None:
@@ -394,6 +468,16 @@ class Agent:
             bad or "none",
             scores or "n/a",
             f"; DEGRADED: {'; '.join(degraded)}" if degraded else "",
+            extra={
+                "device": self.config.device_id,
+                "seq": item.seq,
+                "readings": window.n,
+                "window": [window.start_ms, window.end_ms],
+                "policy": p.digest,
+                "violations": {r.rule_id: r.violated for r in rules if r.violated},
+                "risk": {r.model_id: r.score for r in risk if r.score is not None},
+                "degraded": list(degraded),
+            },
         )
         self._shed = 0  # reported in this attestation
         self._alerts(window, rules, item.seq)
@@ -431,7 +515,17 @@ class Agent:
         for reason, event in [(r, "degraded") for r in sorted(now - before)] + [
             (r, "degraded_cleared") for r in sorted(before - now)
         ]:
-            log.warning("ALERT %s: %s", event, reason)
+            log.warning(
+                "ALERT %s: %s",
+                event,
+                reason,
+                extra={
+                    "event": event,
+                    "device": self.config.device_id,
+                    "reason": reason,
+                    "seq": seq,
+                },
+            )
             self.publisher.publish_alert(
                 {
                     "event": event,
@@ -471,7 +565,19 @@ class Agent:
                         "message": rule.explain_text(e.start_ms, e.end_ms, e.peak),
                         "evidence": {"log": self.store.state.origin, "seq": seq},
                     }
-                    log.warning("ALERT %s %s: %s", event, rule.id, alert["message"])
+                    log.warning(
+                        "ALERT %s %s: %s",
+                        event,
+                        rule.id,
+                        alert["message"],
+                        extra={
+                            "event": event,
+                            "device": self.config.device_id,
+                            "rule": rule.id,
+                            "severity": rule.severity,
+                            "seq": seq,
+                        },
+                    )
                     self.publisher.publish_alert(alert)
 
     def _window_health(self) -> dict[str, Any]:
@@ -481,8 +587,14 @@ class Agent:
 
     @property
     def _policy_path(self) -> Path:
+        """The policy to load: the fleet's signed config in force, else the local file."""
         local = self.config.policy_path
-        return self.fleet.policy_path(local) if self.fleet is not None else local
+        path = self.fleet.policy_path(local) if self.fleet is not None else local
+        if path is None:  # e.g. a reload that drops policy: before any signed config
+            raise ConfigError(
+                f"{self.config.source}: policy: needed until a signed fleet config is in force"
+            )
+        return path
 
     def _same_channels(self, bundle: PolicyBundle) -> bool:
         """A policy switch keeps the window's columns: only with the same channel list."""
@@ -498,31 +610,178 @@ class Agent:
         assert self.fleet is not None
         try:
             bundle = load_policy(cfg.policy_path)
+            sources = self._make_sources(bundle) if self._waiting else None
         except Error as e:
             self.fleet.refused(cfg, e)
             return
-        if not self._same_channels(bundle):
+        if sources is not None:  # the first policy: the sources are built for its channels
+            self.sources, self._waiting = sources, False
+        elif not self._same_channels(bundle):
             self.fleet.refused(cfg, "the channel list changed; it applies at the next start")
             return
         self._use_policy(bundle)
         self.fleet.switched(cfg, at_ms)
         log.info("fleet config v%d in force: %s v%d", cfg.config_version, bundle.id, bundle.version)
 
-    def _reload_policy(self) -> None:
+    # -- SIGHUP ----------------------------------------------------------------------
+    def _reload_config(self) -> None:
+        """Re-read the whole config file; apply what can change live (``agent.reload``).
+
+        Restart-only fields that changed are each named in an ERROR line and keep their
+        running values; the rest is applied. A file, policy or output that does not load
+        changes nothing: the last good config stays, and the error names file and field.
+        """
+        self.notifier.reloading()
         try:
-            bundle = load_policy(self._policy_path)
+            self._apply_reload()
+        finally:
+            self.notifier.ready(self._service_status())
+
+    def _apply_reload(self) -> None:
+        running = self.config
+        file = str(running.source)
+        try:
+            plan = plan_reload(running, load_config(running.source))
         except Error as e:
             log.error(
-                "policy reload refused, keeping %s v%d: %s", self.policy.id, self.policy.version, e
+                "config reload refused, keeping the running config: %s",
+                e,
+                extra={"file": file, "reason": str(e)},
             )
             return
-        if not self._same_channels(bundle):
-            log.error("policy reload refused: the channel list changed; restart the agent")
+        for name in plan.refused:
+            log.error(
+                "config reload: %s changed; restart the agent to apply it",
+                name,
+                extra={"file": file, "field": name, "reason": "needs a restart"},
+            )
+        # Everything that can fail, before anything changes.
+        self.config = plan.config  # _policy_path and _make_publisher read the new values
+        try:
+            bundle = load_policy(self._policy_path)
+            if not self._same_channels(bundle):
+                raise ConfigError(
+                    f"{self._policy_path}: channels: the channel list changed; restart the "
+                    "agent to apply it (the sources are built for the running one)"
+                )
+            output = any(name.startswith("output.") for name in plan.changed)
+            publisher = self._make_publisher() if output else None
+        except Error as e:
+            self.config = running
+            log.error(
+                "config reload refused, keeping the running config and policy %s v%d: %s",
+                self.policy.id,
+                self.policy.version,
+                e,
+                extra={"file": file, "reason": str(e)},
+            )
             return
-        self._use_policy(bundle)
-        log.info("policy reloaded: %s v%d (%s)", bundle.id, bundle.version, bundle.digest[:16])
+        self._use_policy(bundle)  # models with the (new) providers and threads
+        days = plan.config.retention_days
+        self.attester.retention_ms = int(days * 86_400_000) if days else None
+        if publisher is not None:
+            self._switch_publisher(publisher)
+        log.info(
+            "config reloaded from %s: policy %s v%d (%s)%s",
+            file,
+            bundle.id,
+            bundle.version,
+            bundle.digest[:16],
+            f"; changed: {', '.join(plan.changed)}" if plan.changed else "",
+            extra={"file": file, "policy": bundle.digest, "changed": list(plan.changed)},
+        )
+        if "log.level" in plan.changed:  # last: the line above shows even when going quieter
+            set_log_level(plan.config.log_level or "info")
+
+    def _switch_publisher(self, publisher: Publisher) -> None:
+        """Hand the outbox to ``publisher`` (a new broker URL, TLS files or spool).
+
+        The old one stops (what it had not delivered stays in the outbox); the new one
+        sends everything still in the outbox, in order, so a row the old one had sent but
+        not yet seen acknowledged is delivered again (QoS 1 is at least once).
+        """
+        left = self.publisher.stop(timeout=2.0)
+        self.publisher = publisher
+        publisher.start(self.store.pending())
+        publisher.publish_status(self._status())
+        log.info("output switched; %d attestation(s) handed over from the outbox", left)
+
+    def _await_sources(self, timeout: float) -> None:
+        """Wait (bounded) until every source has tried its port once, open or not."""
+        deadline = time.monotonic() + timeout
+        for s in self.sources:
+            s.tried.wait(max(0.0, deadline - time.monotonic()))
+
+    def _service_status(self) -> str:
+        """One line for ``systemctl status``: last seq, outbox depth, sources, problems."""
+        seq = self.stats.last_seq
+        up = sum(s.connected.is_set() for s in self.sources)
+        parts = [
+            f"seq {seq} signed" if seq is not None else "no attestation signed yet",
+            f"outbox {self.publisher.unacknowledged()}",
+            f"{up}/{len(self.sources)} sources connected",
+        ]
+        if self._storage_problem is not None:
+            parts.append(f"STORAGE ERROR, {len(self._unsigned)} window(s) held")
+        if self._degraded_before:
+            parts.append(f"evidence degraded ({len(self._degraded_before)} reason(s))")
+        return ", ".join(parts)
+
+    def _await_first_fleet_config(self) -> bool:
+        """Fail closed until the first signed fleet config (``tuf:``, no local ``policy:``).
+
+        Without a policy nothing can be attributed to a signed config, so nothing is
+        attested and the sources stay closed (no reading is taken that no evidence would
+        cover). The publisher and the fleet client run: outbox rows from before are
+        delivered, the retained status says ``waiting for signed fleet config`` and the
+        log says it once. Returns True once a signed config is in force (the sources are
+        then built for its channels), False if the agent was stopped first.
+        """
+        if not self._waiting:
+            return True
+        assert self.fleet is not None
+        log.warning("%s; nothing is read or attested until one is in force", _WAITING)
+        self.notifier.ready(_WAITING)  # up (publisher, fleet client): waiting is a state
+        told = self.fleet.client.last_error
+        while not self._stop.wait(0.2):
+            self.notifier.watchdog()
+            cfg = self.fleet.take_pending()
+            if cfg is None:
+                if self.fleet.client.last_error != told:  # why it waits, e.g. no assignment
+                    told = self.fleet.client.last_error
+                    self.publisher.publish_status(self._status())
+                continue
+            self.apply_bundle(cfg, int(time.time() * 1000))
+            self.publisher.publish_status(self._status())
+            if not self._waiting:
+                return True
+        return False
+
+    def _stop_waiting(self) -> AgentStats:
+        """Stopped before any signed config was in force: nothing to sign, close down."""
+        assert self.fleet is not None
+        self.notifier.stopping("stopping (no signed fleet config was in force)")
+        self.fleet.stop()
+        self.publisher.stop(timeout=5.0)
+        self.store.close()
+        return self.stats
 
     def _status(self) -> dict[str, Any]:
+        if self._waiting:
+            assert self.fleet is not None
+            return {
+                "state": "online",
+                "device": self.config.device_id,
+                "agent_version": __version__,
+                "waiting": _WAITING,
+                "policy": None,
+                "models": {},
+                "degraded": [_WAITING],
+                "last_seq": None,
+                "log": self.store.state.origin,
+                "sources": [],
+                "fleet": self.fleet.status(),
+            }
         return {
             "state": "online",
             "device": self.config.device_id,

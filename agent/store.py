@@ -16,8 +16,10 @@ import os
 import secrets
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cbor2
 
@@ -30,11 +32,18 @@ __all__ = [
     "EvidenceStore",
     "OutboxItem",
     "RetainedReading",
+    "StoreSummary",
+    "StoredAttestation",
     "read_retained",
+    "read_summary",
     "records_before",
+    "store_path",
 ]
 
+_T = TypeVar("_T")
+
 _ACK_BATCH = 64  # outbox deletions per transaction
+_FILE = "evidence.sqlite"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -66,6 +75,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL
 );
 """
+
+
+def store_path(state_dir: Path) -> Path:
+    """The evidence store in an agent's ``state_dir``."""
+    return Path(state_dir) / _FILE
 
 
 @dataclass
@@ -322,26 +336,24 @@ def read_retained(path: Path, index: int) -> RetainedReading:
     The proof is against the checkpoint of the reading's own window: the
     window's leaves plus the compact range stored before it are all it needs.
     """
-    if not path.exists():
-        raise StorageError(f"{path}: no evidence store there")
-    with _SqliteGuard(path, f"read reading {index}"):
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            row = db.execute("SELECT seq FROM readings WHERE idx = ?", (index,)).fetchone()
-            if row is None:
-                raise StorageError(
-                    f"{path}: reading {index} is not retained (never recorded, or removed "
-                    "by the retention setting)"
-                )
-            seq = row[0]
-            cose, size_before, nodes = db.execute(
-                "SELECT cose, log_size_before, log_before FROM attestations WHERE seq = ?", (seq,)
-            ).fetchone()
-            rows = db.execute(
-                "SELECT idx, record FROM readings WHERE seq = ? ORDER BY idx", (seq,)
-            ).fetchall()
-        finally:
-            db.close()
+
+    def read(db: sqlite3.Connection) -> tuple[int, bytes, int, bytes, list[tuple[int, bytes]]]:
+        row = db.execute("SELECT seq FROM readings WHERE idx = ?", (index,)).fetchone()
+        if row is None:
+            raise StorageError(
+                f"{path}: reading {index} is not retained (never recorded, or removed "
+                "by the retention setting)"
+            )
+        seq = row[0]
+        cose, size_before, nodes = db.execute(
+            "SELECT cose, log_size_before, log_before FROM attestations WHERE seq = ?", (seq,)
+        ).fetchone()
+        rows = db.execute(
+            "SELECT idx, record FROM readings WHERE seq = ? ORDER BY idx", (seq,)
+        ).fetchall()
+        return seq, cose, size_before, nodes, rows
+
+    seq, cose, size_before, nodes, rows = _read_only(path, f"read reading {index}", read)
     if [r[0] for r in rows] != list(range(size_before, size_before + len(rows))):
         raise StorageError(f"{path}: the readings of window seq {seq} are incomplete")
     records = [r[1] for r in rows]
@@ -353,6 +365,107 @@ def read_retained(path: Path, index: int) -> RetainedReading:
         tuple(hasher.inclusion_proof(index)),
         cose,
     )
+
+
+@dataclass(frozen=True)
+class StoredAttestation:
+    """One stored attestation as the store holds it (the COSE bytes are not verified here)."""
+
+    seq: int
+    window_start_ms: int
+    window_end_ms: int
+    cose: bytes
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    """What the store says about the agent, read without changing anything (``edgegov status``).
+
+    ``window_ms`` is the longest of the last few windows: the policy's window length
+    (the first window after a start and the last before a stop are shorter).
+    """
+
+    origin: str
+    next_seq: int
+    bootcount: int  # starts so far (the store counts one at each open)
+    attestations: int
+    last: StoredAttestation | None
+    window_ms: int | None
+    outbox: int  # attestations not yet acknowledged by the broker (or written to the spool)
+    oldest_undelivered: StoredAttestation | None
+    readings: int  # raw readings retained
+
+
+def read_summary(path: Path) -> StoreSummary:
+    """The chain state, newest attestation and outbox of a store, opened read-only.
+
+    Raises:
+        StorageError: no store at ``path``, or not an edgegov evidence store.
+    """
+
+    def read(db: sqlite3.Connection) -> StoreSummary:
+        state = db.execute("SELECT origin, next_seq, bootcount FROM state").fetchone()
+        if state is None:
+            raise StorageError(f"{path}: no chain state (not an edgegov evidence store?)")
+        recent = db.execute(
+            "SELECT seq, window_start_ms, window_end_ms, cose FROM attestations "
+            "ORDER BY seq DESC LIMIT 8"
+        ).fetchall()
+        oldest = db.execute(
+            "SELECT a.seq, a.window_start_ms, a.window_end_ms, o.payload "
+            "FROM outbox o JOIN attestations a ON a.seq = o.seq ORDER BY o.seq LIMIT 1"
+        ).fetchone()
+        count = db.execute("SELECT COUNT(*) FROM attestations").fetchone()[0]
+        outbox = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        readings = db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        return StoreSummary(
+            origin=state[0],
+            next_seq=state[1],
+            bootcount=state[2],
+            attestations=count,
+            last=_stored(recent[0]) if recent else None,
+            window_ms=max(r[2] - r[1] for r in recent) if recent else None,
+            outbox=outbox,
+            oldest_undelivered=_stored(oldest) if oldest else None,
+            readings=readings,
+        )
+
+    return _read_only(path, "read the store's state", read)
+
+
+def _stored(row: tuple[int, int, int, bytes]) -> StoredAttestation:
+    return StoredAttestation(row[0], row[1], row[2], bytes(row[3]))
+
+
+def _read_only(path: Path, what: str, read: Callable[[sqlite3.Connection], _T]) -> _T:
+    """``read(db)`` on a read-only connection that creates and changes nothing beside the store.
+
+    SQLite opening a WAL database with ``mode=ro`` creates its ``-wal`` and ``-shm`` files
+    when they are missing, and leaves them behind. Without them the store was closed
+    cleanly and all of it is in the main file, so it is read as ``immutable`` (no locks,
+    no side files); if a writer appears meanwhile (its ``-wal`` shows up), the read is
+    done again through the writer's files, which are there now. (One case still creates
+    a file: a ``-wal`` left by a crash without its ``-shm``; SQLite needs one to read it.)
+    """
+    if not path.is_file():
+        raise StorageError(f"{path}: no evidence store there")
+    uri = path.resolve().as_uri()
+    immutable = not _has_side_files(path)
+    for _ in range(2):
+        with _SqliteGuard(path, what):
+            db = sqlite3.connect(uri + "?mode=ro" + "&immutable=1" * immutable, uri=True)
+            try:
+                result = read(db)
+            finally:
+                db.close()
+        if not immutable or not _has_side_files(path):
+            break
+        immutable = False
+    return result
+
+
+def _has_side_files(path: Path) -> bool:
+    return any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
 
 
 class _SqliteGuard:

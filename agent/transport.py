@@ -14,12 +14,11 @@ import logging
 import os
 import random
 import socket
-import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -31,6 +30,7 @@ from paho.mqtt.properties import Properties
 
 from agent.attestation import CONTENT_TYPE
 from agent.errors import ConfigError, StorageError
+from agent.mqtt_tls import TlsFiles, client_context
 from agent.store import OutboxItem
 
 __all__ = ["BrokerURL", "MqttPublisher", "Publisher", "SpoolPublisher", "Topics"]
@@ -80,23 +80,32 @@ class BrokerURL:
     port: int
     tls: bool
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr or a log line
 
     @classmethod
     def parse(cls, url: str, where: str = "mqtt.url") -> BrokerURL:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ConfigError(f"{where}: {url!r} must start with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ConfigError(f"{where}: {url!r} has no host")
-        tls = parts.scheme == "mqtts"
+        """``mqtt[s]://[user[:password]@]host[:port]``; errors never repeat the password."""
+        form = "expected mqtt[s]://[user[:password]@]host[:port]"
         try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError as e:
-            raise ConfigError(f"{where}: {url!r} has an invalid port") from e
+            parts = urlsplit(url)
+            shown = repr(url.replace(f":{parts.password}@", ":***@") if parts.password else url)
+            port = parts.port
+        except ValueError as e:  # e.g. an unclosed IPv6 bracket, a port beyond 65535
+            raise ConfigError(f"{where}: not a broker URL ({e}; {form})") from e
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(f"{where}: {shown} must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ConfigError(f"{where}: {shown} has no host ({form})")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ConfigError(f"{where}: {shown} has a path, query or fragment ({form})")
+        if port == 0:
+            raise ConfigError(f"{where}: {shown} has port 0 ({form})")
+        if parts.password is not None and not parts.username:
+            raise ConfigError(f"{where}: {shown} has a password but no user name ({form})")
+        tls = parts.scheme == "mqtts"
         user = unquote(parts.username) if parts.username else None
         pw = unquote(parts.password) if parts.password else None
-        return cls(parts.hostname, port, tls, user, pw)
+        return cls(parts.hostname, port or (8883 if tls else 1883), tls, user, pw)
 
     def __str__(self) -> str:  # never print the password
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
@@ -197,12 +206,7 @@ class MqttPublisher:
         if url.username:
             c.username_pw_set(url.username, url.password)
         if url.tls:
-            c.tls_set(
-                ca_certs=str(ca_file) if ca_file else None,
-                certfile=str(cert_file) if cert_file else None,
-                keyfile=str(key_file) if key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+            c.tls_set_context(client_context(TlsFiles(ca_file, cert_file, key_file)))
         c.will_set(
             topics.status,
             json.dumps({"state": "offline", "device": topics.device}),

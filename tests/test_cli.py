@@ -125,6 +125,36 @@ def test_init_makes_a_private_key_and_a_config_that_loads(tmp_path, run_cli):
     assert cfg.device_id == "gw-9" and cfg.key_path == key
 
 
+def test_init_csr_hint_commands_work_when_run_in_order(tmp_path, run_cli):
+    """The printed `fleet ca init` and `fleet ca issue` lines, run as printed, give the
+    device a certificate for its own key from the fleet CA."""
+    import shlex
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    r = run_cli("init", "--device-id", "gw-9", "--dir", "site", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    hints = [line.strip() for line in r.stdout.splitlines() if "edgegov fleet ca " in line]
+    assert [h.split()[:4] for h in hints] == [["edgegov", "fleet", "ca", "init"],
+                                              ["edgegov", "fleet", "ca", "issue"]]  # fmt: skip
+    for h in hints:
+        argv = shlex.split(h.split("  (")[0])  # without the trailing "(once per fleet)"
+        done = run_cli(*argv[1:], cwd=tmp_path)
+        assert done.returncode == 0, (h, done.stderr)
+    site = tmp_path / "site"
+    cert = x509.load_pem_x509_certificate((site / "keys" / "device.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate((tmp_path / "fleet-ca" / "ca.pem").read_bytes())
+    assert cert.issuer == ca.subject
+    assert cert.subject.rfc4514_string() == "CN=gw-9"
+    der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    device_pub = serialization.load_pem_public_key((site / "keys" / "device.pub.pem").read_bytes())
+    assert cert.public_key().public_bytes(*der) == device_pub.public_bytes(*der)
+    cert.verify_directly_issued_by(ca)
+    assert "device.cert: keys/device.pem" in r.stdout
+    assert "# cert: keys/device.pem" in (site / "agent.yaml").read_text()
+
+
 def test_run_with_a_bad_config_field_says_which(tmp_path, run_cli):
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(

@@ -31,13 +31,25 @@ BASE = {
 def write(tmp_path: Path, sources: object) -> Path:
     p = tmp_path / "agent.yaml"
     p.write_text(yaml.safe_dump({**BASE, "sources": sources}))
+    for name in ("k", "p.yaml"):  # the files BASE names (their content is checked later)
+        (tmp_path / name).touch()
     return p
 
 
 def test_the_example_config_with_every_source_kind_enabled_loads(tmp_path: Path):
+    from tests.pki import TestPKI
+
     text = (ROOT / "configs" / "agent.example.yaml").read_text()
     text = re.sub(r"^  # (- name|  )", lambda m: "  " + m.group(1), text, flags=re.M)
     text = re.sub(r"^    # (expect:|  - \{name)", lambda m: "    " + m.group(1), text, flags=re.M)
+    text = text.replace("/etc/edgegov/", f"{tmp_path}/etc/")  # the files it names, made here
+    pki = TestPKI(tmp_path / "etc")
+    cert, key = pki.issue("gw-0001")
+    cert.rename(tmp_path / "etc" / "device.pem")
+    key.rename(tmp_path / "etc" / "device-tls.key")
+    for name in ("keys/device.key", "policies/cold-chain.yaml"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).touch()
     p = tmp_path / "agent.yaml"
     p.write_text(text)
     cfg = load_config(p)

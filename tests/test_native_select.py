@@ -11,18 +11,26 @@ import pytest
 
 from tests.conftest import ROOT
 
-# Make `native.<compiled>` unimportable, as on a machine where it was never built.
+# Make some `native.<compiled>` modules unimportable, as on a machine where they were never
+# built (ModuleNotFoundError) or where the file is there but does not load (ImportError).
 _BLOCK = """
 import importlib.abc, logging, sys
 logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name == "native.{compiled}":
-            raise ImportError("simulated: not built")
+        if name in {missing!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        if name in {broken!r}:
+            raise ImportError("simulated: undefined symbol")
 sys.meta_path.insert(0, Block())
-import native.{selector} as s
-print(s.IMPLEMENTATION)
+{imports}
 """
+
+
+def _block(selectors, missing=(), broken=()):
+    imports = "\n".join(f"import native.{s} as s; print(s.IMPLEMENTATION)" for s in selectors)
+    return _BLOCK.format(missing=set(missing), broken=set(broken), imports=imports)
+
 
 SELECTORS = [("policy", "_policy"), ("verify", "_verify"), ("frames", "_frames"),
              ("cbor_scan", "_cbor_scan"), ("features", "_features")]  # fmt: skip
@@ -36,9 +44,33 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(("selector", "compiled"), SELECTORS)
 def test_a_missing_extension_falls_back_and_says_so(selector, compiled):
-    r = _run(_BLOCK.format(selector=selector, compiled=compiled))
+    r = _run(_block([selector], missing=[f"native.{compiled}"]))
     assert r.stdout.strip() == "python"
-    assert f"native.{compiled} is not built" in r.stderr and "much slower" in r.stderr
+    assert "1 of 5 native modules fell back" in r.stderr, r.stderr
+    assert f"native.{compiled} (not built)" in r.stderr and "much slower" in r.stderr
+
+
+def test_fallbacks_are_said_once_per_process_naming_every_module():
+    missing = ["native._policy", "native._frames", "native._features"]
+    r = _run(_block([s for s, _ in SELECTORS], missing=missing, broken=["native._verify"]))
+    assert r.stdout.split() == ["python", "python", "python", "cython", "python"]
+    assert r.stderr.count("fell back to their pure-Python twins") == 1, r.stderr
+    assert "4 of 5 native modules" in r.stderr
+    for name in missing:
+        assert f"{name} (not built)" in r.stderr
+    assert "native._verify (cannot be loaded: simulated: undefined symbol)" in r.stderr
+    assert "native._cbor_scan" not in r.stderr  # it was built and is used
+
+
+def test_status_says_which_implementation_and_why():
+    code = "import native; print(native.format_native_status())"
+    table = _run(_block([], missing=["native._frames"]) + code).stdout
+    assert "native modules: 4 of 5 compiled; 1 run as their pure-Python twins" in table
+    assert "native._frames     pure twin (not built)" in table
+    assert "native._policy     compiled" in table
+    forced = _run(code, EDGEGOV_PURE="1")
+    assert forced.stdout.count("pure twin (EDGEGOV_PURE is set)") == 5, forced.stdout
+    assert "fell back" not in forced.stderr  # asked for: not a warning
 
 
 @pytest.mark.parametrize(("selector", "compiled"), SELECTORS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,102 @@ def test_fleet_key_reference_without_its_pin_is_named(tmp_path, monkeypatch):
     ref.write_text(json.dumps({"module": "/x.so", "token": "t", "key": "k", "pin_env": "NOPE_PIN"}))
     with pytest.raises(FleetError, match="NOPE_PIN is not set"):
         load_pkcs11_reference(ref)
+
+
+# -- edgegov key create / export-pub (issue 11) ------------------------------------------
+
+
+def _session(module: str):
+    """A logged-in session in this process (login is per process: maybe already done)."""
+    import pkcs11
+
+    tok = pkcs11.lib(module).get_token(token_label="edgegov")
+    try:
+        return tok.open(user_pin="1234")
+    except pkcs11.exceptions.UserAlreadyLoggedIn:
+        return tok.open()
+
+
+def _key_cli(run_cli, token, *args: str, pin: str | None = "1234"):
+    env = {k: v for k, v in os.environ.items() if k != "TEST_TOKEN_PIN"}
+    if pin is not None:
+        env["TEST_TOKEN_PIN"] = pin
+    return run_cli(*args, "--pkcs11-module", token, "--token", "edgegov", env=env)
+
+
+@pytest.mark.parametrize(("key_type", "alg"), [("ed25519", -8), ("p256", -7)])
+def test_key_create_makes_a_token_key_whose_exported_public_key_verifies_its_attestations(
+    token, tmp_path, run_cli, key_type, alg
+):
+    from pkcs11 import Attribute, ObjectClass
+
+    from agent.keys import load_public_key
+    from agent.pkcs11_signer import Pkcs11Signer
+
+    label, pub = f"made-{key_type}", tmp_path / "device.pub.pem"
+    r = _key_cli(run_cli, token, "key", "create", "--label", label, "--pin-env",
+                 "TEST_TOKEN_PIN", "--key-type", key_type, "--pub-out", str(pub))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "1234" not in r.stdout + r.stderr  # the PIN is never printed
+    exported = load_public_key(pub)
+    assert f"kid {exported.kid.hex()}" in r.stdout and str(pub) in r.stdout
+
+    # the agent's signer finds it in the token; what it signs verifies with the exported key
+    signer = Pkcs11Signer(token, "edgegov", "1234", label)
+    assert signer.alg == alg == exported.alg and signer.kid == exported.kid
+    msgs = make_stream(tmp_path / "e.sqlite", signer, windows=3)
+    res = verify_paths([write(tmp_path / "f", msgs)], [exported])
+    assert res.ok and res.verified == 3, [str(f) for f in res.findings]
+    assert cose_oracle(msgs, pub.read_bytes()).count(f"alg={alg}") == 3
+
+    # the private key is sensitive and cannot be taken out of the token
+    with _session(token) as s:
+        priv = s.get_key(ObjectClass.PRIVATE_KEY, label=label)
+        assert priv[Attribute.SENSITIVE] is True and priv[Attribute.EXTRACTABLE] is False
+
+    # export-pub, without the PIN (the public key is a public object): the same key
+    again = tmp_path / "again.pub.pem"
+    r = _key_cli(run_cli, token, "key", "export-pub", "--label", label, "--pin-env",
+                 "TEST_TOKEN_PIN", "--pub-out", str(again), pin=None)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert again.read_bytes() == pub.read_bytes()
+
+
+def test_key_create_refuses_a_label_in_use_and_creates_nothing(token, tmp_path, run_cli):
+    pub = tmp_path / "x.pub.pem"
+    with _session(token) as s:
+        before = len(list(s.get_objects()))
+    r = _key_cli(run_cli, token, "key", "create", "--label", "ed25519", "--pin-env",
+                 "TEST_TOKEN_PIN", "--pub-out", str(pub))  # fmt: skip
+    assert r.returncode == 2
+    assert "already holds 2 object(s) labelled 'ed25519'; nothing was created" in r.stderr
+    assert "Traceback" not in r.stderr and not pub.exists()
+    with _session(token) as s:
+        assert len(list(s.get_objects())) == before
+
+
+def test_key_create_names_a_missing_pin_variable_and_a_wrong_pin(token, tmp_path, run_cli):
+    pub = tmp_path / "x.pub.pem"
+    args = ("key", "create", "--label", "new", "--pin-env", "TEST_TOKEN_PIN", "--pub-out", str(pub))
+    r = _key_cli(run_cli, token, *args, pin=None)
+    assert r.returncode == 2
+    assert "--pin-env: environment variable TEST_TOKEN_PIN with the token PIN is not set" in (
+        r.stderr
+    )
+    r = _key_cli(run_cli, token, *args, pin="999999")
+    assert r.returncode == 2 and "PinIncorrect" in r.stderr and "999999" not in r.stderr
+    assert not pub.exists()
+
+
+def test_without_python_pkcs11_the_error_names_the_extra(token, tmp_path):
+    """python-pkcs11 absent (an import that fails, as in an install without the extra)."""
+    code = ("import sys; sys.modules['pkcs11'] = None\n"
+            "from agent.cli import main\nsys.exit(main(sys.argv[1:]))")  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", code, "key", "create", "--pkcs11-module", token, "--token",
+         "edgegov", "--label", "new", "--pub-out", str(tmp_path / "p.pem")],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "EDGEGOV_PKCS11_PIN": "1"},
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "python-pkcs11, which is not installed: pip install 'edgegov[pkcs11]'" in r.stderr

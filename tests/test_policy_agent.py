@@ -36,10 +36,10 @@ def test_a_bad_policy_on_reload_keeps_the_last_good_one(tmp_path: Path) -> None:
         ]
         for text in broken:
             policy_file.write_text(text)
-            agent._reload_policy()
+            agent._reload_config()
             assert agent.policy is good and agent.evaluator is evaluator
         policy_file.write_text(tightened)
-        agent._reload_policy()
+        agent._reload_config()
         assert agent.policy.digest != good.digest
     finally:
         agent.store.close()

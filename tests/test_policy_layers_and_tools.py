@@ -271,7 +271,7 @@ def test_policy_check_exit_code_1_on_findings(tmp_path: Path, run_cli) -> None:
 
 def test_policy_eval_reports_episodes_of_an_hourly_average(tmp_path: Path, run_cli) -> None:
     # stack emissions: NOx at 80 for 1 h, then 150 for 2 h, then 80; one reading a minute
-    rows = ["timestamp,nox,co,o2,flue_temp"]
+    rows = ["timestamp_ms,nox,co,o2,flue_temp"]
     t0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
     for m in range(4 * 60):
         nox = 150.0 if 60 <= m < 180 else 80.0
@@ -312,7 +312,7 @@ def test_policy_eval_rejects_a_bad_recording(tmp_path: Path, run_cli) -> None:
         ("timestamp,near-miss\n0,0.5\n", ":1: unknown column 'near-miss'"),
         ("timestamp,speed,speed\n0,1,2\n", ":1: column 'speed' appears twice"),
         # the line named is the file's, blank lines included
-        ("timestamp,speed\n0,1\n\n\n2000,1\n1000,1\n", ":6: timestamps go backwards"),
+        ("timestamp_ms,speed\n0,1\n\n\n2000,1\n1000,1\n", ":6: timestamps go backwards"),
     ],
 )
 def test_policy_eval_names_the_line_and_column_at_fault(
@@ -324,9 +324,94 @@ def test_policy_eval_names_the_line_and_column_at_fault(
     assert r.returncode == 2 and f"{csv}{message}" in r.stderr, r.stderr
 
 
+def test_policy_eval_refuses_a_bare_epoch_number_and_names_the_cell(
+    tmp_path: Path, run_cli
+) -> None:
+    csv = tmp_path / "epoch.csv"
+    csv.write_text("door,timestamp,temperature,humidity\n0,2026-01-01T00:00:00Z,5,50\n"
+                   "0,1767225601000,5,50\n")  # fmt: skip
+    r = run_cli("policy", "eval", str(EXAMPLES / "cold-chain.yaml"), "--readings", str(csv))
+    assert r.returncode == 2 and r.stdout == ""
+    assert (
+        f"{csv}:3: column 2 (timestamp): '1767225601000' is a bare number (seconds or "
+        "milliseconds?); write ISO 8601 with a time zone, e.g. 2026-01-01T00:00:00Z, or name "
+        "the column timestamp_ms for Unix time in milliseconds"
+    ) in r.stderr, r.stderr
+    # ... and the accepted forms give the same verdict: ISO 8601 (any offset) or timestamp_ms
+    iso = tmp_path / "iso.csv"
+    iso.write_text("timestamp,temperature,humidity,door\n2026-01-01T00:00:00Z,9,50,0\n"
+                   "2026-01-01T01:00:01.000+01:00,9,50,0\n")  # fmt: skip
+    ms = tmp_path / "ms.csv"
+    ms.write_text("timestamp_ms,temperature,humidity,door\n1767225600000,9,50,0\n"
+                  "1767225601000,9,50,0\n")  # fmt: skip
+    docs = []
+    for f in (iso, ms):
+        r = run_cli("policy", "eval", str(EXAMPLES / "cold-chain.yaml"), "--readings", str(f),
+                    "--json")  # fmt: skip
+        assert r.returncode == 1, r.stderr
+        docs.append(json.loads(r.stdout)["rules"])
+    assert docs[0] == docs[1]
+    temp = next(x for x in docs[0] if x["rule"] == "temp-2-8")
+    assert temp["first_violation_ms"] == 1767225600000 and temp["violated"] == 2
+
+
+def test_policy_eval_help_states_the_accepted_time_formats(run_cli) -> None:
+    r = run_cli("policy", "eval", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "timestamp ISO 8601 with a time zone: 2026-01-01T00:00:00Z" in text
+    assert "timestamp_ms Unix time in integer milliseconds" in text
+    assert "a bare number is refused" in text
+
+
+def test_policy_eval_warns_about_a_channel_the_rules_use_that_has_no_column(
+    tmp_path: Path, run_cli
+) -> None:
+    csv = tmp_path / "no-humidity.csv"
+    csv.write_text("timestamp,temperature,door\n2026-01-01T00:00:00Z,5,0\n")
+    r = run_cli("policy", "eval", str(EXAMPLES / "cold-chain.yaml"), "--readings", str(csv))
+    assert r.returncode == 0, r.stderr
+    (warning,) = [x for x in r.stderr.splitlines() if "warning" in x]
+    assert warning == (
+        f"edgegov: warning: {csv}:1: no column 'humidity', a channel the policy's rules use: "
+        "all its readings count as missing"
+    )
+    assert "temp-2-8" in r.stdout  # the evaluation still ran
+    full = tmp_path / "full.csv"
+    full.write_text("timestamp,temperature,door,humidity\n2026-01-01T00:00:00Z,5,0,50\n")
+    r = run_cli("policy", "eval", str(EXAMPLES / "cold-chain.yaml"), "--readings", str(full))
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+def test_policy_check_takes_several_files_and_checks_all_of_them(tmp_path: Path, run_cli) -> None:
+    good = EXAMPLES / "cold-chain.yaml"
+    finding = write(tmp_path / "finding.yaml", dict(BASE, rules=[*BASE["rules"],
+                    rule(id="x", condition="true")]))  # fmt: skip
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("id: [unclosed\n")
+    files = [str(good), str(broken), str(finding)]
+    r = run_cli("policy", "check", *files)
+    assert r.returncode == 2, r.stderr  # one did not load: an input error, the others checked
+    assert f"{good}: OK - policy cold-chain-gdp" in r.stdout
+    assert f"{finding}: 1 finding(s)" in r.stdout
+    assert "unreachable: rule x: can never be violated" in r.stdout
+    assert r.stderr.startswith(f"edgegov: error: {broken}")
+    r = run_cli("policy", "check", *files, "--json")
+    assert r.returncode == 2
+    docs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [d["file"] for d in docs] == files
+    assert docs[0]["findings"] == [] and docs[0]["digest"] == load_policy(good).digest
+    assert docs[1]["error"].startswith(str(broken)) and "id" not in docs[1]
+    assert [f["kind"] for f in docs[2]["findings"]] == ["unreachable"]
+    r = run_cli("policy", "check", str(good), str(finding))
+    assert r.returncode == 1  # findings, nothing failed to load
+    r = run_cli("policy", "check", str(good), str(EXAMPLES / "machine-zone.yaml"))
+    assert r.returncode == 0 and r.stdout.count(": OK - policy") == 2
+
+
 def test_replay_of_cold_chain_explains_a_reportable_excursion(tmp_path: Path) -> None:
     bundle = load_policy(EXAMPLES / "cold-chain.yaml")
-    rows = ["timestamp,temperature,humidity,door"]
+    rows = ["timestamp_ms,temperature,humidity,door"]
     for s in range(0, 3600, 10):  # 20 min above 8 °C from 10 min on
         temp = 11.0 if 600 <= s < 1800 else 5.0
         rows.append(f"{s * 1000},{temp},50,0")

@@ -21,6 +21,7 @@ import hashlib
 import os
 import secrets
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from agent.attestation import EDGEGOV, SEQ
 from agent.audit.evidence_db import EvidenceDB, open_db
 from agent.cose import decode_sign1
 from agent.errors import Error, TransportError
+from agent.mqtt_tls import TlsFiles, client_context, explain_tls_failure
 from agent.transport import BrokerURL
 
 __all__ = ["Collector", "FileCollector", "StoreCollector", "peek_seq"]
@@ -48,7 +50,10 @@ def peek_seq(payload: bytes) -> int:
 
 
 class Collector:
-    """Subscribes to ``{prefix}/{fleet}/+/attestation``; subclasses store each message."""
+    """Subscribes to ``{prefix}/{fleet}/+/attestation``; subclasses store each message.
+
+    ``tls``: the CA, client certificate and key for an ``mqtts://`` broker (mutual TLS).
+    """
 
     def __init__(
         self,
@@ -56,8 +61,10 @@ class Collector:
         fleet: str = "+",
         prefix: str = "edgegov",
         share: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.url = BrokerURL.parse(url, "broker URL")
+        self.tls = tls
         topic = f"{prefix}/{fleet}/+/attestation"
         self.topic = f"$share/{share}/{topic}" if share else topic
         self.name = f"edgegov-collector-{os.getpid()}-{secrets.token_hex(3)}"
@@ -65,26 +72,36 @@ class Collector:
         self.stored: set[str] = set()
         self.errors: list[str] = []
         self._subscribed = threading.Event()
+        self._refused: str | None = None  # why the broker refused or dropped us before SUBACK
         self._lock = threading.Lock()
         c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=self.name)
         if self.url.username:
             c.username_pw_set(self.url.username, self.url.password)
         if self.url.tls:
-            c.tls_set()
+            c.tls_set_context(client_context(tls))
         c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
         self._client = c
 
     def start(self, timeout: float = 5.0) -> None:
+        """Connect and subscribe; TransportError says why not (TLS: what to pass)."""
         try:
             self._client.connect(self.url.host, self.url.port, keepalive=30)
-        except OSError as e:
-            raise TransportError(f"collector cannot reach broker {self.url}: {e}") from e
+        except OSError as e:  # ssl.SSLError too: TLS 1.2 fails in the handshake
+            why = explain_tls_failure(e, self.tls) or str(e)
+            raise TransportError(f"collector cannot reach broker {self.url}: {why}") from e
         self._client.loop_start()
-        if not self._subscribed.wait(timeout):
-            self.stop()
-            raise TransportError(f"collector could not subscribe at {self.url} within {timeout} s")
+        deadline = time.monotonic() + timeout
+        while not self._subscribed.wait(0.05):
+            refused = self._refused
+            if refused is not None or time.monotonic() > deadline:
+                self.stop()
+                raise TransportError(
+                    f"collector could not subscribe at {self.url}: "
+                    + (refused or f"no SUBACK within {timeout} s")
+                )
 
     def stop(self) -> None:
         self._client.disconnect()
@@ -95,10 +112,23 @@ class Collector:
     ) -> None:
         if not rc.is_failure:
             client.subscribe(self.topic, qos=1)
+        elif not self._subscribed.is_set():
+            self._refused = f"the broker refused the connection: {rc}"
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
+        if not self._subscribed.is_set() and self._refused is None:
+            # TLS 1.3: a broker that wants a client certificate drops us after the handshake
+            no_cert = self.url.tls and (self.tls is None or self.tls.cert is None)
+            hint = "; a broker with mutual TLS needs a client certificate and key" * no_cert
+            self._refused = f"the broker closed the connection ({rc}){hint}"
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, p: Any) -> None:
         if rcs and not rcs[0].is_failure:
             self._subscribed.set()
+        elif rcs:
+            self._refused = f"the broker refused the subscription to {self.topic}: {rcs[0]}"
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         device = msg.topic.split("/")[-2]
@@ -129,8 +159,9 @@ class FileCollector(Collector):
         fleet: str = "+",
         prefix: str = "edgegov",
         share: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
-        super().__init__(url, fleet, prefix, share)
+        super().__init__(url, fleet, prefix, share, tls)
         self.out_dir = out_dir
 
     def start(self, timeout: float = 5.0) -> None:
@@ -160,8 +191,9 @@ class StoreCollector(Collector):
         fleet: str = "+",
         prefix: str = "edgegov",
         share: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
-        super().__init__(url, fleet, prefix, share)
+        super().__init__(url, fleet, prefix, share, tls)
         self.db: EvidenceDB = open_db(store_url)
 
     def store(self, device: str, seq: int, digest: bytes, payload: bytes) -> bool:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import ssl
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -31,18 +29,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.errors import TransportError
+from agent.mqtt_tls import TlsFiles, client_context, explain_tls_failure
 from agent.transport import BrokerURL
 
 __all__ = ["FleetSession", "TlsFiles"]
 
 _PACKET_OVERHEAD = 64 * 1024  # topic, properties and fixed header beside the payload
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
 
 
 class FleetSession:
@@ -59,6 +51,7 @@ class FleetSession:
         will: tuple[str, bytes] | None = None,
     ) -> None:
         self.url = url
+        self._tls = tls
         self.max_payload = max_payload
         self.timeout = timeout
         self.oversized = 0  # messages over the cap that arrived anyway (dropped)
@@ -74,13 +67,7 @@ class FleetSession:
         if url.username:
             c.username_pw_set(url.username, url.password)
         if url.tls:
-            t = tls or TlsFiles()
-            c.tls_set(
-                ca_certs=str(t.ca) if t.ca else None,
-                certfile=str(t.cert) if t.cert else None,
-                keyfile=str(t.key) if t.key else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+            c.tls_set_context(client_context(tls))
         if will is not None:
             c.will_set(will[0], will[1], qos=1, retain=True)
         c.on_connect = self._on_connect
@@ -100,7 +87,8 @@ class FleetSession:
                 self.url.host, self.url.port, keepalive=30, clean_start=True, properties=props
             )
         except (OSError, ssl.SSLError) as e:
-            raise TransportError(f"cannot connect to {self.url}: {e}") from e
+            why = explain_tls_failure(e, self._tls) or str(e)
+            raise TransportError(f"cannot connect to {self.url}: {why}") from e
         self._client.loop_start()
         with self._cond:
             if not self._cond.wait_for(lambda: self._connected is not None, self.timeout):

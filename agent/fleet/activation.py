@@ -20,14 +20,25 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.fleet.errors import FleetError
 
-__all__ = ["ActiveConfig", "ConfigStore", "TufVersions"]
+if TYPE_CHECKING:
+    from agent.policy import PolicyBundle
+
+__all__ = [
+    "ActiveConfig",
+    "ConfigStore",
+    "TufVersions",
+    "UnassignedModel",
+    "fleet_dir",
+    "read_current",
+    "unassigned_models",
+]
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,81 @@ def staged_path(directory: Path, target_name: str, kind: str) -> Path:
     return directory / sub / target_name.rsplit("/", 1)[-1]
 
 
+@dataclass(frozen=True)
+class UnassignedModel:
+    """A model a policy declares that its assignment does not provide where the gateway
+    looks for it (``models/<file>`` beside ``policies/`` in the config directory)."""
+
+    id: str
+    file: str  # where the staged policy points, relative to the config directory
+    sha256: str
+    target: str | None  # a target name that would provide it; None: no name can
+
+    def describe(self) -> str:
+        return f"model {self.id} ({self.file}, sha256 {self.sha256[:16]}…)"
+
+    def remedy(self) -> str:
+        """What the fleet manager must do about it."""
+        if self.target is None:
+            return (
+                "the policy must name its models as ../models/<file>: a gateway stages "
+                "them in models/ beside policies/"
+            )
+        return (
+            f"add the model file as target {self.target} "
+            f"(`edgegov fleet add {self.target} FILE`, sha256 {self.sha256[:16]}…) "
+            f"and assign it (`edgegov fleet assign … --model {self.target}`)"
+        )
+
+
+def unassigned_models(
+    bundle: PolicyBundle,
+    directory: Path,
+    models: Iterable[str],
+    files: Mapping[str, tuple[str, int]],
+) -> list[UnassignedModel]:
+    """The models ``bundle`` (loaded from ``directory``'s staged layout) declares that
+    the assigned ``models`` (target name -> ``files[name]`` = (sha256, length)) do not
+    provide at the path the policy names. The one check both the fleet manager
+    (``fleet assign``) and the gateway (before activation) make."""
+    where = {
+        staged_path(directory, m, "model").resolve(): files[m][0] for m in models if m in files
+    }
+    models_dir = (directory / "models").resolve()
+    out = []
+    for ref in bundle.models:
+        path = ref.path.resolve()
+        if where.get(path) == ref.sha256:
+            continue
+        target = f"models/{path.name}" if path.parent == models_dir else None
+        out.append(
+            UnassignedModel(ref.id, os.path.relpath(path, directory.resolve()), ref.sha256, target)
+        )
+    return out
+
+
+def fleet_dir(state_dir: Path) -> Path:
+    """Where a gateway keeps its fleet state (TUF metadata, configs): ``{state_dir}/fleet``."""
+    return Path(state_dir) / "fleet"
+
+
+def read_current(root: Path) -> ActiveConfig | None:
+    """The config in force under ``root``, re-checked against its manifest; None if none.
+
+    Reads only (``edgegov status`` uses it); :meth:`ConfigStore.current` is the same.
+    """
+    try:
+        target = root / os.readlink(root / "current")
+    except FileNotFoundError:
+        return None
+    try:
+        return ActiveConfig.from_manifest(
+            target, json.loads((target / "manifest.json").read_bytes())
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FleetError(f"{target}: config in force has no valid manifest: {e}") from e
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -114,16 +200,7 @@ class ConfigStore:
 
     def current(self) -> ActiveConfig | None:
         """The config in force, re-checked against its manifest; None if there is none."""
-        try:
-            target = self.root / os.readlink(self.current_link)
-        except FileNotFoundError:
-            return None
-        try:
-            return ActiveConfig.from_manifest(
-                target, json.loads((target / "manifest.json").read_bytes())
-            )
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise FleetError(f"{target}: config in force has no valid manifest: {e}") from e
+        return read_current(self.root)
 
     def new_staging(self, name: str) -> Path:
         d = self.staging / f"{name}.{os.getpid()}"

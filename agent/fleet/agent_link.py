@@ -2,8 +2,12 @@
 
 It starts the :class:`~agent.fleet.client.FleetClient` from the agent config,
 tells the runner which policy to load at start (the fleet config in force, if
-any, else the local bootstrap policy), hands over newly activated configs, and
-says what to put in claim -70001/5 and in the status.
+any, else the local bootstrap policy, else none: the agent then waits for the
+first signed config and attests nothing), hands over newly activated configs,
+and says what to put in claim -70001/5 and in the status.
+
+Constructing it writes nothing: the trust root and the config in force are read,
+directories are made when the client starts.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from typing import Any
 
 from agent.attestation import ConfigInForce
 from agent.config import AgentConfig
-from agent.errors import Error
+from agent.errors import ConfigError, Error
 from agent.fleet._mqtt import TlsFiles
 from agent.fleet.activation import ActiveConfig
 from agent.fleet.client import FleetClient, FleetClientConfig
+from agent.fleet.errors import TrustRootError
 from agent.policy import PolicyBundle
 from agent.transport import BrokerURL
 
@@ -33,28 +38,32 @@ class FleetLink:
     def __init__(self, config: AgentConfig) -> None:
         assert config.tuf is not None and config.mqtt is not None
         m = config.mqtt
-        self.client = FleetClient(
-            FleetClientConfig(
-                device_id=config.device_id,
-                fleet=config.fleet,
-                url=BrokerURL.parse(m.url),
-                trusted_root=config.tuf.root,
-                state_dir=config.state_dir,
-                prefix=m.topic_prefix,
-                group=config.tuf.group,
-                tls=TlsFiles(m.ca, m.cert, m.key),
-                refresh_seconds=config.tuf.refresh_seconds,
-            ),
-            on_activate=self._activated,
-        )
-        self.in_force: ActiveConfig | None = self.client.store.current()
+        try:
+            self.client = FleetClient(
+                FleetClientConfig(
+                    device_id=config.device_id,
+                    fleet=config.fleet,
+                    url=BrokerURL.parse(m.url, f"{config.source}: output.mqtt.url"),
+                    trusted_root=config.tuf.root,
+                    state_dir=config.state_dir,
+                    prefix=m.topic_prefix,
+                    group=config.tuf.group,
+                    tls=TlsFiles(m.ca, m.cert, m.key),
+                    refresh_seconds=config.tuf.refresh_seconds,
+                ),
+                on_activate=self._activated,
+            )
+        except TrustRootError as e:
+            raise ConfigError(f"{config.source}: tuf.root: {e}") from e
+        self.in_force: ActiveConfig | None = self.client.current()
         self._pending: ActiveConfig | None = None
         self._changed: tuple[int, int] | None = None  # (previous version, switch ms)
         self._lock = threading.Lock()
         self._problem = ""
 
-    def policy_path(self, local: Path) -> Path:
-        """The policy to start with: the fleet's config in force, else the local file."""
+    def policy_path(self, local: Path | None) -> Path | None:
+        """The policy to start with: the fleet's config in force, else the local file
+        (None: neither, the agent waits for the first signed config)."""
         return self.in_force.policy_path if self.in_force is not None else local
 
     def start(self) -> None:

@@ -81,7 +81,9 @@ def _add(a: argparse.Namespace) -> int:
 def _assign(a: argparse.Namespace) -> int:
     if (a.device is None) == (a.group is None):
         raise Error("fleet assign: give exactly one of --device or --group")
-    asg = _repo(a).assign(a.policy, a.model or (), device=a.device, group=a.group)
+    repo = _repo(a)
+    repo.check_assignment(a.policy, a.model or ())  # as the gateway will, before signing
+    asg = repo.assign(a.policy, a.model or (), device=a.device, group=a.group)
     who = a.device or f"group {a.group}"
     models = ", ".join(asg.models) or "no models"
     print(f"assignment for {who}: config version {asg.config_version}: {asg.policy} + {models}")
@@ -102,7 +104,7 @@ def _sign(a: argparse.Namespace) -> int:
 
 def _publish(a: argparse.Namespace) -> int:
     repo = _repo(a)
-    msgs = repo.messages()
+    msgs = repo.verified_messages()  # RepositoryInvalid (exit 1) before any connection
     with _session(a, f"edgegov-fleet-{repo.topics.fleet}-publisher") as s:
         s.publish_many(msgs, retain=True, content_type="application/octet-stream")
     size = sum(len(p) for _, p in msgs)

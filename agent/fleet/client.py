@@ -38,13 +38,21 @@ from pathlib import Path
 from typing import Any
 
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata, TargetFile
+from tuf.api.metadata import Metadata, Root, TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
 from agent.errors import Error, TransportError
 from agent.fleet._mqtt import FleetSession, TlsFiles
-from agent.fleet.activation import ActiveConfig, ConfigStore, TufVersions, staged_path
-from agent.fleet.errors import ConfigRejected, FleetError
+from agent.fleet.activation import (
+    ActiveConfig,
+    ConfigStore,
+    TufVersions,
+    fleet_dir,
+    read_current,
+    staged_path,
+    unassigned_models,
+)
+from agent.fleet.errors import ConfigRejected, FleetError, TrustRootError
 from agent.fleet.fetcher import MqttFetcher
 from agent.fleet.repository import Assignment, assignment_name
 from agent.fleet.topics import METADATA_URL, TARGETS_URL, FleetTopics
@@ -114,11 +122,10 @@ class FleetClient:
         self.config = config
         self.on_activate = on_activate
         self.topics = FleetTopics(config.prefix, config.fleet)
-        self.root_dir = Path(config.state_dir) / "fleet"
+        self.root_dir = fleet_dir(config.state_dir)
         self.metadata_dir = self.root_dir / "metadata"
-        self.metadata_dir.mkdir(parents=True, exist_ok=True)
-        self.store = ConfigStore(self.root_dir)
         self._bootstrap = self._trust_anchor()
+        self._store: ConfigStore | None = None  # made (with its directories) on first use
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -132,23 +139,45 @@ class FleetClient:
         self._last_timestamp_msg: bytes | None = None
 
     def _trust_anchor(self) -> bytes | None:
-        """Fail closed: the configured root must exist and parse, or nothing starts."""
+        """Fail closed: the configured root must be a root signed by its own threshold of
+        root keys, or nothing starts (TrustRootError). Reads only."""
         if (self.metadata_dir / "root.json").exists():
             return None  # python-tuf's own trusted root (possibly rotated since)
+        path = Path(self.config.trusted_root)
         try:
-            data = Path(self.config.trusted_root).read_bytes()
-            Metadata.from_bytes(data)
+            data = path.read_bytes()
+            md = Metadata.from_bytes(data)
+            if not isinstance(md.signed, Root):
+                raise ValueError(f"a {md.signed.type} metadata file, not a root")
+            md.signed.verify_delegate(Root.type, md.signed_bytes, md.signatures)
         except (OSError, tuf_errors.RepositoryError, ValueError) as e:
-            raise FleetError(
-                f"{self.config.trusted_root}: fleet trust root unusable ({e}); "
-                "refusing to run without it"
+            raise TrustRootError(
+                f"{path}: fleet trust root unusable ({e}); refusing to run without it"
             ) from e
         return data
+
+    @property
+    def store(self) -> ConfigStore:
+        """The configs on disk (made by :meth:`connect`, or here on first use)."""
+        return self._open_store()
+
+    def _open_store(self) -> ConfigStore:
+        """Make the fleet directories (python-tuf's metadata, the configs): the first
+        writes, so never in the constructor."""
+        if self._store is None:
+            self.metadata_dir.mkdir(parents=True, exist_ok=True)
+            self._store = ConfigStore(self.root_dir)
+        return self._store
+
+    def current(self) -> ActiveConfig | None:
+        """The config in force, read without creating anything."""
+        return read_current(self.root_dir)
 
     # -- lifecycle ---------------------------------------------------------------------
     def connect(self) -> FleetClient:
         """Open the metadata and the targets sessions (idempotent)."""
         c = self.config
+        self._open_store()
         # Metadata lengths are unknown before download: cap them at python-tuf's
         # largest metadata limit. Target lengths are known (signed) but capped too.
         u = UpdaterConfig()
@@ -359,14 +388,14 @@ class FleetClient:
             bundle = load_policy(cfg.policy_path)
         except Error as e:
             raise ConfigRejected(f"{a.policy}: {e}") from e
-        assigned = {a.files[m][0]: staged_path(cfg.directory, m, "model") for m in a.models}
+        missing = unassigned_models(bundle, cfg.directory, a.models, a.files)
+        if missing:
+            raise ConfigRejected(
+                f"{a.policy}: "
+                + "; ".join(f"{m.describe()} is not in this device's assignment" for m in missing)
+                + f" (the fleet manager: {missing[0].remedy()})"
+            )
         for ref in bundle.models:
-            where = assigned.get(ref.sha256)
-            if where is None or ref.path.resolve() != where.resolve():
-                raise ConfigRejected(
-                    f"{a.policy}: model {ref.id} ({ref.path.name}, sha256 {ref.sha256[:16]}…) "
-                    "is not in this device's assignment"
-                )
             if self.config.check_models:
                 try:
                     load_declared(ref)

@@ -28,6 +28,11 @@ and version is refused (mix-and-match).
 Built on ``tuf.repository.Repository`` (python-tuf's editing base class) and
 ``securesystemslib`` ``CryptoSigner``; keys live in PEM files, or in a PKCS#11
 token that a ``keys/<name>.pkcs11`` reference points at (``agent.fleet.hsm``).
+
+Before anything is published, :meth:`FleetRepository.verified_messages` runs
+python-tuf's own client (``tuf.ngclient.Updater``) over the exact bytes to be
+published, from ``1.root.json``, as a gateway would; only what it fetched and
+accepted is published.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -44,6 +50,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
+from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import (
     DelegatedRole,
     Delegations,
@@ -56,10 +63,13 @@ from tuf.api.metadata import (
     Timestamp,
 )
 from tuf.api.serialization.json import JSONSerializer
+from tuf.ngclient import FetcherInterface, Updater
 from tuf.repository import Repository
 
-from agent.fleet.errors import FleetError
-from agent.fleet.topics import FleetTopics, check_target_name
+from agent.errors import Error
+from agent.fleet.activation import staged_path, unassigned_models
+from agent.fleet.errors import FleetError, RepositoryInvalid
+from agent.fleet.topics import METADATA_URL, TARGETS_URL, FleetTopics, check_target_name
 
 __all__ = [
     "DEFAULT_EXPIRY_DAYS",
@@ -366,6 +376,43 @@ class FleetRepository(Repository):
         _write_atomic(self.dir / "targets" / tf.hashes["sha256"], data)
         return tf
 
+    def _files(self, names: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """(sha256, length) of each named target; FleetError for one not added."""
+        listed = self.targets().targets
+        files = {}
+        for n in names:
+            if n not in listed:
+                raise FleetError(f"{n}: not a target of this repository (run `fleet add` first)")
+            files[n] = (listed[n].hashes["sha256"], listed[n].length)
+        return files
+
+    def check_assignment(self, policy: str, models: Iterable[str] = ()) -> None:
+        """Before signing: what a gateway checks before it activates this assignment.
+
+        The policy loads where the gateway stages it, and every model it declares is
+        assigned (same digest, at the path the policy names). FleetError says what to add.
+        """
+        from agent.policy import load_policy  # the policy compiler: only when assigning
+
+        models = tuple(models)
+        files = self._files((policy, *models))
+        with tempfile.TemporaryDirectory(prefix="edgegov-assign-") as tmp:
+            staged = staged_path(Path(tmp), policy, "policy")
+            staged.parent.mkdir()
+            staged.write_bytes(self.blob(files[policy][0]))
+            try:
+                bundle = load_policy(staged)
+            except Error as e:
+                raise FleetError(f"{policy}: {str(e).replace(str(staged), policy)}") from e
+            missing = unassigned_models(bundle, Path(tmp), models, files)
+        if missing:
+            raise FleetError(
+                "; ".join(
+                    f"{policy} declares {m.describe()}, which this assignment lacks: {m.remedy()}"
+                    for m in missing
+                )
+            )
+
     def assign(
         self,
         policy: str,
@@ -374,14 +421,11 @@ class FleetRepository(Repository):
         device: str | None = None,
         group: str | None = None,
     ) -> Assignment:
-        """Sign (as director) what a device or group must run; the config version increases."""
+        """Sign (as director) what a device or group must run; the config version increases.
+
+        Signs what it is given (see :meth:`check_assignment`, which ``fleet assign`` runs)."""
         models = tuple(models)
-        listed = self.targets().targets
-        files = {}
-        for n in (policy, *models):
-            if n not in listed:
-                raise FleetError(f"{n}: not a target of this repository (run `fleet add` first)")
-            files[n] = (listed[n].hashes["sha256"], listed[n].length)
+        files = self._files((policy, *models))
         role = _role_for(device=device, group=group)
         name = assignment_name(device=device, group=group)
         self._delegate(role, name)
@@ -437,3 +481,65 @@ class FleetRepository(Repository):
         out += [(self.topics.metadata(p.name), p.read_bytes()) for p in versioned]
         out.append((self.topics.timestamp, (meta / "timestamp.json").read_bytes()))
         return out
+
+    def verified_messages(self) -> list[tuple[str, bytes]]:
+        """The messages to publish, verified first as a gateway verifies them.
+
+        python-tuf's client (``Updater``) runs over exactly these bytes, trusting only
+        ``1.root.json``: the root chain with each version's thresholds, timestamp,
+        snapshot and targets (signatures, thresholds, versions, expiry, the hashes and
+        lengths each names), every delegated assignment role, and the hash and length of
+        every target. What it did not need (older snapshot and targets versions) is left
+        out. RepositoryInvalid names the file and what failed; nothing is published then.
+        """
+        messages = self.messages()
+        fetcher = _LocalFetcher(dict(messages), self.topics)
+        try:
+            anchor = (self.dir / "metadata" / "1.root.json").read_bytes()
+        except OSError as e:
+            raise RepositoryInvalid(f"metadata/1.root.json: unreadable: {e}") from e
+        with tempfile.TemporaryDirectory(prefix="edgegov-verify-") as tmp:
+            (Path(tmp) / "metadata").mkdir()
+            (Path(tmp) / "targets").mkdir()
+            try:
+                updater = Updater(
+                    f"{tmp}/metadata", METADATA_URL, f"{tmp}/targets", TARGETS_URL, fetcher,
+                    bootstrap=anchor,
+                )  # fmt: skip
+                updater.refresh()
+                for role in ["targets", *self.delegated_roles()]:
+                    for name in self.targets(role).targets:
+                        info = updater.get_targetinfo(name)  # loads and checks the role
+                        if info is None:
+                            raise RepositoryInvalid(
+                                f"{name}: listed by role {role}, but not found by a client "
+                                "(delegation paths or snapshot do not lead to it)"
+                            )
+                        updater.download_target(info, f"{tmp}/targets/target")
+            except (tuf_errors.RepositoryError, tuf_errors.DownloadError, ValueError) as e:
+                where = fetcher.fetched[-1] if fetcher.fetched else "metadata"
+                text = f"{type(e).__name__}: {e}"
+                if e.__cause__ is not None:
+                    text += f" ({e.__cause__})"
+                raise RepositoryInvalid(
+                    f"{where.removeprefix(self.topics.tuf + '/')}: {text}; nothing published"
+                ) from e
+        verified = {self.topics.metadata("1.root.json"), *fetcher.fetched}  # the anchor too
+        return [(t, p) for t, p in messages if t in verified]
+
+
+class _LocalFetcher(FetcherInterface):
+    """python-tuf's fetcher over the messages about to be published (topic -> bytes)."""
+
+    def __init__(self, messages: dict[str, bytes], topics: FleetTopics) -> None:
+        self.messages = messages
+        self.topics = topics
+        self.fetched: list[str] = []
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        topic = self.topics.for_url(url)
+        self.fetched.append(topic)
+        payload = self.messages.get(topic)
+        if payload is None:  # ngclient: "no newer root" for the next root version
+            raise tuf_errors.DownloadHTTPError(f"{topic}: not in the repository", 404)
+        return iter((payload,))

@@ -1,10 +1,12 @@
 """``edgegov policy eval``: run a bundle over recorded readings (CSV).
 
-The CSV has a header. A ``timestamp`` column (Unix ms, or ISO 8601 with a
-time zone) is required; then one column per channel, by name, in any order
-(channels missing from the file are missing readings); an empty cell or
-``nan`` is a missing reading. Columns named ``risk:<model-id>`` give that
-model's score per reading (otherwise ``risk()`` is an error value). Unknown
+The CSV has a header. One time column is required: ``timestamp`` (ISO 8601 with a
+time zone, e.g. ``2026-01-01T00:00:00Z``; a bare number is refused, since nothing says
+whether it counts seconds or milliseconds) or ``timestamp_ms`` (Unix time in integer
+milliseconds). Then one column per channel, by name, in any order; a channel the rules
+use that has no column is all missing readings, and the caller is warned. An empty cell
+or ``nan`` is a missing reading. Columns named ``risk:<model-id>`` give that model's
+score per reading (otherwise ``risk()`` is an error value, with a warning). Unknown
 columns are an error, so a typo does not silently drop a channel.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,10 +26,14 @@ from agent.errors import PolicyError
 from agent.policy.bundle import PolicyBundle
 from agent.policy.evaluator import Episode
 
-__all__ = ["RuleReport", "read_readings", "replay"]
+__all__ = ["TIME_COLUMNS", "RuleReport", "read_readings", "replay"]
 
 #: largest recording accepted (rows)
 MAX_ROWS = 20_000_000
+#: the accepted time columns: ISO 8601 with a time zone, or integer Unix milliseconds
+TIME_COLUMNS = ("timestamp", "timestamp_ms")
+
+Warn = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -57,19 +64,38 @@ class RuleReport:
         }
 
 
-def _time(text: str, where: str) -> int:
+def _time(text: str, where: str, unix_ms: bool) -> int:
+    """One cell of the time column; ``where`` is ``file:line: column N (name)``."""
     t = text.strip()
-    try:
-        return int(t)
-    except ValueError:
-        pass
+    if unix_ms:
+        try:
+            return int(t)
+        except ValueError:
+            raise PolicyError(f"{where}: {t!r} is not an integer of Unix milliseconds") from None
+    if _is_number(t):
+        raise PolicyError(
+            f"{where}: {t!r} is a bare number (seconds or milliseconds?); write ISO 8601 with "
+            "a time zone, e.g. 2026-01-01T00:00:00Z, or name the column timestamp_ms for "
+            "Unix time in milliseconds"
+        )
     try:
         dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
     except ValueError:
-        raise PolicyError(f"{where}: timestamp {t!r} is neither Unix ms nor ISO 8601") from None
+        raise PolicyError(
+            f"{where}: {t!r} is not ISO 8601 (e.g. 2026-01-01T00:00:00Z or "
+            "2026-01-01T01:00:00.250+01:00)"
+        ) from None
     if dt.tzinfo is None:
-        raise PolicyError(f"{where}: timestamp {t!r} has no time zone")
+        raise PolicyError(f"{where}: {t!r} has no time zone (add Z or +01:00, say)")
     return int(dt.timestamp() * 1000)
+
+
+def _is_number(t: str) -> bool:
+    try:
+        float(t)
+    except ValueError:
+        return False
+    return True
 
 
 def _value(text: str, where: str) -> float:
@@ -83,9 +109,12 @@ def _value(text: str, where: str) -> float:
 
 
 def read_readings(
-    bundle: PolicyBundle, path: str | Path
+    bundle: PolicyBundle, path: str | Path, warn: Warn | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(timestamps, columns in channel order, risk score per model) from a CSV file.
+
+    ``warn`` is called with a message for each channel the rules use that has no column
+    (and each model ``risk()`` names that has no ``risk:`` column).
 
     Raises:
         PolicyError: unreadable file, bad header, bad cell (file:line: reason).
@@ -100,9 +129,15 @@ def read_readings(
             if header is None:
                 raise PolicyError(f"{label}: empty file")
             header = [h.strip() for h in header]
-            if "timestamp" not in header:
-                raise PolicyError(f"{label}:1: no 'timestamp' column")
-            known = {"timestamp", *names, *(f"risk:{m}" for m in models)}
+            times = [h for h in header if h in TIME_COLUMNS]
+            if len(times) != 1:
+                raise PolicyError(
+                    f"{label}:1: "
+                    + ("no time column" if not times else f"two time columns {times}")
+                    + "; give one: timestamp (ISO 8601 with a time zone) or timestamp_ms "
+                    "(Unix milliseconds)"
+                )
+            known = {*TIME_COLUMNS, *names, *(f"risk:{m}" for m in models)}
             for k, h in enumerate(header):
                 if h not in known:
                     raise PolicyError(
@@ -112,9 +147,23 @@ def read_readings(
                 if h in header[:k]:
                     raise PolicyError(f"{label}:1: column {h!r} appears twice")
             idx = {h: i for i, h in enumerate(header)}
-            t_col = idx["timestamp"]
+            t_name = times[0]
+            t_col = idx[t_name]
+            for n in names:
+                if n not in idx and n in bundle.used_channels and warn is not None:
+                    warn(
+                        f"{label}:1: no column {n!r}, a channel the policy's rules use: "
+                        "all its readings count as missing"
+                    )
+            for m in models:
+                if f"risk:{m}" not in idx and m in bundle.used_models and warn is not None:
+                    warn(
+                        f"{label}:1: no column 'risk:{m}': the rules' risk(\"{m}\") has no "
+                        "value (not evaluable)"
+                    )
             chan_cols = [idx.get(n) for n in names]  # None: not in the file, missing
             risk_cols = [idx.get(f"risk:{m}") for m in models]
+            unix_ms = t_name == "timestamp_ms"
             ts: list[int] = []
             lines: list[int] = []  # file line of each row (blank lines are skipped)
             rows: list[list[float]] = []
@@ -127,7 +176,7 @@ def read_readings(
                 if len(ts) >= MAX_ROWS:
                     raise PolicyError(f"{label}: more than {MAX_ROWS} rows")
                 where = f"{label}:{line}"
-                ts.append(_time(rec[t_col], where))
+                ts.append(_time(rec[t_col], f"{where}: column {t_col + 1} ({t_name})", unix_ms))
                 lines.append(line)
                 rows.append([math.nan if i is None else _value(rec[i], where) for i in chan_cols])
                 risk.append([math.nan if i is None else _value(rec[i], where) for i in risk_cols])
@@ -144,9 +193,14 @@ def read_readings(
     return t, cols, {m: scores[k] for k, m in enumerate(models)}
 
 
-def replay(bundle: PolicyBundle, path: str | Path) -> tuple[list[RuleReport], dict[str, int]]:
-    """Per-rule results over a recording, and data-quality findings per channel."""
-    ts, cols, scores = read_readings(bundle, path)
+def replay(
+    bundle: PolicyBundle, path: str | Path, warn: Warn | None = None
+) -> tuple[list[RuleReport], dict[str, int]]:
+    """Per-rule results over a recording, and data-quality findings per channel.
+
+    ``warn``: see :func:`read_readings`.
+    """
+    ts, cols, scores = read_readings(bundle, path, warn)
     ev = bundle.evaluator()
     if scores and ts.size:
         # risk scores vary per reading here: evaluate reading by reading groups of equal scores

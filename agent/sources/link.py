@@ -73,6 +73,7 @@ class PortSource:
         self.config_file = config_file
         self.ledger = QualityLedger(cfg.name, cfg.protocol, cfg.serial.port)
         self.connected = threading.Event()
+        self.tried = threading.Event()  # the first open has been attempted (either way)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"source-{cfg.name}", daemon=True)
 
@@ -120,12 +121,14 @@ class PortSource:
 
     def _run(self) -> None:
         cfg = self.cfg
+        where = {"source": cfg.name, "port": self.port}  # structured log fields (agent.logs)
         backoff = cfg.reconnect_initial_s
         self.ledger.offline(now_ms())  # offline until the first open succeeds
         while not self._stop.is_set():
             try:
                 handle = self._open()
             except (serial.SerialException, OSError, ValueError) as e:
+                self.tried.set()
                 self.ledger.add("reopen_failures")
                 log.warning(
                     "source %s (%s): cannot open (%s); retrying in %.2f s",
@@ -133,19 +136,27 @@ class PortSource:
                     self.port,
                     e,
                     backoff,
+                    extra={**where, "reason": str(e)},
                 )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, cfg.reconnect_max_s)
                 continue
             self.ledger.online(now_ms())
             self.connected.set()
+            self.tried.set()
             backoff = cfg.reconnect_initial_s
-            log.info("source %s: %s open (%s)", cfg.name, self.port, cfg.protocol)
+            log.info("source %s: %s open (%s)", cfg.name, self.port, cfg.protocol, extra=where)
             try:
                 self._serve(handle)
             except (serial.SerialException, OSError) as e:
                 self.ledger.add("port_lost")
-                log.warning("source %s: lost %s (%s); the gap is recorded", cfg.name, self.port, e)
+                log.warning(
+                    "source %s: lost %s (%s); the gap is recorded",
+                    cfg.name,
+                    self.port,
+                    e,
+                    extra={**where, "reason": str(e)},
+                )
             finally:
                 self.connected.clear()
                 if not self._stop.is_set():
