@@ -25,9 +25,11 @@ __all__ = [
     "Checkpoint",
     "ConfigInForce",
     "Evidence",
+    "Restart",
     "RiskResult",
     "RuleEpisode",
     "RuleResult",
+    "SourceDowntime",
     "encode_claims",
     "parse_claims",
     "ueid_for",
@@ -51,6 +53,7 @@ EDGEGOV = -70001
 SEQ, PREV, CHECKPOINT, WINDOW, CONFIG, RULES, RISK, HEALTH, DEVICE, READINGS, DEGRADED = range(
     1, 12
 )
+RESTART = 12
 
 
 def ueid_for(device_id: str) -> bytes:
@@ -128,6 +131,47 @@ class RiskResult:
 
 
 @dataclass(frozen=True)
+class SourceDowntime:
+    """One source's time without recorded data around an agent restart (-70001/12 key 4).
+
+    ``last_frame_seq`` is the device frame counter of the last frame this log recorded
+    from the source before the stop (framed sources; None for text/Modbus, or if none was
+    recorded): the frames the device sent meanwhile show up, once its next frame arrives,
+    as that source's ``frames_unrecorded`` health counter and a ``gaps`` range.
+    """
+
+    source: str
+    no_data_ms: int  # from the last reading recorded before the stop to this start
+    last_frame_seq: int | None = None
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Claim -70001/12, only in the first attestation an agent process signs.
+
+    States the start (``started_ms``, gateway clock), the end of the last window signed
+    before it in this log (None: nothing signed before), whether the previous run stopped
+    cleanly, the readings of a window in progress at a crash that were recovered from the
+    store (attested in this window) or are not in the log, and, when the log is new while
+    state of an earlier log was found beside it, why and which log that was.
+    """
+
+    started_ms: int
+    last_end_ms: int | None
+    clean: bool
+    sources: tuple[SourceDowntime, ...] = ()
+    recovered_readings: int = 0
+    unrecorded_readings: int | None = 0  # None: not known how many
+    new_log: str | None = None  # why a new log began beside an earlier log's state
+    previous_log: str | None = None  # that log: "origin seq N head sha256:HEX", or "unknown"
+
+    @property
+    def down_ms(self) -> int:
+        """Time no window was being signed: from the last signed window's end to this start."""
+        return max(0, self.started_ms - self.last_end_ms) if self.last_end_ms is not None else 0
+
+
+@dataclass(frozen=True)
 class Evidence:
     """Everything one attestation says."""
 
@@ -154,6 +198,7 @@ class Evidence:
     # -70001/8 "sources": per-source data-quality records (agent/sources/quality.py)
     source_health: tuple[Mapping[str, Any], ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    restart: Restart | None = None  # -70001/12: the first attestation of an agent process
 
 
 def _measured(digest_hex: str) -> list[list[Any]]:
@@ -243,6 +288,8 @@ def encode_claims(ev: Evidence) -> bytes:
         READINGS: ev.readings,
         DEGRADED: list(ev.degraded),
     }
+    if ev.restart is not None:
+        private[RESTART] = _restart_claim(ev.restart)
     claims = {
         IAT: ev.issued_at,
         CTI: ev.cti,
@@ -261,6 +308,57 @@ def encode_claims(ev: Evidence) -> bytes:
 
 
 _TUF_ROLES = ("root", "timestamp", "snapshot", "targets")
+
+
+def _restart_claim(r: Restart) -> dict[int, Any]:
+    claim: dict[int, Any] = {
+        1: r.started_ms,
+        2: r.last_end_ms,
+        3: r.clean,
+        4: [
+            {"source": s.source, "no_data_ms": s.no_data_ms, "last_frame_seq": s.last_frame_seq}
+            for s in r.sources
+        ],
+        5: r.recovered_readings,
+        6: r.unrecorded_readings,
+    }
+    if r.new_log is not None:
+        claim[7] = r.new_log
+        claim[8] = r.previous_log
+    return claim
+
+
+def _parse_restart(c: Any) -> Restart:
+    """-70001/12 as a :class:`Restart`; VerificationError names the bad key."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise VerificationError(f"claim -70001/12 restart: {what}")
+
+    def uint(v: Any) -> bool:
+        return type(v) is int and v >= 0
+
+    need(isinstance(c, Mapping), "must be a map")
+    need(uint(c.get(1)), "1 (started_ms) must be an unsigned integer")
+    need(c.get(2) is None or uint(c.get(2)), "2 (last_end_ms) must be an integer or null")
+    need(type(c.get(3)) is bool, "3 (clean) must be a bool")
+    srcs = c.get(4, [])
+    need(isinstance(srcs, list), "4 (sources) must be a list")
+    sources = []
+    for s in srcs:
+        need(
+            isinstance(s, Mapping)
+            and type(s.get("source")) is str
+            and uint(s.get("no_data_ms"))
+            and (s.get("last_frame_seq") is None or uint(s.get("last_frame_seq"))),
+            "4 (sources): each entry needs source, no_data_ms and last_frame_seq",
+        )
+        sources.append(SourceDowntime(s["source"], s["no_data_ms"], s.get("last_frame_seq")))
+    need(uint(c.get(5, 0)), "5 (recovered readings) must be an unsigned integer")
+    need(c.get(6) is None or uint(c.get(6)), "6 (unrecorded readings) must be an integer or null")
+    for k, name in ((7, "new_log"), (8, "previous_log")):
+        need(c.get(k) is None or type(c.get(k)) is str, f"{k} ({name}) must be text")
+    return Restart(c[1], c.get(2), c[3], tuple(sources), c.get(5, 0), c.get(6), c.get(7), c.get(8))
 
 
 def _fleet_config(c: ConfigInForce) -> dict[int, Any]:
@@ -337,4 +435,7 @@ def parse_claims(claims: Mapping[Any, Any]) -> Evidence:
         ev: Evidence = evidence_from_claims(claims, _TYPES)
     except ClaimsError as e:
         raise VerificationError(str(e)) from None
+    restart = claims[EDGEGOV].get(RESTART)  # rare (once per agent start): parsed here
+    if restart is not None:
+        ev = dataclasses.replace(ev, restart=_parse_restart(restart))
     return ev

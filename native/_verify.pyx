@@ -873,6 +873,7 @@ cdef object _claims_fast(dict claims):
         "agent_digest": agent_digest,
         "sensors": {},
         "extra": {},
+        "restart": None,  # -70001/12: agent.attestation.parse_claims reads it
         # set by evidence_from_claims; here so the dict is sized for them up front
         "checkpoint": None,
         "config": None,

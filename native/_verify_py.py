@@ -492,6 +492,7 @@ def claims_fields(claims: Mapping[Any, Any]) -> ClaimsFields:
         "agent_digest": _digest_of(agent_meas),
         "sensors": {},
         "extra": {},
+        "restart": None,  # -70001/12: agent.attestation.parse_claims reads it
     }
     return evidence, checkpoint, config, rules, risk
 

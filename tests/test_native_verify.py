@@ -473,3 +473,48 @@ def test_claims_fields_twins_return_the_same_field_dicts(rich):
         f.name for f in dataclasses.fields(Evidence)
         if f.name not in ("checkpoint", "config", "rules", "risk")
     )  # fmt: skip
+
+
+# --- -70001/12 restart: the first attestation of an agent process ---------------------
+
+
+def test_restart_claim_round_trips_and_is_absent_otherwise():
+    from agent.attestation import Restart, SourceDowntime
+
+    ev = _evidence()
+    assert parse_claims(cbor2.loads(encode_claims(ev))).restart is None
+    r = Restart(
+        started_ms=1_700_000_009_000,
+        last_end_ms=1_700_000_004_000,
+        clean=False,
+        sources=(SourceDowntime("cold-room", 5_000, 41), SourceDowntime("rs485", 5_200)),
+        recovered_readings=12,
+        unrecorded_readings=None,
+        new_log="evidence store missing",
+        previous_log="unknown",
+    )
+    back = parse_claims(cbor2.loads(encode_claims(dataclasses.replace(ev, restart=r))))
+    assert back.restart == r
+    assert r.down_ms == 5_000
+    assert dataclasses.replace(r, last_end_ms=None).down_ms == 0
+
+
+@pytest.mark.parametrize(
+    ("claim", "what"),
+    [
+        ("x", "must be a map"),
+        ({1: -1, 3: True}, "started_ms"),
+        ({1: 5, 2: "x", 3: True}, "last_end_ms"),
+        ({1: 5, 3: 1}, "clean"),
+        ({1: 5, 3: True, 4: [{"source": "s"}]}, "sources"),
+        ({1: 5, 3: True, 6: -2}, "unrecorded"),
+        ({1: 5, 3: True, 7: 3}, "new_log"),
+    ],
+)
+def test_a_malformed_restart_claim_is_named(claim, what):
+    from agent.attestation import EDGEGOV, RESTART
+
+    claims = cbor2.loads(encode_claims(_evidence()))
+    claims[EDGEGOV][RESTART] = claim
+    with pytest.raises(VerificationError, match=rf"claim -70001/12 restart: .*{what}"):
+        parse_claims(claims)
