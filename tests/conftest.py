@@ -36,6 +36,17 @@ def broker(tmp_path: Path):
 
 
 @pytest.fixture
+def tls(tmp_path: Path):
+    """A private Mosquitto with the production TLS listener, per-device ACLs and a test PKI."""
+    from tests.test_transport_tls import TlsBroker
+
+    b = TlsBroker(tmp_path)
+    b.broker.start()
+    yield b
+    b.broker.stop()
+
+
+@pytest.fixture
 def signer(tmp_path: Path) -> Signer:
     return generate_key(tmp_path / "keys" / "device.key")
 

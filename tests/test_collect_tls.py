@@ -16,15 +16,6 @@ from agent.store import OutboxItem
 from agent.transport import BrokerURL, MqttPublisher, Topics
 from tests.conftest import ROOT
 from tests.evidence_util import make_stream
-from tests.test_transport_tls import TlsBroker
-
-
-@pytest.fixture
-def tls(tmp_path):
-    b = TlsBroker(tmp_path)
-    b.broker.start()
-    yield b
-    b.broker.stop()
 
 
 def _collect(url: str, store: str, *tls_args: str) -> list[str]:
@@ -75,6 +66,8 @@ def test_collect_over_mutual_tls_stores_what_a_device_published(tls, tmp_path, s
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
     assert proc.returncode == 0, err
     assert f"received {len(msgs)}, stored {len(msgs)} new" in err, err
     pem = tmp_path / "gw-1.pub.pem"

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from agent.errors import TransportError
 from agent.fleet._mqtt import FleetSession, TlsFiles
 from agent.fleet.client import FleetClient, FleetClientConfig
@@ -14,14 +12,6 @@ from agent.fleet.repository import FleetRepository
 from agent.transport import BrokerURL
 from tests.fleet_util import MODEL, MODEL_NAME, POLICY_NAME, policy_bytes
 from tests.test_transport_tls import TlsBroker
-
-
-@pytest.fixture
-def tls(tmp_path):
-    b = TlsBroker(tmp_path)
-    b.broker.start()
-    yield b
-    b.broker.stop()
 
 
 def _files(tls: TlsBroker, cn: str) -> TlsFiles:

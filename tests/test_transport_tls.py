@@ -57,14 +57,6 @@ class TlsBroker:
         return {"ca_file": self.pki.ca_path, "cert_file": cert, "key_file": key}
 
 
-@pytest.fixture
-def tls(tmp_path):
-    b = TlsBroker(tmp_path)
-    b.broker.start()
-    yield b
-    b.broker.stop()
-
-
 def _publisher(tls: TlsBroker, cn: str, device: str, acks: list[int]) -> MqttPublisher:
     return MqttPublisher(
         BrokerURL.parse(tls.url),

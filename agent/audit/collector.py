@@ -18,6 +18,7 @@ store each attestation once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import threading
@@ -37,6 +38,8 @@ from agent.mqtt_tls import TlsFiles, client_context, explain_tls_failure
 from agent.transport import BrokerURL
 
 __all__ = ["Collector", "FileCollector", "StoreCollector", "peek_seq"]
+
+log = logging.getLogger("edgegov.collector")
 
 
 def peek_seq(payload: bytes) -> int:
@@ -103,9 +106,20 @@ class Collector:
                     + (refused or f"no SUBACK within {timeout} s")
                 )
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Disconnect and stop paho's thread; bounded, so a stuck socket cannot hang exit.
+
+        Every message is stored as it arrives, so nothing is lost by not waiting longer;
+        one the broker had not seen acknowledged is redelivered to the next collector.
+        """
         self._client.disconnect()
-        self._client.loop_stop()
+        stopper = threading.Thread(target=self._client.loop_stop, daemon=True)
+        stopper.start()
+        stopper.join(timeout)
+        if stopper.is_alive():
+            log.warning(
+                "the MQTT network thread did not stop within %.0f s; exiting anyway", timeout
+            )
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
