@@ -10,13 +10,18 @@ ORACLE := .venv-oracle
 STAMP  := $(VENV)/.installed
 PIP_Q  := --quiet --disable-pip-version-check
 
-.PHONY: demo test bench lint system-deps mosquitto test-system-deps clean
+.PHONY: demo test soak bench lint system-deps mosquitto test-system-deps clean
 
 demo: $(STAMP)
 	$(VENV)/bin/edgegov demo
 
 test: $(STAMP) $(ORACLE)/.installed mosquitto test-system-deps
 	$(VENV)/bin/python -m pytest
+
+# The long fault runs (30 kills at random moments, broker outages up to 60 s), about 4 min;
+# `make test` runs their short versions.
+soak: $(STAMP) $(ORACLE)/.installed mosquitto test-system-deps
+	$(VENV)/bin/python -m pytest -m soak
 
 # The benchmarks side by side; peers (cel-python, regopy) are optional: rows say
 # "not installed" when they cannot be installed here.

@@ -6,14 +6,19 @@ previous one -> sign -> commit attestation, readings, outbox row and new chain
 state in one fsynced transaction -> only then hand it to the publisher. A crash
 before the commit loses an unsigned window at most (the next attestation's
 checkpoint and health show it); a crash after it loses nothing.
+
+The first attestation an agent process signs carries the restart claim (-70001/12) the
+agent gives :attr:`Attester.restart`; the journal of the open window (``agent.journal``)
+leaves the store in the same transaction that commits the window it belongs to.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,7 @@ from agent.attestation import (
     Checkpoint,
     ConfigInForce,
     Evidence,
+    Restart,
     RiskResult,
     RuleResult,
     encode_claims,
@@ -75,6 +81,8 @@ class Attester:
         self.sensors = dict(sensors or {})
         self._started = time.monotonic()
         self._digest = agent_code_digest()
+        # -70001/12 for the first attestation this process signs; cleared once one is stored
+        self.restart: Restart | None = None
 
     def attest(
         self,
@@ -86,8 +94,12 @@ class Attester:
         health: Mapping[str, int],
         degraded: tuple[str, ...],
         nonce: bytes | None = None,
+        journal: Callable[[sqlite3.Connection], None] | None = None,
     ) -> OutboxItem:
-        """Sign and durably store one window; returns the outbox item to publish."""
+        """Sign and durably store one window; returns the outbox item to publish.
+
+        ``journal`` runs inside the commit's transaction (``EvidenceStore.commit(also=)``).
+        """
         state = self.store.state
         before = state.log
         records = encode_records(before.size, secrets.token_bytes(32), readings)
@@ -121,12 +133,14 @@ class Attester:
             agent_version=__version__,
             agent_digest=self._digest,
             sensors=self.sensors,
+            restart=self.restart,
         )
         cose = encode_sign1(encode_claims(ev), self.signer, self.x5chain)
         new_state = ChainState(
             state.origin, ev.seq + 1, hashlib.sha256(cose).digest(), log, state.bootcount
         )
-        self.store.commit(ev.seq, window, cose, self.topic, new_state, records)
+        self.store.commit(ev.seq, window, cose, self.topic, new_state, records, also=journal)
+        self.restart = None  # stated once, in the first attestation stored
         if self.retention_ms is not None:
             self.store.prune(window[1] - self.retention_ms)
         return OutboxItem(ev.seq, self.topic, cose)

@@ -20,6 +20,7 @@ from agent.logs import FORMATS as LOG_FORMATS
 from agent.logs import LEVELS as LOG_LEVELS
 
 if TYPE_CHECKING:  # the commands import what they use, when they run
+    from agent.audit.analysis import Analysis
     from agent.audit.trust import TrustStore
     from agent.audit.verify import AuditResult
     from agent.mqtt_tls import TlsFiles
@@ -213,39 +214,68 @@ def _trust(a: argparse.Namespace) -> TrustStore:
 
 
 def _audit_result(a: argparse.Namespace) -> AuditResult:
-    from agent.audit.evidence_db import open_db
-    from agent.audit.verify import verify_messages, verify_paths
+    """Verify --store or the paths given; nothing to verify is an input error (exit 2)."""
+    from agent.audit.evidence_db import read_messages
+    from agent.audit.verify import Message, collect_files, verify_messages
 
     trust = _trust(a)
+    if a.store and a.paths:
+        raise Error("give attestation files or directories, or --store URL, not both")
     if a.store:
-        db = open_db(a.store)
-        try:
-            return verify_messages(list(db.messages()), trust, a.device)
-        finally:
-            db.close()
+        msgs: list[Message] = read_messages(a.store)
+        if not msgs:
+            raise Error(f"{a.store}: no attestations in that store")
+        return verify_messages(msgs, trust, a.device)
     if not a.paths:
         raise Error("give attestation files or directories, or --store URL")
-    return verify_paths([Path(p) for p in a.paths], trust, a.device)
+    files = collect_files([Path(p) for p in a.paths])
+    if not files:
+        raise Error(f"{', '.join(a.paths)}: no attestations there (no .cose files)")
+    return verify_messages((Message(f.read_bytes(), str(f)) for f in files), trust, a.device)
+
+
+def _analysis(a: argparse.Namespace) -> Analysis:
+    """Verify, then analyse (with --policy: compliance per goal)."""
+    from agent.audit.analysis import analyze
+
+    policy = None
+    if a.policy:
+        from agent.policy import load_policy
+
+        policy = load_policy(Path(a.policy))
+    return analyze(_audit_result(a), policy)  # PolicyMismatch: an input error, exit 2
+
+
+def _audit_exit(a: argparse.Namespace, an: Analysis) -> int:
+    """0 intact; 1 evidence findings, or (--require-compliance) a goal or rule not met."""
+    if not an.intact:
+        return 1
+    if a.require_compliance and an.not_met():
+        names = "; ".join(f"{c.kind} {c.id} {c.status}" for c in an.not_met())
+        print(f"edgegov: compliance required, not met: {names}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_audit_verify(a: argparse.Namespace) -> int:
     from agent.audit import format_result
 
-    res = _audit_result(a)
-    print(json.dumps(res.to_json(), indent=2) if a.json else format_result(res))
-    return 0 if res.ok else 1
+    an = _analysis(a)
+    print(json.dumps(an.to_json(), indent=2) if a.json else format_result(an))
+    return _audit_exit(a, an)
 
 
 def _cmd_audit_report(a: argparse.Namespace) -> int:
     from agent.audit.report import render_html
 
-    res = _audit_result(a)
-    Path(a.html).write_text(render_html(res), encoding="utf-8")
+    an = _analysis(a)
+    Path(a.html).write_text(render_html(an), encoding="utf-8")
+    goals = ", ".join(f"{c.id} {c.status}" for c in an.compliance) or "nothing to judge"
     print(
-        f"report written to {a.html}: {'PASS' if res.ok else 'FAIL'}, "
-        f"{len(res.findings)} finding(s)"
+        f"report written to {a.html}: evidence {an.evidence} "
+        f"({len(an.findings)} finding(s)); {an.scope}: {goals}"
     )
-    return 0 if res.ok else 1
+    return _audit_exit(a, an)
 
 
 def _cmd_audit_prove(a: argparse.Namespace) -> int:
@@ -388,6 +418,8 @@ def _cmd_key_export_pub(a: argparse.Namespace) -> int:
 def _cmd_bench(a: argparse.Namespace) -> int:
     from agent.bench import SECTIONS, format_rows, run_sections
 
+    if a.mode == "faults":
+        return _bench_faults(a)
     names = tuple(a.only.split(",")) if a.only else SECTIONS
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
@@ -396,6 +428,28 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     rows = run_sections(names, quick=a.quick)
     print(json.dumps([r.to_json() for r in rows], indent=2) if a.json else format_rows(rows))
     return 0
+
+
+def _bench_faults(a: argparse.Namespace) -> int:
+    """``edgegov bench faults``: exit 1 when a fault broke the promise (a row's problems)."""
+    from agent.bench.core import machine
+    from agent.bench.faults import SCENARIOS, format_table, run_faults
+
+    names = a.only.split(",") if a.only else None
+    unknown = [n for n in names or () if n not in SCENARIOS]
+    if unknown:
+        raise Error(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    logging.basicConfig(level=logging.ERROR)
+    keep = Path(a.keep) if a.keep else None
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise Error(f"--keep {keep}: not empty (each run needs fresh state: a new directory)")
+    rows = run_faults(names, quick=a.quick, workdir=keep, jobs=a.jobs, seed=a.seed)
+    if a.json:
+        doc = {"machine": machine(), "quick": a.quick, "rows": [r.to_json() for r in rows]}
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_table(rows))
+    return 1 if any(r.problems for r in rows) else 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -561,23 +615,40 @@ def _parser() -> argparse.ArgumentParser:
     b = cmd(
         "bench",
         _cmd_bench,
-        "measure the hot paths beside their baselines, in one run",
-        "edgegov bench --only policy",
+        "measure the hot paths beside their baselines, in one run; 'bench faults': inject "
+        "faults into the real agent (broker outages, kill -9, serial faults, a full disk, "
+        "clock steps, corrupt state, a dead sensor) and count what survived (exit 1 when a "
+        "fault lost an attestation or an undeclared reading)",
+        "edgegov bench --only policy\n  edgegov bench faults --quick",
     )
-    b.add_argument("--only", help="comma-separated sections")
+    b.add_argument("mode", nargs="?", choices=["faults"], help="faults: the fault table")
+    b.add_argument("--only", help="comma-separated sections (or, with faults, fault scenarios)")
     b.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--jobs", type=int, default=1, help="faults: scenarios run at once (default: 1)")
+    b.add_argument("--seed", type=int, default=12, help="faults: seed of the kill moments (12)")
+    b.add_argument("--keep", metavar="DIR", help="faults: keep each run's files in DIR")
 
     aud = sub.add_parser("audit", help="verify attestation streams offline")
     asub = aud.add_subparsers(dest="audit_command", metavar="COMMAND")
     asub.required = True
+    audit_exits = (
+        "\n\nexit codes:\n"
+        "  0  the evidence is intact (whatever the compliance, unless --require-compliance)\n"
+        "  1  evidence findings; with --require-compliance also a goal (rule) not met\n"
+        "  2  input error: no such file, directory or store (nothing is created), nothing\n"
+        "     to verify, a --policy the evidence was not signed under, no trust anchors"
+    )
     av = cmd(
         "verify",
         _cmd_audit_verify,
-        "verify signatures and the hash chain of attestations",
-        "edgegov audit verify demo-out/attestations --key demo-out/device/device.pub.pem",
+        "verify attestations (evidence: intact or findings) and judge compliance per goal "
+        "(--policy) or per rule (met, violated, not evaluable, not quality-assured)",
+        "edgegov audit verify demo-out/attestations --key demo-out/device/device.pub.pem "
+        "--policy configs/policies/cold-chain.yaml",
         asub,
     )
+    av.epilog = f"{av.epilog}{audit_exits}"
 
     def trust(sp: argparse.ArgumentParser) -> None:  # read by _trust()
         sp.add_argument("--trust", help="trust file (YAML): keys, fleet CAs, revocations, ...")
@@ -588,20 +659,35 @@ def _parser() -> argparse.ArgumentParser:
     def sources(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("paths", nargs="*", help=".cose files or directories")
         sp.add_argument(
-            "--store", help="a collector store URL instead (sqlite:///F, postgresql://)"
+            "--store",
+            help="a store instead: a collector's (sqlite:///F, postgresql://) or a gateway's "
+            "own state_dir/evidence.sqlite; read-only, never created",
         )
         trust(sp)
         sp.add_argument("--device", help="audit this device's stream: others are findings")
+        sp.add_argument(
+            "--policy",
+            help="the policy bundle the evidence was signed under (its digest must match): "
+            "compliance per goal, with owners, clauses and data thresholds",
+        )
+        sp.add_argument(
+            "--require-compliance",
+            action="store_true",
+            help="exit 1 unless every goal (or rule) is met, naming those that are not",
+        )
 
     sources(av)
-    av.add_argument("--json", action="store_true", help="machine-readable verdict")
+    av.add_argument("--json", action="store_true", help="machine-readable result")
     ar = cmd(
         "report",
         _cmd_audit_report,
-        "verify, then write a self-contained HTML report (inline SVG charts)",
-        "edgegov audit report attestations/ --trust trust.yaml --html report.html",
+        "verify, then write a self-contained HTML report (inline SVG charts) with the same "
+        "numbers as audit verify --json",
+        "edgegov audit report attestations/ --trust trust.yaml --policy cold-chain.yaml "
+        "--html report.html",
         asub,
     )
+    ar.epilog = f"{ar.epilog}{audit_exits}"
     sources(ar)
     ar.add_argument("--html", required=True, help="output file")
     ap = cmd(

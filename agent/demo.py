@@ -19,12 +19,14 @@ from pathlib import Path
 import yaml
 
 from agent.audit import format_result, verify_paths
+from agent.audit.analysis import analyze
 from agent.audit.collector import FileCollector
 from agent.audit.report import render_html
 from agent.broker import MosquittoBroker, find_mosquitto
 from agent.config import load_config
 from agent.errors import Error
 from agent.keys import generate_key, load_public_key, public_key_path
+from agent.policy import load_policy
 from agent.runner import Agent
 from firmware_bridge import Emulator, open_pty
 
@@ -179,11 +181,13 @@ def run_demo(
     source = "the broker delivered" if broker else "the agent spooled"
     say(f"\naudit: verifying what {source}, with only the device's public key")
     result = verify_paths([evidence_dir], [load_public_key(pub_path)])
+    analysis = analyze(result, load_policy(_packaged_policy()))  # compliance per goal
     report_path = out / "report.html"
-    report_path.write_text(render_html(result, title="edgegov demo: audit report"))
-    say("\n".join(("   " + line).rstrip() for line in format_result(result).splitlines()))
+    report_path.write_text(render_html(analysis, title="edgegov demo: audit report"))
+    say("\n".join(("   " + line).rstrip() for line in format_result(analysis).splitlines()))
 
     ok = result.ok and result.verified == stats.attestations == received
+    goals = ", ".join(f"{c.id} {c.status}" for c in analysis.compliance) or "none judged"
     violations = ", ".join(f"{k} in {v} window(s)" for k, v in stats.violations.items()) or "none"
     cli = _cli_name()
     via = " via MQTT" if broker else ""
@@ -193,7 +197,9 @@ summary
   violations      {violations}
   attestations    {stats.attestations} signed, {received} delivered{via}, \
 {result.verified} verified
-  verdict         {"PASS" if ok else "FAIL"}
+  evidence        {analysis.evidence.upper()} (signatures, chain, Merkle log)
+  goals           {goals}
+  demo            {"PASS" if ok else "FAIL"} (every signed attestation delivered and intact)
 
 files
   attestations    {_show(evidence_dir)}/  (COSE_Sign1 files, as {source} them)
@@ -204,7 +210,8 @@ files
   audit report    {_show(report_path)}  (open it in a browser)
 
 verify by hand (then try deleting or editing one .cose file and verify again)
-  {cli} audit verify {_show(evidence_dir)} --key {_show(pub_path)}
+  {cli} audit verify {_show(evidence_dir)} --key {_show(pub_path)} \
+--policy {_show(_packaged_policy())}
   {cli} audit verify {_show(evidence_dir)} --key {_show(pub_path)} --json
 
 re-run the newest window from the stored readings; its verdict and scores come out the same

@@ -18,6 +18,8 @@ these errors to exit codes.
     +-- FrameError                 serial frame: CRC, framing, unknown type (counted, not fatal)
     +-- SerialPortError            a serial port cannot be opened / vanished
     +-- StorageError               evidence store / outbox (SQLite, disk full)
+    |   +-- StoreCorruptError      the store fails SQLite's quick_check or reads as malformed
+    |   +-- EvidenceAtRiskError    the agent stopped with evidence at risk; .exit_code = 3
     +-- TransportError             MQTT broker unreachable / refused
     +-- VerificationError          evidence does not verify; .exit_code = 1 (a finding)
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "Error",
+    "EvidenceAtRiskError",
     "FrameError",
     "KeyFileError",
     "ModelError",
@@ -34,6 +37,7 @@ __all__ = [
     "PolicySyntaxError",
     "SerialPortError",
     "StorageError",
+    "StoreCorruptError",
     "TransportError",
     "VerificationError",
 ]
@@ -101,6 +105,21 @@ class SerialPortError(Error):
 
 class StorageError(Error):
     """The evidence store or outbox cannot be written or read."""
+
+
+class StoreCorruptError(StorageError):
+    """The evidence store is damaged: SQLite's quick_check fails, or a read finds it malformed.
+
+    Nothing more is written to it; the message says how to recover.
+    """
+
+
+class EvidenceAtRiskError(StorageError):
+    """The agent stopped with evidence at risk: its store turned corrupt while it ran, or it
+    held windows it could neither sign nor save for the next start (the message says how
+    many). ``exit_code`` 3, so a service manager restarts it (and the start checks decide)."""
+
+    exit_code = 3
 
 
 class TransportError(Error):

@@ -7,27 +7,47 @@ and the new chain state (next seq, prev hash, Merkle log state) together, with
 An outbox row is deleted only when the broker has acknowledged it (PUBACK).
 
 If the database is lost, the next start declares a *new* log (fresh origin,
-seq 0, no prev): the chain never silently restarts under the old name.
+seq 0, no prev): the chain never silently restarts under the old name. When state of an
+earlier log is found beside it (``log-head.json``, rewritten after every commit, and the
+files the caller names), :attr:`EvidenceStore.new_log_reason` says so and
+:attr:`EvidenceStore.previous_log` names that log, for the new log's first attestation.
+
+Faults are found, never carried on with: at open, SQLite's ``quick_check`` runs and the
+chain state is checked against the stored attestations (``agent.chain_check``: agree,
+rebuilt from verified attestations, or refused); while running, ``quick_check`` runs again
+every :data:`INTEGRITY_CHECK_S` seconds before a commit. A store found corrupt raises
+:class:`agent.errors.StoreCorruptError` and is not written again.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
 import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import cbor2
 
-from agent.errors import StorageError
+from agent.chain_check import check_chain_state, new_log_steps
+from agent.errors import StorageError, StoreCorruptError
 from agent.leaves import decode_record, record_leaf_hashes
+from agent.log_head import FILE as LOG_HEAD_FILE
+from agent.log_head import LogHead, read_log_head, write_log_head
 from agent.merkle import CompactRange, RangeHasher
 
+if TYPE_CHECKING:
+    from agent.keys import PublicKey
+
 __all__ = [
+    "INTEGRITY_CHECK_S",
     "ChainState",
     "EvidenceStore",
     "OutboxItem",
@@ -42,9 +62,19 @@ __all__ = [
 
 _T = TypeVar("_T")
 
+log = logging.getLogger("edgegov.store")
+
+INTEGRITY_CHECK_S = 3600.0  # quick_check while running: ~20 ms for 100k readings (13 MB)
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+# How long a write waits for another process's lock (an operator's sqlite3 shell, a backup)
+# before it fails and the window is held: the main loop, which feeds the watchdog, waits it.
+_BUSY_S = 1.0
+
 _ACK_BATCH = 64  # outbox deletions per transaction
 _FILE = "evidence.sqlite"
 
+# The open window's journal keeps its own tables (journal, journal_sources, journal_run) in
+# this database, written through transact() and commit(also=...): agent/journal.py.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -103,41 +133,145 @@ class OutboxItem:
 class EvidenceStore:
     """SQLite-backed store; safe to call from the agent and the MQTT thread."""
 
-    def __init__(self, path: Path, device_id: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        device_id: str,
+        *,
+        public_key: PublicKey | None = None,
+        earlier: Sequence[Path] = (),
+    ) -> None:
+        """Open (or create) the store, check it, and count a boot.
+
+        Args:
+            public_key: the device key, to verify stored attestations before the chain
+                state is rebuilt from them (None: a disagreeing state is refused).
+            earlier: files of the caller that exist only once a log has run here (policy
+                state, held windows, spooled attestations): found beside a missing or
+                empty store, they make the new log say so (:attr:`new_log_reason`).
+
+        Raises:
+            StoreCorruptError: SQLite's quick_check fails, or the file is not a database.
+            StorageError: it cannot be opened, or its chain state disagrees with its
+                attestations in a way they do not resolve (``agent.chain_check``).
+        """
         self.path = path
         self._lock = threading.Lock()
+        self.new_log = False
+        # A new log began while state of an earlier log was there: why, and which log
+        # ("origin seq N head sha256:HEX", or "unknown"); for claim -70001/12 keys 7 and 8.
+        self.new_log_reason: str | None = None
+        self.previous_log: str | None = None
+        self.rebuilt: str | None = None  # the chain state was rebuilt from attestations: how
+        self.head_note: str | None = None  # log-head.json: unreadable, or of another log
+        self.corrupt: str | None = None  # set once the store is found corrupt: never written
+        self.integrity_check_s = INTEGRITY_CHECK_S
+        existed = path.is_file()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._db = sqlite3.connect(
+                path, timeout=_BUSY_S, check_same_thread=False, isolation_level=None
+            )
         except (sqlite3.Error, OSError) as e:
             raise StorageError(f"{path}: cannot open the evidence store: {e}") from e
-        self.new_log = False
+        with self._wrap("open the evidence store"):
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+        self.check_integrity()
+        with self._wrap("open the evidence store"):
+            self._db.executescript(_SCHEMA)
         self._acked: list[int] = []  # PUBACKed seqs whose outbox rows are not yet deleted
-        self.state = self._load_or_create(device_id)
+        self.state = self._load_or_create(device_id, public_key, existed, earlier)
 
-    def _load_or_create(self, device_id: str) -> ChainState:
+    def _load_or_create(
+        self, device_id: str, key: PublicKey | None, existed: bool, earlier: Sequence[Path]
+    ) -> ChainState:
+        head = self._read_head()
         with self._lock, self._wrap("read chain state"):
             row = self._db.execute(
                 "SELECT origin, next_seq, prev, log_size, log_nodes, bootcount FROM state"
             ).fetchone()
-            if row is None:
+            stored, log_problem = None, None
+            if row is not None:
+                origin, next_seq, prev, size, nodes, boots = row
+                try:
+                    log_state = CompactRange(size, cbor2.loads(nodes))
+                except (ValueError, TypeError, cbor2.CBORDecodeError) as e:
+                    log_state, log_problem = CompactRange(), str(e)
+                stored = ChainState(origin, next_seq, prev, log_state, boots)
+            checked = check_chain_state(self._db, self.path, stored, head, key, log_problem)
+            if checked is None:
+                if self._db.execute("SELECT 1 FROM readings UNION SELECT 1 FROM outbox").fetchone():
+                    raise StorageError(
+                        f"{self.path}: the store has readings or outbox rows but no chain state "
+                        f"and no attestation: it is not a store a log can start in. Nothing was "
+                        f"written. To recover: {new_log_steps(self.path)}."
+                    )
                 # New (or lost) state: declare a new log, never reuse an old origin.
                 origin = f"edgegov/{device_id}/{secrets.token_hex(8)}"
                 state = ChainState(origin, 0, None, CompactRange(), 1)
                 self.new_log = True
+                self._say_why_new(existed, earlier, head)
             else:
-                origin, next_seq, prev, size, nodes, boots = row
-                state = ChainState(
-                    origin, next_seq, prev, CompactRange(size, cbor2.loads(nodes)), boots + 1
-                )
+                state = replace(checked.state, bootcount=checked.state.bootcount + 1)
+                self.rebuilt = checked.rebuilt
+                if head is not None and head.origin != state.origin:
+                    self.head_note = (
+                        f"{LOG_HEAD_FILE} names log {head.describe()}, the store continues "
+                        f"log {state.origin} (the store was swapped?)"
+                    )
             self._write_state(state)
             return state
 
+    def _read_head(self) -> LogHead | None:
+        try:
+            return read_log_head(self.path.parent)
+        except ValueError as e:
+            self.head_note = str(e)
+            return None
+
+    def _say_why_new(self, existed: bool, earlier: Sequence[Path], head: LogHead | None) -> None:
+        """A new log: if state of an earlier log is here, say why and name that log."""
+        found = [p.name for p in earlier if p.exists()]
+        if head is not None or self.head_note is not None:
+            found.insert(0, LOG_HEAD_FILE)
+        if not found and not existed:
+            return  # a first start
+        what = "was empty (no chain state)" if existed else "was missing"
+        self.new_log_reason = f"evidence store {self.path.name} {what}" + (
+            f" while state of an earlier log was there: {', '.join(found)}" if found else ""
+        )
+        self.previous_log = head.describe() if head is not None else "unknown"
+
     def _wrap(self, what: str) -> _SqliteGuard:
-        return _SqliteGuard(self.path, what)
+        return _SqliteGuard(self.path, what, self._found_corrupt)
+
+    def _found_corrupt(self, reason: str) -> None:
+        self.corrupt = reason
+
+    def check_integrity(self) -> None:
+        """SQLite's ``quick_check`` over what is on disk (a fresh connection, not this one's
+        page cache): b-tree structure, page and record format, NOT NULL and free lists.
+
+        Raises:
+            StoreCorruptError: it found problems (the first 10 are named), with the steps
+                to recover; the store is not written again by this process.
+        """
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        try:
+            db = sqlite3.connect(uri, uri=True)
+            try:
+                rows = db.execute("PRAGMA quick_check(10)").fetchall()
+            finally:
+                db.close()
+            problems = [str(r[0]) for r in rows if r[0] != "ok"]
+        except sqlite3.DatabaseError as e:
+            problems = [str(e)]
+        self._checked_at = time.monotonic()
+        if problems:
+            err = _corrupt_error(self.path, "; ".join(problems))
+            self.corrupt = str(err)
+            raise err
 
     def _write_state(self, s: ChainState) -> None:
         self._db.execute(
@@ -153,10 +287,27 @@ class EvidenceStore:
         topic: str,
         new_state: ChainState,
         records: list[bytes] | None = None,
+        *,
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
-        """Atomically persist an attestation, its readings, its outbox entry and the chain state."""
+        """Atomically persist an attestation, its readings, its outbox entry and the chain state.
+
+        ``also`` runs inside the same transaction, after those writes (``agent.journal``:
+        the signed window leaves the journal in the very commit that signs it).
+
+        Then ``log-head.json`` names it (a failure there is logged, the commit stands).
+
+        Raises:
+            StoreCorruptError: the store is corrupt (found now, by the scheduled
+                quick_check, or before): nothing is written.
+            StorageError: the write failed (disk full, I/O error); nothing was written.
+        """
         if seq != self.state.next_seq:
             raise RuntimeError(f"commit out of order: seq {seq}, expected {self.state.next_seq}")
+        if self.corrupt is not None:
+            raise StoreCorruptError(self.corrupt)
+        if time.monotonic() - self._checked_at >= self.integrity_check_s:
+            self.check_integrity()
         before = self.state.log
         records = records or []
         with self._lock, self._wrap(f"store attestation seq {seq}"):
@@ -172,11 +323,21 @@ class EvidenceStore:
                 )
                 self._db.execute("INSERT INTO outbox VALUES (?, ?, ?)", (seq, topic, cose))
                 self._write_state(new_state)
+                if also is not None:
+                    also(self._db)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
         self.state = new_state
+        self._write_head(LogHead(new_state.origin, seq, hashlib.sha256(cose).digest()))
+
+    def _write_head(self, head: LogHead) -> None:
+        try:
+            write_log_head(self.path.parent, head)
+        except OSError as e:  # advisory: the store has the attestation
+            log.warning("cannot update %s beside the evidence store: %s", LOG_HEAD_FILE, e)
 
     def prune(self, older_than_ms: int) -> int:
         """Retention: drop the readings of windows that ended before ``older_than_ms``.
@@ -261,6 +422,35 @@ class EvidenceStore:
                     self._db.execute("ROLLBACK")
                 self._db.execute("PRAGMA synchronous=FULL")
 
+    def transact(
+        self, what: str, work: Callable[[sqlite3.Connection], _T], *, durable: bool = True
+    ) -> _T:
+        """``work(connection)`` in one transaction of its own, under the store's lock.
+
+        ``durable=False`` commits without an fsync (``synchronous=NORMAL``; in WAL mode the
+        commit is still atomic): it survives the agent being killed, not a power cut, and
+        a later fsynced commit makes it durable too. For ``agent.journal``'s frequent writes.
+
+        Raises:
+            StoreCorruptError: the store is corrupt; nothing is written.
+            StorageError: the write failed; nothing was written.
+        """
+        if self.corrupt is not None:
+            raise StoreCorruptError(self.corrupt)
+        with self._lock, self._wrap(what):
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                result = work(self._db)
+                self._db.execute("COMMIT")
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
+        return result
+
     def last_window_end(self) -> int | None:
         """End (ms) of the newest attested window, so a restart never overlaps it."""
         with self._lock, self._wrap("read attestations"):
@@ -277,9 +467,14 @@ class EvidenceStore:
             return records_before(self._db, seq, keep_ms, keep_rows)
 
     def close(self) -> None:
+        """Flush the acknowledgements (if that fails, the rows are sent again) and close."""
         with self._lock:
-            self._flush_acks_locked()
-            self._db.close()
+            try:
+                self._flush_acks_locked()
+            except StorageError as e:
+                log.warning("%s; those attestations may be delivered again", e)
+            finally:
+                self._db.close()
 
 
 @dataclass(frozen=True)
@@ -468,22 +663,57 @@ def _has_side_files(path: Path) -> bool:
     return any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
 
 
-class _SqliteGuard:
-    """Translate sqlite3 errors into StorageError with the file and the operation."""
+def _corrupt_error(path: Path, problems: str) -> StoreCorruptError:
+    return StoreCorruptError(
+        f"{path}: the evidence store is corrupt (SQLite: {problems}); nothing more is written "
+        f"to it. To recover: stop the agent and keep a copy of {path.name} and its -wal and "
+        "-shm files; salvage what SQLite can read with `sqlite3 "
+        f"{path.name} .recover | sqlite3 recovered.sqlite` and put recovered.sqlite in its "
+        "place (the agent checks it against its attestations at start and continues the log "
+        f"if they agree), or {new_log_steps(path)}"
+    )
 
-    def __init__(self, path: Path, what: str) -> None:
-        self.path, self.what = path, what
+
+def _is_full(e: BaseException) -> bool:
+    """SQLITE_FULL (SQLite's ENOSPC), or ENOSPC/EDQUOT from the OS."""
+    if isinstance(e, sqlite3.Error):
+        return (getattr(e, "sqlite_errorcode", 0) & 0xFF) == _SQLITE_FULL
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _free_space(path: Path) -> str:
+    """`` (N KiB free on that filesystem)`` for the directory of ``path`` ("" if unknown)."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    return f" ({st.f_bavail * st.f_frsize // 1024} KiB free on that filesystem)"
+
+
+class _SqliteGuard:
+    """Translate sqlite3 errors into StorageError with the file and the operation.
+
+    A full disk gets the free space appended (only then: it is noise on other errors);
+    corruption (SQLITE_CORRUPT, SQLITE_NOTADB) is a :class:`StoreCorruptError` with the
+    recovery steps, and ``on_corrupt`` is told so the store is not written again.
+    """
+
+    def __init__(
+        self, path: Path, what: str, on_corrupt: Callable[[str], None] | None = None
+    ) -> None:
+        self.path, self.what, self.on_corrupt = path, what, on_corrupt
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, et: type | None, e: BaseException | None, tb: object) -> None:
-        if isinstance(e, sqlite3.Error):
-            hint = " (disk full?)" if "full" in str(e).lower() else ""
-            free = ""
-            try:
-                st = os.statvfs(self.path.parent)
-                free = f"; {st.f_bavail * st.f_frsize // 1024} KiB free on that filesystem"
-            except OSError:
-                pass
-            raise StorageError(f"{self.path}: cannot {self.what}: {e}{hint}{free}") from e
+        if not isinstance(e, sqlite3.Error):
+            return
+        code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            err = _corrupt_error(self.path, f"{e}, while trying to {self.what}")
+            if self.on_corrupt is not None:
+                self.on_corrupt(str(err))
+            raise err from e
+        note = _free_space(self.path) if _is_full(e) else ""
+        raise StorageError(f"{self.path}: cannot {self.what}: {e}{note}") from e

@@ -43,6 +43,7 @@ class Window:
         self._cols = np.empty((n_channels, 256), dtype=np.float64)
         self.n = 0
         self.records: list[Reading] = []
+        self.journaled = 0  # readings[:journaled] are in the store's journal (agent.journal)
         # Set once the policy has run over this window (a retried window is not re-run:
         # the evaluator's state has already advanced past it).
         self.results: tuple[Any, Any, int, str | None] | None = None

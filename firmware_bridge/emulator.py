@@ -45,7 +45,7 @@ from .frames import (
 )
 from .pty_pair import open_pty
 
-__all__ = ["SCENARIOS", "Emulator", "emulate_main"]
+__all__ = ["SCENARIOS", "Emulator", "SentFrame", "emulate_main"]
 
 #: Scenario names, in the order ``--help`` lists them.
 SCENARIOS = (
@@ -78,6 +78,7 @@ TRICKLE_BYTE_S = 0.0005
 
 @dataclass(frozen=True, slots=True)
 class _Emission:
+    seq: int  # the frame's sequence number
     t_ms: int  # device time at which the bytes go out
     kind: MsgType
     wire: bytes  # what goes on the line (may include noise)
@@ -208,7 +209,24 @@ class _Device:
             # frame the receiver holds from before the reset (PROTOCOL.md §2.3).
             wire = b"\x00" + wire
             self.first = False
-        return _Emission(t_ms, kind, wire, garbage, corrupted)
+        return _Emission(frame.seq, t_ms, kind, wire, garbage, corrupted)
+
+
+@dataclass(frozen=True, slots=True)
+class SentFrame:
+    """One frame the device numbered (``Emulator(ledger=True)``), in the order numbered.
+
+    ``boot`` counts device boots from 1 (seq restarts at 0 in each); ``on_line`` is False
+    for a frame the line could not take, or that the device sent while unplugged or as a
+    run ended: numbered, never written. A receiver accounts for every frame up to the last
+    one on the line (PROTOCOL.md §5).
+    """
+
+    boot: int
+    seq: int
+    t_ms: int  # device time, as in the frame
+    kind: MsgType
+    on_line: bool
 
 
 def _relink(link: str, target: str) -> None:
@@ -234,6 +252,8 @@ class Emulator:
         rate_hz: DATA frames per second, in (0, 1000].
         seed: seeds sensor noise and injected line noise.
         serial, firmware: what HELLO announces.
+        ledger: keep a :class:`SentFrame` for every frame numbered, in :attr:`sent`
+            (fault tests compare it with what the receiver recorded and declared).
 
     Raises:
         ValueError: unknown scenario or rate out of range.
@@ -252,6 +272,7 @@ class Emulator:
         seed: int = 0,
         serial: str = "EMU-0001",
         firmware: str = "emu-1.0.0",
+        ledger: bool = False,
     ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
@@ -262,6 +283,11 @@ class Emulator:
         self.seed = seed
         self.serial = serial
         self.firmware = firmware
+        self.sent: list[SentFrame] | None = [] if ledger else None
+
+    def _note(self, device: _Device, e: _Emission, on_line: bool) -> None:
+        if self.sent is not None:
+            self.sent.append(SentFrame(device.boots, e.seq, e.t_ms, e.kind, on_line))
 
     def hello(self) -> Hello:
         """The HELLO body this device sends."""
@@ -296,9 +322,12 @@ class Emulator:
 
         Returns counts: ``frames`` written (any type), ``hello``, ``data``,
         ``heartbeat``, ``error``, ``bytes``, ``garbage_bytes``,
-        ``corrupted_frames``, ``dropped_frames``, ``commands``, ``acks``, and
+        ``corrupted_frames``, ``dropped_frames``, ``commands``, ``acks``,
         ``reader_gone`` (1 if the fd failed with EIO/EPIPE, i.e. the other
-        side went away).
+        side went away), and ``last_seq``: the sequence number of the last frame
+        written (-1: none). Without a reboot, frames ``0..last_seq`` are every
+        frame the device numbered and put out or dropped: what a receiver can
+        account for (PROTOCOL.md §5).
         """
         counts = dict.fromkeys(
             (
@@ -317,6 +346,7 @@ class Emulator:
             ),
             0,
         )
+        counts["last_seq"] = -1
         kind_key = {
             MsgType.HELLO: "hello",
             MsgType.DATA: "data",
@@ -335,14 +365,19 @@ class Emulator:
                 e = device.next()
                 due = t0 + (e.t_ms - device.origin_ms) / 1000.0
                 if deadline is not None and due > deadline:
+                    self._note(device, e, False)
                     self._serve(fd, deadline, stop, device, decoder, counts)
                     break
                 if not self._serve(fd, due, stop, device, decoder, counts):
+                    self._note(device, e, False)
                     break
                 if not (_trickle(fd, e.wire) if trickle else _write_frame(fd, e.wire)):
                     counts["dropped_frames"] += 1
+                    self._note(device, e, False)
                     continue
+                self._note(device, e, True)
                 counts["frames"] += 1
+                counts["last_seq"] = e.seq
                 counts["bytes"] += len(e.wire)
                 counts["garbage_bytes"] += e.garbage
                 counts["corrupted_frames"] += e.corrupted
@@ -365,6 +400,7 @@ class Emulator:
         stop: threading.Event,
         duration_s: float | None = None,
         on_ready: Callable[[str], None] | None = None,
+        hold: threading.Barrier | None = None,
     ) -> dict[str, int]:
         """Run on ptys reached through the symlink *link*, like a udev by-id name.
 
@@ -373,7 +409,11 @@ class Emulator:
         removed, then points at a new pty), while the device keeps running:
         what it sends meanwhile is lost, so the agent sees an offline interval
         and a sequence gap. Other scenarios serve one pty until the end.
-        Returns :meth:`run`'s counts summed, plus ``unplugs``.
+        Returns :meth:`run`'s counts summed (``last_seq``: the newest), plus ``unplugs``.
+
+        *hold*, a two-party barrier: once *stop* ends the run, the pty stays open until
+        another thread meets the barrier, so a reader still gets every byte already
+        written (fault tests stop the device first, then the agent).
         """
         t0 = time.monotonic()
         device = _Device(self, int(time.time() * 1000))
@@ -392,9 +432,17 @@ class Emulator:
                     else (UNPLUG_ONLINE_S if left is None else min(left, UNPLUG_ONLINE_S))
                 )
                 counts = self.run(pair.master_fd, stop, span, device, t0)
+                if hold is not None and stop.is_set():
+                    try:
+                        hold.wait()
+                    except threading.BrokenBarrierError:  # its timeout, or abort(): go
+                        pass
                 os.unlink(link)
             for k, v in counts.items():
-                total[k] = total.get(k, 0) + v
+                if k == "last_seq":  # a position, not a count: the newest one
+                    total[k] = v if v >= 0 else total.get(k, -1)
+                else:
+                    total[k] = total.get(k, 0) + v
             if self.scenario != "unplug" or stop.is_set():
                 break
             total["unplugs"] += 1
@@ -403,7 +451,7 @@ class Emulator:
                 break
             now_dev = device.origin_ms + (time.monotonic() - t0) * 1000.0
             while device.last_ms < now_dev:
-                device.next()
+                self._note(device, device.next(), False)
         return total
 
     @staticmethod
@@ -584,7 +632,7 @@ def emulate_main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    summary = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+    summary = ", ".join(f"{k} {v}" for k, v in counts.items() if v > 0)
     if counts["reader_gone"]:
         print(f"edgegov emulate: {args.port} went away ({summary})", file=sys.stderr)
         return 1

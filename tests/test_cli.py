@@ -25,8 +25,10 @@ def test_demo_runs_the_whole_path_and_audits_it(tmp_path, run_cli, pure):
     r = run_cli("demo", "--seconds", "11", "--out", str(tmp_path / "demo"), env=env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "private Mosquitto at mqtt://127.0.0.1:" in r.stdout
-    assert "verdict         PASS" in r.stdout
+    assert "evidence        INTACT" in r.stdout
+    assert "demo            PASS" in r.stdout
     assert "temp-2-8 in" in r.stdout  # the excursion (8 s in) shows up as a violation
+    assert "keep-cold violated" in r.stdout  # compliance is judged per goal, apart
     # The printed verify command works as printed, and passes.
     verify_line = next(
         line for line in r.stdout.splitlines() if "audit verify" in line and "--json" in line
@@ -34,7 +36,7 @@ def test_demo_runs_the_whole_path_and_audits_it(tmp_path, run_cli, pure):
     args = verify_line.split("audit verify", 1)[1].split()
     v = run_cli("audit", "verify", *args)  # same working directory as the demo
     assert v.returncode == 0, v.stdout + v.stderr
-    assert json.loads(v.stdout)["verdict"] == "pass"
+    assert json.loads(v.stdout)["evidence"] == "intact"
 
 
 def test_demo_without_a_broker_uses_the_spool_and_says_so(tmp_path, run_cli):

@@ -155,4 +155,4 @@ def test_cli_collect_into_postgresql_then_verify_the_store(broker, pg_url, strea
     args = ["--key", str(tmp_path / "k0.pub"), "--key", str(tmp_path / "k1.pub")]
     r = run_cli("audit", "verify", "--store", pg_url, *args)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "PASS" in r.stdout
+    assert "evidence:   INTACT" in r.stdout

@@ -108,6 +108,11 @@ NOT_RUN_HERE: list[tuple[str, str]] = [
         "(CI has no systemd as PID 1; the notify and watchdog path: the tests beside it)",
     ),
     (r"^chown ", "changes ownership in /etc: root on a gateway, not in CI"),
+    (
+        r"^(\.venv/bin/)?edgegov bench faults",
+        "tests/test_faults.py::test_bench_faults_prints_the_table_and_a_dead_sensor_is_not_evaluable"
+        " (the command; the fixture beside it runs every short scenario once)",
+    ),
 ]
 
 

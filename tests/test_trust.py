@@ -141,14 +141,14 @@ def test_cli_verify_with_trust_file_json_and_exit_codes(tmp_path, signer, run_cl
     msgs = make_stream(tmp_path / "e.sqlite", signer, windows=3)
     good = write(tmp_path / "good", msgs)
     r = run_cli("audit", "verify", str(good), "--trust", str(tmp_path / "trust.yaml"), "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["verdict"] == "pass"
+    assert r.returncode == 0 and json.loads(r.stdout)["evidence"] == "intact"
     bad = write(tmp_path / "bad", msgs[:1] + msgs[2:])
     r = run_cli("audit", "verify", str(bad), "--trust", str(tmp_path / "trust.yaml"), "--json")
     doc = json.loads(r.stdout)
     assert r.returncode == 1 and doc["findings"][0]["kind"] == "CHAIN_GAP"
     assert {"device", "seq", "kind", "detail"} <= set(doc["findings"][0])
     r = run_cli("audit", "verify", str(good), "--key", str(tmp_path / "d.pub"))
-    assert r.returncode == 0 and "PASS" in r.stdout
+    assert r.returncode == 0 and "evidence:   INTACT" in r.stdout
     r = run_cli("audit", "verify", str(good))
     assert r.returncode == 2 and "no trust anchors" in r.stderr
 

@@ -213,6 +213,6 @@ class StoreCollector(Collector):
     def store(self, device: str, seq: int, digest: bytes, payload: bytes) -> bool:
         return self.db.put(device, seq, digest, payload, self.name)
 
-    def stop(self) -> None:
-        super().stop()
+    def stop(self, timeout: float = 5.0) -> None:
+        super().stop(timeout)
         self.db.close()

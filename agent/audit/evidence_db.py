@@ -6,6 +6,10 @@ message again is a no-op (QoS 1 redelivery, several collectors), while two
 *different* messages with one seq are both kept, so ``audit verify`` can
 report the fork. device comes from the MQTT topic and seq from the unverified
 payload; they only organise storage, ``audit verify`` decides what is true.
+
+:func:`read_messages` is the auditor's side: it reads a collector store, or a
+gateway's own evidence store (``state_dir/evidence.sqlite``, ``agent.store``), without
+creating or changing anything.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.audit.verify import Message
 from agent.errors import StorageError
+from agent.store import _read_only  # read-only, leaves no -wal/-shm behind (edgegov status)
 
-__all__ = ["EvidenceDB", "open_db"]
+__all__ = ["EvidenceDB", "open_db", "read_messages"]
 
 _SQLITE = """
 CREATE TABLE IF NOT EXISTS collected (
@@ -43,6 +49,7 @@ CREATE TABLE IF NOT EXISTS collected (
     UNIQUE (device, seq, digest)
 );
 """
+_SELECT = "SELECT id, device, seq, cose FROM collected ORDER BY device, seq, id"
 _INSERT = (
     "INSERT INTO collected (device, seq, digest, cose, collector) VALUES ({p}, {p}, {p}, {p}, {p}) "
     "ON CONFLICT (device, seq, digest) DO NOTHING"
@@ -56,8 +63,8 @@ class EvidenceDB(Protocol):
         """Store one message; False if it was already there."""
         ...
 
-    def messages(self) -> Iterator[tuple[bytes, str, str | None]]:
-        """``(cose, source, device)`` by device, claimed seq, arrival (for verify_messages)."""
+    def messages(self) -> Iterator[Message]:
+        """Every row by device, claimed seq, arrival (for verify_messages)."""
         ...
 
     def count(self) -> int: ...
@@ -72,13 +79,11 @@ class _SqlStore:
     _lock: threading.Lock
     _db: Any
 
-    def messages(self) -> Iterator[tuple[bytes, str, str | None]]:
+    def messages(self) -> Iterator[Message]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, device, cose FROM collected ORDER BY device, seq, id"
-            ).fetchall()
-        for id_, device, cose in rows:
-            yield bytes(cose), f"{_safe(self.url)}#{id_}", device
+            rows = self._db.execute(_SELECT).fetchall()
+        for row in rows:
+            yield _collected(self.url, *row)
 
     def count(self) -> int:
         with self._lock:
@@ -162,3 +167,62 @@ def open_db(url: str) -> EvidenceDB:
     if "://" in url:
         raise StorageError(f"{url}: unsupported store URL (sqlite:///PATH or postgresql://...)")
     return _Sqlite(Path(url), url)
+
+
+def read_messages(url: str) -> list[Message]:
+    """Every message of a store, for ``audit verify --store``, read-only.
+
+    A collector store (SQLite or PostgreSQL) gives each row with the topic's device (a
+    ``REPLAY`` check) and the seq it was filed under (a label for a finding about a
+    message that fails); a gateway's evidence store gives its attestations in seq order.
+
+    Raises:
+        StorageError: no store there (nothing is created), or not one of ours.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        return _read_postgres(url)
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite://") :])
+    elif "://" in url:
+        raise StorageError(f"{url}: unsupported store URL (sqlite:///PATH or postgresql://...)")
+    else:
+        path = Path(url)
+    return _read_only(path, "read the attestations", lambda db: _read_sqlite(db, url))
+
+
+def _read_sqlite(db: sqlite3.Connection, url: str) -> list[Message]:
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "collected" in tables:
+        return [_collected(url, *row) for row in db.execute(_SELECT)]
+    if {"state", "attestations"} <= tables:  # the gateway's own store (agent/store.py)
+        state = db.execute("SELECT origin FROM state").fetchone()
+        origin = state[0] if state else ""
+        parts = origin.split("/")  # edgegov/{device}/{hex}: names the log, signs nothing
+        device = parts[1] if len(parts) == 3 else None
+        return [
+            Message(bytes(cose), f"{url}#seq={seq}", None, device, seq, "the evidence store row")
+            for seq, cose in db.execute("SELECT seq, cose FROM attestations ORDER BY seq")
+        ]
+    raise StorageError(
+        f"{url}: neither a collector store nor a gateway evidence store "
+        f"(tables: {', '.join(sorted(tables)) or 'none'})"
+    )
+
+
+def _collected(url: str, id_: int, device: str, seq: int, cose: bytes) -> Message:
+    return Message(
+        bytes(cose), f"{_safe(url)}#{id_}", device, device, seq, "the collector's row (topic, seq)"
+    )
+
+
+def _read_postgres(url: str) -> list[Message]:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=5) as db:
+            if db.execute("SELECT to_regclass('collected')").fetchone()[0] is None:  # type: ignore[index]
+                raise StorageError(f"{_safe(url)}: no collector table there (nothing collected)")
+            rows = db.execute(_SELECT).fetchall()
+    except psycopg.Error as e:
+        raise StorageError(f"{_safe(url)}: cannot read the collector store: {e}") from e
+    return [_collected(url, *row) for row in rows]

@@ -1,22 +1,35 @@
 """`edgegov audit report --html`: one self-contained HTML file, charts as inline SVG.
 
-No scripts, no external fonts, styles or images: it opens offline in any
-browser and prints. Per device: verdict, period, goals (rules) met or not,
-violation episodes with durations, risk over time, data completeness, config
-changes; then every finding.
+No scripts, no external fonts, styles or images: it opens offline in any browser and
+prints. It renders the same :class:`~agent.audit.analysis.Analysis` as ``audit verify
+--json``: findings first, then the two verdicts (evidence integrity; compliance per goal
+with its owner, clause and rules, or per rule), then per device the period,
+completeness, violation episodes, degraded windows, restarts, risk, configuration and
+data quality.
+
+Every number (and every name a number belongs to) sits in an element whose
+``data-k`` is the JSON Pointer (RFC 6901) of its value in that JSON and whose ``data-f``
+says how it is written (``int``, ``pct``, ``ts``, ``dur``, ``text``, ``key``, ``count``,
+``num``): the report is checked against the JSON value by value
+(``tests/test_report_html.py``).
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from agent import __version__
-from agent.audit.verify import AuditResult, DeviceReport
+from agent.audit._format import dur, pct, ts
+from agent.audit.analysis import Analysis, DeviceAnalysis
+from agent.audit.verify import AuditResult
 
 __all__ = ["render_html"]
+
+#: rows of one table (episodes, windows...) before "N more in the JSON"
+MAX_ROWS = 500
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;
@@ -24,36 +37,52 @@ color:#1d2733;padding:0 1em}
 h1{font-size:1.6em;margin:.2em 0}
 h2{border-bottom:2px solid #d7dee6;padding-bottom:.2em;margin-top:2em}
 .verdict{display:inline-block;padding:.25em .8em;border-radius:4px;color:#fff;font-weight:600}
-.pass{background:#1f8a4c}.fail{background:#c0392b}
+.intact,.met{background:#1f8a4c}.findings,.violated{background:#c0392b}
+.not-evaluable{background:#7f8c8d}.not-quality-assured{background:#d68910}
 table{border-collapse:collapse;margin:.6em 0;width:100%}
 td,th{border:1px solid #d7dee6;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#f2f5f8}.num{text-align:right;font-variant-numeric:tabular-nums}
-.met{color:#1f8a4c;font-weight:600}.notmet{color:#c0392b;font-weight:600}
+.status{display:inline-block;padding:0 .5em;border-radius:3px;color:#fff;font-weight:600}
 figure{margin:1em 0}figcaption{font-size:.9em;color:#52606d}
 svg text{font:11px system-ui,sans-serif;fill:#52606d}
-.muted{color:#52606d}
+.muted,.meta{color:#52606d}
 """
 
 _COLORS = ("#2c6fbb", "#d35400", "#8e44ad", "#16a085", "#c0392b")
+_FORMATS: dict[str, Callable[[Any], str]] = {
+    "int": str,
+    "num": lambda v: f"{v:.3f}",
+    "pct": pct,
+    "ts": ts,
+    "dur": dur,
+}
 
 
 def _e(x: object) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _ts(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+def _ptr(*parts: object) -> str:
+    """A JSON Pointer (RFC 6901) from path segments."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def _dur(ms: int) -> str:
-    s = ms // 1000
-    return (
-        f"{s // 3600}h {s % 3600 // 60:02d}m {s % 60:02d}s"
-        if s >= 3600
-        else (f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{ms / 1000:.1f} s")
-    )
+def _v(path: str, value: Any, f: str, cls: str = "") -> str:
+    """One value of the JSON at ``path``, written as format ``f``."""
+    if f in _FORMATS:
+        text = "-" if value is None and f in ("int", "num") else _FORMATS[f](value)
+    elif f == "count":
+        text = str(len(value))
+    elif f == "key":
+        text = path.rsplit("/", 1)[-1].replace("~1", "/").replace("~0", "~")
+    else:
+        text = "-" if value is None else str(value)
+    c = f" class='{cls}'" if cls else ""
+    return f"<span data-k='{_e(path)}' data-f='{f}'{c}>{_e(text)}</span>"
+
+
+def _status(path: str, status: str) -> str:
+    return _v(path, status, "text", "status " + status.replace(" ", "-"))
 
 
 def _line_chart(
@@ -80,8 +109,8 @@ def _line_chart(
         f"<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{h - pad}' stroke='#9aa5b1'/>",
         f"<text x='{pad - 6}' y='{y(y_max) + 4}' text-anchor='end'>{y_max:g}</text>",
         f"<text x='{pad - 6}' y='{h - pad + 4}' text-anchor='end'>0</text>",
-        f"<text x='{pad}' y='{h - 12}'>{_e(_ts(t0))}</text>",
-        f"<text x='{w - pad}' y='{h - 12}' text-anchor='end'>{_e(_ts(t1))}</text>",
+        f"<text x='{pad}' y='{h - 12}'>{_e(ts(t0))}</text>",
+        f"<text x='{w - pad}' y='{h - 12}' text-anchor='end'>{_e(ts(t1))}</text>",
     ]
     for i, (name, s) in enumerate(sorted(series.items())):
         color = _COLORS[i % len(_COLORS)]
@@ -98,135 +127,324 @@ def _line_chart(
     return f"<figure>{''.join(parts)}<figcaption>{_e(title)}</figcaption></figure>"
 
 
-def _bar_chart(title: str, bars: Sequence[tuple[int, float]]) -> str:
-    """Bars of a 0..1 fraction per window (data completeness)."""
+def _completeness_chart(i: int, d: DeviceAnalysis) -> str:
+    """One bar per window: its completeness (``data-k`` names the value it draws)."""
     w, h, pad = 1000, 160, 40
-    if not bars:
-        return f"<p class='muted'>{_e(title)}: no data</p>"
-    bw = (w - 2 * pad) / len(bars)
+    if not d.windows:
+        return "<p class='muted'>no windows</p>"
+    bw = (w - 2 * pad) / len(d.windows)
     parts = [
-        f"<svg role='img' aria-label='{_e(title)}' viewBox='0 0 {w} {h}' width='100%' "
-        f"xmlns='http://www.w3.org/2000/svg'>",
+        f"<svg role='img' aria-label='data completeness per window' viewBox='0 0 {w} {h}' "
+        "width='100%' xmlns='http://www.w3.org/2000/svg'>",
         f"<rect x='0' y='0' width='{w}' height='{h}' fill='#fff'/>",
         f"<text x='{pad - 6}' y='{pad + 4}' text-anchor='end'>100%</text>",
         f"<text x='{pad - 6}' y='{h - pad + 4}' text-anchor='end'>0</text>",
     ]
-    for i, (_, frac) in enumerate(bars):
-        bh = (h - 2 * pad) * max(0.0, min(frac, 1.0))
-        color = "#1f8a4c" if frac >= 0.999 else "#e67e22" if frac >= 0.9 else "#c0392b"
+    for j, win in enumerate(d.windows):
+        frac = win.completeness.ratio
+        bh = (h - 2 * pad) * (1.0 if frac is None else max(0.0, min(frac, 1.0)))
+        bh = max(bh, 2.0)  # a window with nothing received still shows (red, at the axis)
+        color = (
+            "#d7dee6"  # nothing expected: a pale full bar, not a gap
+            if frac is None
+            else "#1f8a4c"
+            if frac >= 0.999
+            else "#e67e22"
+            if frac >= 0.9
+            else "#c0392b"
+        )
+        if win.degraded:
+            color = "#8e44ad" if frac is None or frac >= 0.9 else color
         parts.append(
-            f"<rect x='{pad + i * bw:.1f}' y='{h - pad - bh:.1f}' width='{max(bw - 1, 1):.1f}' "
-            f"height='{bh:.1f}' fill='{color}'/>"
+            f"<rect data-k='{_ptr('devices', i, 'windows', j, 'completeness', 'ratio')}' "
+            f"data-v='{'' if frac is None else frac!r}' x='{pad + j * bw:.1f}' "
+            f"y='{h - pad - bh:.1f}' width='{max(bw - 1, 1):.1f}' height='{bh:.1f}' "
+            f"fill='{color}'><title>seq {win.seq}: {_e(pct(frac))}"
+            f"{' (degraded)' if win.degraded else ''}</title></rect>"
         )
     parts.append(
         f"<line x1='{pad}' y1='{h - pad}' x2='{w - pad}' y2='{h - pad}' stroke='#9aa5b1'/>"
     )
     parts.append("</svg>")
-    return f"<figure>{''.join(parts)}<figcaption>{_e(title)}</figcaption></figure>"
+    caption = (
+        "readings received of those expected, per window (docs/attestation-profile.md, "
+        "Data completeness); green: all, orange: most, red: less; purple: degraded evidence; "
+        "grey: nothing expected"
+    )
+    return f"<figure>{''.join(parts)}<figcaption>{_e(caption)}</figcaption></figure>"
 
 
-def _episodes(d: DeviceReport) -> list[dict[str, Any]]:
-    """Runs of consecutive windows in which a rule was violated."""
-    out: list[dict[str, Any]] = []
-    open_: dict[str, dict[str, Any]] = {}
-    for w in d.timeline:
-        for rule in list(open_):
-            if rule not in w["violated"]:
-                out.append(open_.pop(rule))
-        for rule, n in w["violated"].items():
-            ep = open_.setdefault(
-                rule, {"rule": rule, "start": w["start_ms"], "end": w["end_ms"], "readings": 0}
-            )
-            ep["end"] = w["end_ms"]
-            ep["readings"] += n
-    out.extend(open_.values())
-    return sorted(out, key=lambda e: (e["start"], e["rule"]))
+def _more(path: str, items: Sequence[Any]) -> str:
+    if len(items) <= MAX_ROWS:
+        return ""
+    return (
+        f"<p class='muted'>the first rows of {_v(path, items, 'count')}; "
+        "every one is in the JSON (audit verify --json)</p>"
+    )
 
 
-def _device(d: DeviceReport, res: AuditResult) -> str:
-    findings = [f for f in res.findings if f.device == d.device]
+def _findings(a: Analysis) -> str:
     rows = []
-    for rule, r in sorted(d.rules.items()):
-        met = r["violated"] == 0
+    for j, f in enumerate(a.findings[:MAX_ROWS]):
+        p = _ptr("findings", j)
+        label = " <span class='muted'>(unverified label)</span>" if f.label_from else ""
         rows.append(
-            f"<tr><td>{_e(rule)}</td><td class='{'met' if met else 'notmet'}'>"
-            f"{'met' if met else 'NOT met'}</td><td class='num'>{r['evaluated']}</td>"
-            f"<td class='num'>{r['violated']}</td><td class='num'>{r['windows_violated']}</td></tr>"
+            f"<tr><td>{_v(p + '/device', f.device, 'text')}{label}</td>"
+            f"<td class='num'>{_v(p + '/seq', f.seq, 'int')}</td>"
+            f"<td><code>{_v(p + '/kind', f.kind, 'text')}</code></td>"
+            f"<td>{_v(p + '/detail', f.detail, 'text')}</td>"
+            f"<td>{_v(p + '/file', f.file, 'text')}</td></tr>"
         )
-    eps = _episodes(d)
-    ep_rows = "".join(
-        f"<tr><td>{_e(e['rule'])}</td><td>{_e(_ts(e['start']))}</td><td>{_e(_ts(e['end']))}</td>"
-        f"<td class='num'>{_e(_dur(e['end'] - e['start']))}</td>"
-        f"<td class='num'>{e['readings']}</td></tr>"
-        for e in eps
+    body = "".join(rows) or (
+        "<tr><td colspan=5>none: every signature valid, every chain complete</td></tr>"
+    )
+    return (
+        "<table><tr><th>device</th><th>seq</th><th>kind</th><th>detail</th><th>source</th>"
+        f"</tr>{body}</table>{_more('/findings', a.findings)}"
+    )
+
+
+def _compliance(a: Analysis) -> str:
+    rows = []
+    for j, c in enumerate(a.compliance):
+        p = _ptr("compliance", "items", j)
+        devs = "".join(
+            f"<li>{_v(f'{p}/devices/{k}/device', dv.device, 'text')}: "
+            f"{_status(f'{p}/devices/{k}/status', dv.status)} "
+            f"{_v(f'{p}/devices/{k}/reason', dv.reason, 'text')}; completeness "
+            f"{_v(f'{p}/devices/{k}/completeness', dv.completeness, 'pct')} over "
+            f"{_v(f'{p}/devices/{k}/windows', dv.windows, 'int')} window(s), "
+            f"{_v(f'{p}/devices/{k}/quality_windows', dv.quality_windows, 'int')} with weak "
+            "evidence</li>"
+            for k, dv in enumerate(c.devices)
+        )
+        rules = ", ".join(_v(f"{p}/rules/{k}", r, "text") for k, r in enumerate(c.rules))
+        if c.kind == "goal":
+            who = (
+                f"<td>{_v(p + '/description', c.description, 'text')}</td>"
+                f"<td>{_v(p + '/stakeholder', c.stakeholder, 'text')}</td>"
+                f"<td>{_v(p + '/source', c.source, 'text')}</td>"
+                f"<td>{rules or 'none'}</td>"
+                f"<td class='num'>{_v(p + '/min_completeness', c.min_completeness, 'pct')}</td>"
+            )
+        else:
+            who = ""
+        rows.append(
+            f"<tr><td>{_v(p + '/id', c.id, 'text')}</td>{who}"
+            f"<td>{_status(p + '/status', c.status)}<br>{_v(p + '/reason', c.reason, 'text')}"
+            f"<ul>{devs}</ul></td></tr>"
+        )
+    if a.scope == "goals":
+        head = (
+            "<tr><th>goal</th><th>what must hold</th><th>owner</th><th>clause</th>"
+            "<th>rules serving it</th><th>minimum completeness</th><th>status</th></tr>"
+        )
+        pol = a.policy or {}
+        pp = "/compliance/policy/"
+        note = (
+            f"<p>per goal of policy {_v('/compliance/policy/id', pol.get('id'), 'text')} "
+            f"v{_v('/compliance/policy/version', pol.get('version'), 'int')} "
+            f"(<code>{_v('/compliance/policy/digest', pol.get('digest'), 'text')}</code>), "
+            f"over {_v(pp + 'windows_judged', pol.get('windows_judged'), 'int')} "
+            "window(s) signed under it; "
+            f"{_v(pp + 'windows_other_policy', pol.get('windows_other_policy'), 'int')}"
+            " under another policy, not judged</p>"
+        )
+    else:
+        head = "<tr><th>rule</th><th>status</th></tr>"
+        note = (
+            "<p class='muted'>per rule: goals, with their owners, clauses and data "
+            "thresholds, need the policy (audit report --policy BUNDLE.yaml)</p>"
+        )
+    body = "".join(rows) or "<tr><td colspan=7>nothing to judge</td></tr>"
+    return f"{note}<table>{head}{body}</table>"
+
+
+def _device(i: int, d: DeviceAnalysis) -> str:
+    p = _ptr("devices", i)
+    c = d.completeness
+    rules = "".join(
+        f"<tr><td>{_v(f'{p}/rules/{_esc(rule)}', None, 'key')}</td>"
+        + "".join(
+            f"<td class='num'>{_v(f'{p}/rules/{_esc(rule)}/{k}', r[k], f)}</td>"
+            for k, f in (
+                ("evaluated", "int"),
+                ("violated", "int"),
+                ("windows_violated", "int"),
+                ("episodes", "int"),
+                ("longest_episode_ms", "dur"),
+                ("errors", "int"),
+            )
+        )
+        + "</tr>"
+        for rule, r in d.rules.items()
+    )
+    eps = "".join(
+        f"<tr><td>{_v(f'{p}/episodes/{j}/rule', e.rule, 'text')}</td>"
+        f"<td>{_v(f'{p}/episodes/{j}/goal', e.goal, 'text')}</td>"
+        f"<td>{_v(f'{p}/episodes/{j}/start_ms', e.start_ms, 'ts')}</td>"
+        + (
+            f"<td>{_v(f'{p}/episodes/{j}/end_ms', e.end_ms, 'ts')}</td>"
+            f"<td class='num'>{_v(f'{p}/episodes/{j}/duration_ms', e.duration_ms, 'dur')}</td>"
+            if e.end_ms is not None
+            else "<td>open when last reported, at "
+            f"{_v(f'{p}/episodes/{j}/open_at_ms', e.open_at_ms, 'ts')}"
+            "</td><td class='num'>ongoing</td>"
+        )
+        + f"<td class='num'>{_v(f'{p}/episodes/{j}/peak', e.peak, 'num')}</td>"
+        f"<td class='num'>{_v(f'{p}/episodes/{j}/first_seq', e.first_seq, 'int')}.."
+        f"{_v(f'{p}/episodes/{j}/last_seq', e.last_seq, 'int')}</td></tr>"
+        for j, e in enumerate(d.episodes[:MAX_ROWS])
     )
     risk: dict[str, list[tuple[int, float | None]]] = {}
-    for w in d.timeline:
-        for model, score in w["risk"].items():
-            risk.setdefault(model, []).append((w["end_ms"], score))
-    complete = []
-    for w in d.timeline:
-        total = w["frames_ok"] + w["frame_problems"]
-        span = max(w["end_ms"] - w["start_ms"], 1)
-        frac = (w["frames_ok"] / total if total else (1.0 if w["readings"] else 0.0)) * (
-            1 - min(w["offline_ms"] / span, 1.0)
+    for win in d.windows:
+        for model, score in win.risk.items():
+            risk.setdefault(model, []).append((win.end_ms, score))
+    ood = "".join(_risk_row(f"{p}/risk/{_esc(m)}", k) for m, k in d.risk.items())
+    degraded = "".join(
+        f"<tr><td class='num'>{_v(f'{p}/degraded/runs/{j}/first_seq', r.first_seq, 'int')}.."
+        f"{_v(f'{p}/degraded/runs/{j}/last_seq', r.last_seq, 'int')}</td>"
+        f"<td class='num'>{_v(f'{p}/degraded/runs/{j}/windows', r.windows, 'int')}</td>"
+        f"<td>{_v(f'{p}/degraded/runs/{j}/start_ms', r.start_ms, 'ts')}</td>"
+        f"<td>{_v(f'{p}/degraded/runs/{j}/end_ms', r.end_ms, 'ts')}</td><td><ul>"
+        + "".join(
+            f"<li>{_v(f'{p}/degraded/runs/{j}/reasons/{n}', why, 'text')}</li>"
+            for n, why in enumerate(r.reasons)
         )
-        complete.append((w["end_ms"], frac))
-    changes = []
-    last = None
-    for w in d.timeline:
-        if w["policy_digest"] != last:
-            changes.append(
-                f"<tr><td>{_e(_ts(w['start_ms']))}</td><td class='num'>{w['seq']}</td>"
-                f"<td>{_e(w['policy'])}</td><td><code>{_e(w['policy_digest'][:16])}</code></td></tr>"
-            )
-            last = w["policy_digest"]
-    ood_rows = "".join(
-        f"<tr><td>{_e(m)}</td><td class='num'>{k['scored_windows']}</td><td class='num'>"
-        + (
-            "not assessed (the model has no training ranges)"
-            if k.get("ood_not_assessed_windows")
-            else str(k.get("out_of_distribution_windows", 0))
-        )
-        + f"</td><td>{_e(', '.join(k['providers']))}</td></tr>"
-        for m, k in d.risk.items()
+        + "</ul></td></tr>"
+        for j, r in enumerate(d.degraded[:MAX_ROWS])
     )
-    verdict = "pass" if not findings else "fail"
+    rs = d.restarts
+    rp = f"{p}/restarts"
+    restarts = (
+        f"<p>{_v(rp + '/count', rs.count, 'int')} restart(s), "
+        f"{_v(rp + '/unclean', rs.unclean, 'int')} after an unclean stop; agent down "
+        f"{_v(rp + '/down_ms', rs.down_ms, 'dur')} in all; readings of a window in progress: "
+        f"{_v(rp + '/recovered_readings', rs.recovered_readings, 'int')} recovered, "
+        f"{_v(rp + '/unrecorded_readings', rs.unrecorded_readings, 'int')} lost (and "
+        f"{_v(rp + '/unrecorded_unknown', rs.unrecorded_unknown, 'int')} restart(s) that could "
+        f"not tell); {_v(rp + '/frames_unrecorded', rs.frames_unrecorded, 'int')} frame(s) "
+        "the devices sent while the agent was not running</p>"
+    )
+    events = "".join(
+        f"<tr><td class='num'>{_v(f'{rp}/events/{j}/seq', ev.seq, 'int')}</td>"
+        f"<td>{_v(f'{rp}/events/{j}/started_ms', ev.started_ms, 'ts')}</td>"
+        f"<td>{_v(f'{rp}/events/{j}/last_end_ms', ev.last_end_ms, 'ts')}</td>"
+        f"<td class='num'>{_v(f'{rp}/events/{j}/down_ms', ev.down_ms, 'dur')}</td>"
+        f"<td>{'clean' if ev.clean else 'unclean'}</td>"
+        f"<td class='num'>"
+        f"{_v(f'{rp}/events/{j}/recovered_readings', ev.recovered_readings, 'int')}"
+        f" / {_v(f'{rp}/events/{j}/unrecorded_readings', ev.unrecorded_readings, 'int')}</td><td>"
+        + ", ".join(
+            f"{_v(f'{rp}/events/{j}/no_data_ms/{_esc(s)}', None, 'key')} "
+            f"{_v(f'{rp}/events/{j}/no_data_ms/{_esc(s)}', ms, 'dur')}"
+            for s, ms in ev.no_data_ms.items()
+        )
+        + (
+            f"<br>new log: {_v(f'{rp}/events/{j}/new_log', ev.new_log, 'text')} (previous: "
+            f"{_v(f'{rp}/events/{j}/previous_log', ev.previous_log, 'text')})"
+            if ev.new_log
+            else ""
+        )
+        + "</td></tr>"
+        for j, ev in enumerate(rs.events[:MAX_ROWS])
+    )
+    if events:
+        restarts += (
+            "<table><tr><th>seq</th><th>agent started</th><th>last window before</th>"
+            "<th>down</th><th>stop</th><th>recovered / lost</th><th>no data per source</th>"
+            f"</tr>{events}</table>"
+        )
+    changes = "".join(
+        f"<tr><td>{_v(f'{p}/config_changes/{j}/start_ms', ch['start_ms'], 'ts')}</td>"
+        f"<td class='num'>{_v(f'{p}/config_changes/{j}/seq', ch['seq'], 'int')}</td>"
+        f"<td>{_v(f'{p}/config_changes/{j}/policy', ch['policy'], 'text')}</td>"
+        f"<td><code>{_v(f'{p}/config_changes/{j}/digest', ch['digest'], 'text')}</code></td></tr>"
+        for j, ch in enumerate(d.config_changes)
+    )
+    health = "".join(
+        f"<tr><td>{_v(f'{p}/health/{_esc(k)}', None, 'key')}</td>"
+        f"<td class='num'>{_v(f'{p}/health/{_esc(k)}', v, 'int')}</td></tr>"
+        for k, v in sorted(d.health.items())
+    )
+    policies = ", ".join(_v(f"{p}/policies/{j}", x, "text") for j, x in enumerate(d.policies))
+    cs = f"{p}/completeness/sources/"
+    per_source = "".join(
+        f"<li>{_v(cs + _esc(n), None, 'key')}: {_v(cs + _esc(n) + '/ratio', r, 'pct')} ("
+        f"{_v(cs + _esc(n) + '/received', rx, 'int')} of "
+        f"{_v(cs + _esc(n) + '/expected', exp, 'num')})</li>"
+        for n, (rx, exp, r) in c.sources.items()
+    )
+    if per_source:
+        per_source = f"; per source (the share is their mean):<ul>{per_source}</ul>"
     return f"""
 <section>
-<h2>Device {_e(d.device)} <span class="verdict {verdict}">{verdict.upper()}</span></h2>
-<p class="muted">log {_e(d.origin)} &middot; signed by {_e(d.signer)}</p>
+<h2>Device {_v(p + "/device", d.device, "text")}</h2>
+<p class="muted">log {_v(p + "/origin", d.origin, "text")} &middot; signed by
+{_v(p + "/signer", d.signer, "text")}</p>
 <table><tr><th>period</th>
-<td>{_e(_ts(d.period_start_ms))} &rarr; {_e(_ts(d.period_end_ms))}</td></tr>
-<tr><th>attestations</th><td>{d.attestations} (seq {d.first_seq}..{d.last_seq})</td></tr>
-<tr><th>readings</th><td>{d.readings} (Merkle log size {d.log_size})</td></tr>
-<tr><th>policy</th><td>{_e(", ".join(d.policies))}</td></tr></table>
-<h3>Goals</h3>
-<table><tr><th>rule</th><th>goal</th><th>evaluated</th><th>violated</th><th>windows</th></tr>
-{"".join(rows) or "<tr><td colspan=5>no rules</td></tr>"}</table>
+<td>{_v(p + "/period_start_ms", d.period_start_ms, "ts")} &rarr;
+{_v(p + "/period_end_ms", d.period_end_ms, "ts")}</td></tr>
+<tr><th>attestations</th><td>{_v(p + "/attestations", d.attestations, "int")} (seq
+{_v(p + "/first_seq", d.first_seq, "int")}..{_v(p + "/last_seq", d.last_seq, "int")}),
+{_v(p + "/redelivered", d.redelivered, "int")} redelivered cop(ies) counted, not findings</td></tr>
+<tr><th>readings</th><td>{_v(p + "/readings", d.readings, "int")} (Merkle log size
+{_v(p + "/log_size", d.log_size, "int")})</td></tr>
+<tr><th>data completeness</th><td>{_v(p + "/completeness/ratio", c.ratio, "pct")}:
+{_v(p + "/completeness/received", c.received, "int")} received of
+{_v(p + "/completeness/expected", c.expected, "num")} expected{per_source}</td></tr>
+<tr><th>policy</th><td>{policies}</td></tr>
+</table>
+<h3>Rules</h3>
+<table><tr><th>rule</th><th>readings evaluated</th><th>violated</th><th>windows violated</th>
+<th>episodes</th><th>longest</th><th>not evaluable</th></tr>
+{rules or "<tr><td colspan=7>no rules</td></tr>"}</table>
 <h3>Violation episodes</h3>
-<table><tr><th>rule</th><th>from</th><th>to</th><th>duration</th><th>readings</th></tr>
-{ep_rows or "<tr><td colspan=5>none</td></tr>"}</table>
-<h3>Risk over time</h3>
-{_line_chart("risk score per model (0..1), one point per window", risk)}
-<table><tr><th>model</th><th>windows scored</th>
-<th>of them with inputs outside the training range</th><th>execution provider</th></tr>
-{ood_rows or "<tr><td colspan=4>no models</td></tr>"}</table>
+<table><tr><th>rule</th><th>goal</th><th>from</th><th>to</th><th>duration</th><th>peak</th>
+<th>seq</th></tr>
+{eps or "<tr><td colspan=7>none</td></tr>"}</table>{_more(p + "/episodes", d.episodes)}
 <h3>Data completeness</h3>
-{_bar_chart("share of frames received intact and time online, per window", complete)}
+{_completeness_chart(i, d)}
+<h3>Degraded evidence</h3>
+<p>{_v(p + "/degraded/windows", d.degraded_windows, "int")} window(s) degraded</p>
+<table><tr><th>seq</th><th>windows</th><th>from</th><th>to</th><th>why</th></tr>
+{degraded or "<tr><td colspan=5>none</td></tr>"}</table>{_more(p + "/degraded/runs", d.degraded)}
+<h3>Restarts</h3>
+{restarts}
+<h3>Risk over time</h3>
+{_line_chart("risk score per model (from zero to one), one point per window", risk)}
+<table><tr><th>model</th><th>windows scored</th><th>max</th><th>mean</th>
+<th>windows with inputs outside the training range</th><th>execution provider</th></tr>
+{ood or "<tr><td colspan=6>no models</td></tr>"}</table>
 <h3>Configuration changes</h3>
-<table><tr><th>from</th><th>seq</th><th>policy</th><th>digest</th></tr>{"".join(changes)}</table>
+<table><tr><th>from</th><th>seq</th><th>policy</th><th>digest</th></tr>{changes}</table>
+<h3>Data quality counters</h3>
+<table><tr><th>counter</th><th>sum over the period</th></tr>{health}</table>
 </section>"""
 
 
-def render_html(res: AuditResult, title: str = "edgegov audit report") -> str:
-    """The report as one HTML document (UTF-8 text)."""
-    findings = "".join(
-        f"<tr><td>{_e(f.device)}</td><td class='num'>{'' if f.seq is None else f.seq}</td>"
-        f"<td><code>{_e(f.kind)}</code></td><td>{_e(f.detail)}</td><td>{_e(f.file)}</td></tr>"
-        for f in res.findings
+def _risk_row(p: str, k: dict[str, Any]) -> str:
+    providers = ", ".join(_v(f"{p}/providers/{n}", v, "text") for n, v in enumerate(k["providers"]))
+    ood, unknown = "out_of_distribution_windows", "ood_not_assessed_windows"
+    return (
+        f"<tr><td>{_v(p, None, 'key')}</td>"
+        f"<td class='num'>{_v(p + '/scored_windows', k['scored_windows'], 'int')}</td>"
+        f"<td class='num'>{_v(p + '/max', k['max'], 'num')}</td>"
+        f"<td class='num'>{_v(p + '/mean', k['mean'], 'num')}</td>"
+        f"<td class='num'>{_v(f'{p}/{ood}', k[ood], 'int')}"
+        f" (not assessed in {_v(f'{p}/{unknown}', k[unknown], 'int')})"
+        f"</td><td>{providers}</td></tr>"
     )
-    verdict = "pass" if res.ok else "fail"
+
+
+def _esc(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def render_html(res: Analysis | AuditResult, title: str = "edgegov audit report") -> str:
+    """The report as one HTML document (UTF-8 text); an :class:`AuditResult` is analysed
+    without a policy."""
+    a = res if isinstance(res, Analysis) else res.analysis
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -234,13 +452,17 @@ def render_html(res: AuditResult, title: str = "edgegov audit report") -> str:
 <title>{_e(title)}</title><style>{_CSS}</style></head>
 <body>
 <h1>{_e(title)}</h1>
-<p><span class="verdict {verdict}">{verdict.upper()}</span>
-{res.verified} of {res.files} attestation(s) verified &middot; {len(res.devices)} device log(s)
-&middot; {len(res.findings)} finding(s) &middot; generated {now} by edgegov {_e(__version__)}</p>
-{"".join(_device(d, res) for d in res.devices)}
+<p class="meta">generated {now} by edgegov {_e(__version__)}</p>
 <h2>Findings</h2>
-<table><tr><th>device</th><th>seq</th><th>kind</th><th>detail</th><th>source</th></tr>
-{findings or "<tr><td colspan=5>none: every signature valid, every chain complete</td></tr>"}
-</table>
+{_findings(a)}
+<h2>Evidence: <span class="verdict {a.evidence}">{_v("/evidence", a.evidence, "text")}</span></h2>
+<p>{_v("/files", a.files, "int")} message(s) checked, {_v("/verified", a.verified, "int")}
+signature(s) valid: {_v("/attestations", a.attestations, "int")} distinct attestation(s),
+{_v("/redelivered", a.redelivered, "int")} redelivered cop(ies) counted, not findings;
+{_v("/findings", a.findings, "count")} finding(s); {_v("/devices", a.devices, "count")}
+device log(s)</p>
+<h2>Compliance</h2>
+{_compliance(a)}
+{"".join(_device(i, d) for i, d in enumerate(a.devices))}
 </body></html>
 """

@@ -1,19 +1,20 @@
-"""Plain-text rendering of an audit result, for people reading a terminal."""
+"""Plain-text rendering of an audit, for people reading a terminal.
+
+Findings first, then the two verdicts (evidence integrity; compliance per goal or rule),
+then what each device's evidence says. Every number comes from the
+:class:`~agent.audit.analysis.Analysis` (the JSON shows the same ones).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
+from agent.audit._format import dur, pct, ts
+from agent.audit.analysis import Analysis, DeviceAnalysis
 from agent.audit.verify import AuditResult
 
 __all__ = ["format_result"]
 
-
-def _ts(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
+#: episodes, degraded runs and restarts listed per device before "... and N more"
+MAX_LISTED = 10
 
 # What each health counter means, in a reader's words (docs/attestation-profile.md).
 HEALTH_WORDS = {
@@ -24,8 +25,9 @@ HEALTH_WORDS = {
     "bytes_discarded": "line bytes not part of a valid frame",
     "seq_gaps": "sequence gaps",
     "frames_missed": "frames missing in those gaps",
+    "frames_unrecorded": "frames the device sent while the agent was not running",
     "reboots": "device reboots",
-    "offline_ms": "ms with the serial port unavailable",
+    "offline_ms": "ms with a serial port unavailable (in the windows)",
     "data_before_hello": "readings before the device announced its channels (not used)",
     "unknown_channels": "device channels the policy does not know",
     "readings_out_of_range": "readings outside a channel's valid range (not used)",
@@ -49,67 +51,154 @@ HEALTH_WORDS = {
 _NOT_PROBLEMS = {"frames_ok", "samples_ok", "lines_ok", "polls_ok"}
 
 
-def format_result(res: AuditResult) -> str:
-    lines = [f"checked {res.files} file(s): {res.verified} signature(s) valid"]
-    for d in res.devices:
+def format_result(res: Analysis | AuditResult) -> str:
+    """The audit as text (an :class:`AuditResult` is analysed without a policy)."""
+    a = res if isinstance(res, Analysis) else res.analysis
+    lines: list[str] = []
+    if a.findings:
+        lines.append(f"FINDINGS ({len(a.findings)}):")
+        lines.extend(f"  {f}" for f in a.findings)
         lines.append("")
-        lines.append(f"device {d.device}  (log {d.origin})")
-        lines.append(f"  signed by      {d.signer}")
-        lines.append(f"  attestations   {d.attestations}  (seq {d.first_seq}..{d.last_seq})")
-        lines.append(f"  period         {_ts(d.period_start_ms)} -> {_ts(d.period_end_ms)}")
-        lines.append(f"  readings       {d.readings}  (Merkle log size {d.log_size})")
-        lines.append(f"  policy         {', '.join(d.policies)}")
-        width = max([len(x) for x in [*d.rules, *d.risk]] or [0])
-        for rule, r in d.rules.items():
-            lines.append(
-                f"  rule {rule:<{width}}  {r['violated']:>6} of {r['evaluated']:>6} readings "
-                f"violated, in {r['windows_violated']} window(s)"
-                + (
-                    f"; {r['episodes']} episode(s), longest {r['longest_episode_ms'] / 1000:g} s"
-                    if r.get("episodes")
-                    else ""
-                )
-                + (
-                    f"; still violated at the end (since {_ts(d.open_episodes[rule])})"
-                    if rule in d.open_episodes
-                    else ""
-                )
-                + (f"; {r['errors']} not evaluable" if r["errors"] else "")
-            )
-        for model, k in d.risk.items():
-            if k["scored_windows"]:
-                lines.append(
-                    f"  risk {model:<{width}}  max {k['max']:.3f}, mean {k['mean']:.3f} over "
-                    f"{k['scored_windows']} window(s) ({', '.join(k['providers'])})"
-                )
-                if k.get("out_of_distribution_windows"):
-                    lines.append(
-                        f"  {'':<{width + 5}}  inputs outside the training range in "
-                        f"{k['out_of_distribution_windows']} window(s): scores there are "
-                        "extrapolations"
-                    )
-                if k.get("ood_not_assessed_windows"):
-                    lines.append(
-                        f"  {'':<{width + 5}}  training range not known (model carries none): "
-                        "out-of-distribution not assessed"
-                    )
-            else:
-                lines.append(f"  risk {model:<{width}}  not scored")
-        lines.append(f"  data quality   {d.health.get('frames_ok', 0)} frames ok")
-        known = [k for k in HEALTH_WORDS if k in d.health]
-        for key in known + sorted(set(d.health) - set(known)):
-            v = d.health[key]
-            if v and key not in _NOT_PROBLEMS:
-                lines.append(f"                 {v} {HEALTH_WORDS.get(key, key)}")
-        if d.degraded_windows:
-            lines.append(f"  degraded       {d.degraded_windows} window(s) (see --json)")
-    lines.append("")
-    if res.findings:
-        lines.append(f"FINDINGS ({len(res.findings)}):")
-        lines.extend(f"  {f}" for f in res.findings)
-        lines.append("verdict: FAIL")
-    elif res.verified == 0:
-        lines.append("verdict: FAIL (no attestations found)")
+    copies = (
+        f", {a.redelivered} redelivered cop(ies) counted, not findings" if a.redelivered else ""
+    )
+    lines.append(
+        f"checked {a.files} message(s): {a.verified} signature(s) valid, "
+        f"{a.attestations} distinct attestation(s){copies}"
+    )
+    if a.intact:
+        lines.append(
+            "evidence:   INTACT - every signature valid, every chain complete and in order"
+        )
+    elif a.verified == 0 and not a.findings:
+        lines.append("evidence:   FINDINGS - no attestations found")
     else:
-        lines.append("verdict: PASS - every signature valid, chain complete and in order")
+        lines.append(f"evidence:   FINDINGS ({len(a.findings)}) - listed above")
+    lines.extend(_compliance(a))
+    for d in a.devices:
+        lines.append("")
+        lines.extend(_device(d))
     return "\n".join(lines)
+
+
+def _compliance(a: Analysis) -> list[str]:
+    if a.scope == "goals" and a.policy is not None:
+        p = a.policy
+        head = f"compliance: per goal of policy {p['id']} v{p['version']} ({p['digest'][:16]})"
+        if p["windows_other_policy"]:
+            head += f"; {p['windows_other_policy']} window(s) under another policy not judged"
+    else:
+        head = "compliance: per rule (goals, owners, clauses and data thresholds need --policy)"
+    out = [head]
+    width = max([len(c.id) for c in a.compliance] or [0])
+    for c in a.compliance:
+        out.append(f"  {c.kind} {c.id:<{width}}  {c.status.upper():<19}  {c.reason}")
+        if c.kind == "goal":
+            out.append(
+                f"  {'':<{width + 5}}  owner: {c.stakeholder}; clause: {c.source}; "
+                f"rules: {', '.join(c.rules) or 'none'}"
+                + (
+                    f"; minimum completeness {pct(c.min_completeness)}"
+                    if c.min_completeness is not None
+                    else ""
+                )
+            )
+    if not a.compliance:
+        out.append("  nothing to judge: no verified attestation")
+    return out
+
+
+def _device(d: DeviceAnalysis) -> list[str]:
+    lines = [f"device {d.device}  (log {d.origin})", f"  signed by      {d.signer}"]
+    copies = f", {d.redelivered} redelivered" if d.redelivered else ""
+    lines.append(f"  attestations   {d.attestations}  (seq {d.first_seq}..{d.last_seq}{copies})")
+    lines.append(f"  period         {ts(d.period_start_ms)} -> {ts(d.period_end_ms)}")
+    lines.append(f"  readings       {d.readings}  (Merkle log size {d.log_size})")
+    c = d.completeness
+    per = [f"{n} {pct(r)} ({rx} of {exp:.0f})" for n, (rx, exp, r) in c.sources.items()]
+    lines.append(
+        f"  completeness   {pct(c.ratio)}  "
+        + (
+            f"(mean over sources: {', '.join(per)})"
+            if len(per) > 1
+            else f"({c.received} of {c.expected:.0f} expected, counted as the source counts: "
+            "frames, lines or polls)"
+        )
+    )
+    lines.append(f"  policy         {', '.join(d.policies)}")
+    width = max([len(x) for x in [*d.rules, *d.risk]] or [0])
+    for rule, agg in d.rules.items():
+        lines.append(
+            f"  rule {rule:<{width}}  {agg['violated']:>6} of {agg['evaluated']:>6} readings "
+            f"violated, in {agg['windows_violated']} window(s)"
+            + (f"; {agg['episodes']} episode(s)" if agg["episodes"] else "")
+            + (f", longest {dur(agg['longest_episode_ms'])}" if agg["longest_episode_ms"] else "")
+            + (f"; {agg['errors']} not evaluable" if agg["errors"] else "")
+        )
+    for e in d.episodes[:MAX_LISTED]:
+        span = (
+            f"{ts(e.start_ms)} -> {ts(e.end_ms)}  ({dur(e.duration_ms)})"
+            if e.end_ms is not None
+            else f"{ts(e.start_ms)} -> open when last reported, at {ts(e.open_at_ms)}"
+        )
+        peak = "" if e.peak is None else f", peak {e.peak:g}"
+        lines.append(f"  episode        {e.rule}: {span}{peak}")
+    if len(d.episodes) > MAX_LISTED:
+        lines.append(f"                 ... and {len(d.episodes) - MAX_LISTED} more (see --json)")
+    for model, k in d.risk.items():
+        if k["scored_windows"]:
+            lines.append(
+                f"  risk {model:<{width}}  max {k['max']:.3f}, mean {k['mean']:.3f} over "
+                f"{k['scored_windows']} window(s) ({', '.join(k['providers'])})"
+            )
+            if k["out_of_distribution_windows"]:
+                lines.append(
+                    f"  {'':<{width + 5}}  inputs outside the training range in "
+                    f"{k['out_of_distribution_windows']} window(s): scores there are "
+                    "extrapolations"
+                )
+            if k["ood_not_assessed_windows"]:
+                lines.append(
+                    f"  {'':<{width + 5}}  training range not known (model carries none): "
+                    "out-of-distribution not assessed"
+                )
+        else:
+            lines.append(f"  risk {model:<{width}}  not scored")
+    if d.degraded_windows:
+        lines.append(f"  degraded       {d.degraded_windows} window(s):")
+        for run in d.degraded[:MAX_LISTED]:
+            lines.append(
+                f"                 seq {run.first_seq}..{run.last_seq} ({run.windows} window(s), "
+                f"{ts(run.start_ms)} -> {ts(run.end_ms)}): {'; '.join(run.reasons)}"
+            )
+        if len(d.degraded) > MAX_LISTED:
+            lines.append(f"                 ... and {len(d.degraded) - MAX_LISTED} more runs")
+    rs = d.restarts
+    if rs.count or rs.frames_unrecorded:
+        unknown = (
+            f" (+ {rs.unrecorded_unknown} restart(s) that could not say)"
+            if (rs.unrecorded_unknown)
+            else ""
+        )
+        lines.append(
+            f"  restarts       {rs.count} ({rs.unclean} unclean), agent down {dur(rs.down_ms)}, "
+            f"{rs.recovered_readings} reading(s) recovered, {rs.unrecorded_readings} of a window "
+            f"in progress lost{unknown}, {rs.frames_unrecorded} frame(s) sent while down"
+        )
+        for ev in rs.events[:MAX_LISTED]:
+            dark = ", ".join(f"{s} {dur(ms)}" for s, ms in ev.no_data_ms.items())
+            new = f"; NEW LOG: {ev.new_log} (previous: {ev.previous_log})" if ev.new_log else ""
+            stop = "clean" if ev.clean else "unclean"
+            lines.append(
+                f"                 seq {ev.seq}: started {ts(ev.started_ms)}, "
+                f"down {dur(ev.down_ms)}, {stop} stop; no data: {dark or '-'}{new}"
+            )
+    known = [k for k in HEALTH_WORDS if k in d.health]
+    problems = [
+        f"{d.health[key]} {HEALTH_WORDS.get(key, key)}"
+        for key in known + sorted(set(d.health) - set(known))
+        if d.health[key] and key not in _NOT_PROBLEMS
+    ]
+    lines.append(f"  data quality   {problems[0] if problems else 'no problem counted'}")
+    lines.extend(f"                 {p}" for p in problems[1:])
+    return lines

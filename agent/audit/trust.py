@@ -119,7 +119,20 @@ class TrustStore:
             return cands[0]
         if msg.x5chain and self.cas:
             return self._from_chain(msg)
-        raise UnknownKey(f"signed by kid {msg.kid.hex()}, which is not a trusted key")
+        raise UnknownKey(
+            f"signed by kid {msg.kid.hex()}, which is not a trusted key "
+            f"(trusted: {self.describe_keys()})"
+        )
+
+    def describe_keys(self, limit: int = 3) -> str:
+        """The trusted kids and where each came from, for messages (``kid (key a.pub)``)."""
+        keys = [tk for tks in self.keys.values() for tk in tks]
+        out = [f"kid {tk.key.kid.hex()} ({tk.how})" for tk in keys[:limit]]
+        if len(keys) > limit:
+            out.append(f"and {len(keys) - limit} more key(s)")
+        if self.cas:
+            out.append(f"certificates of {len(self.cas)} fleet CA(s)")
+        return ", ".join(out) or "none"
 
     def evidence(self, raw: bytes) -> Evidence:
         """The claims of one attestation whose signature verifies with a trusted key bound

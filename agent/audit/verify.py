@@ -1,13 +1,16 @@
-"""Offline verification of attestation streams with only trust anchors.
+"""Offline verification of attestation streams with only trust anchors: evidence integrity.
 
 Checks, per device log (PRODUCT.md §6, docs/attestation-profile.md):
 1. every message is a well-formed COSE_Sign1 within the size and CBOR limits;
    its ``kid`` selects a trusted key (a listed key, a key a rotation statement
    hands over to, or the key of an ``x5chain`` certificate that chains to a fleet
    CA), the key pins the algorithm, the key is not revoked, and the signature
-   verifies; nothing is read from a payload before that;
-2. the chain: seq starts at 0 and has no gap, duplicate, fork or reordering,
-   and each ``prev`` is the SHA-256 of the previous attestation's exact bytes;
+   verifies; nothing is read from a payload before that (a message that fails is
+   labelled with the device and seq its carrier or payload *claims*, marked
+   unverified);
+2. the chain: seq starts at 0 and has no gap, fork or reordering, and each
+   ``prev`` is the SHA-256 of the previous attestation's exact bytes; byte-identical
+   copies of one attestation (QoS 1 redelivery) are counted, not findings;
 3. the Merkle log: each checkpoint grows by exactly the window's readings and
    its consistency proof links it to the previous checkpoint (RFC 9162 §2.1.4);
 4. time: windows and ``iat`` move forward, ``bootcount`` never drops;
@@ -16,7 +19,9 @@ Checks, per device log (PRODUCT.md §6, docs/attestation-profile.md):
    and (with ``device=``) every attestation is from the device being audited.
 
 Every problem is a :class:`Finding` naming device, seq, kind and detail; the
-verifier never stops at the first one, so an auditor sees the whole picture.
+verifier never stops at the first one, so an auditor sees the whole picture. What
+the verified evidence *says* (periods, completeness, episodes, restarts, goals) is
+:func:`agent.audit.analysis.analyze`'s job: one analysis for every rendering.
 """
 
 from __future__ import annotations
@@ -24,21 +29,25 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from agent.attestation import ConfigInForce, Evidence, parse_claims
+from agent.attestation import EDGEGOV, ConfigInForce, Evidence, parse_claims
 from agent.audit.trust import CertificateError, RevokedKey, TrustStore, UnknownKey
-from agent.cose import AlgorithmMismatch, decode_sign1
-from agent.errors import VerificationError
+from agent.cose import AlgorithmMismatch, Sign1, decode_sign1
+from agent.errors import Error, VerificationError
 from agent.keys import PublicKey
 from agent.merkle import ProofError, verify_consistency
 
+if TYPE_CHECKING:
+    from agent.audit.analysis import Analysis, DeviceAnalysis
+
 __all__ = [
     "AuditResult",
-    "DeviceReport",
     "Finding",
+    "Message",
+    "VerifiedLog",
     "collect_files",
     "verify_messages",
     "verify_paths",
@@ -49,13 +58,19 @@ _sha256 = hashlib.sha256
 
 @dataclass(frozen=True)
 class Finding:
-    """One problem: which device and seq, what kind, in words, and where it came from."""
+    """One problem: which device and seq, what kind, in words, and where it came from.
+
+    ``label_from`` is empty when device and seq come from a verified attestation;
+    otherwise it says where the unverified label was read (a message that failed
+    verification proves nothing, not even whose it is).
+    """
 
     device: str
     seq: int | None
     kind: str
     detail: str
     file: str = ""
+    label_from: str = ""
 
     @property
     def code(self) -> str:  # the name the first version of the JSON used
@@ -66,49 +81,93 @@ class Finding:
         return self.detail
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "code": self.kind, "message": self.detail}
+        return {
+            "device": self.device,
+            "seq": self.seq,
+            "kind": self.kind,
+            "detail": self.detail,
+            "file": self.file,
+            "label_verified": not self.label_from,
+            "label_from": self.label_from or None,
+            "code": self.kind,
+            "message": self.detail,
+        }
 
     def __str__(self) -> str:
         where = f"{self.device} seq {self.seq}" if self.seq is not None else self.device
+        if self.label_from:
+            where += f" (unverified, {self.label_from})"
         return f"[{self.kind}] {where}: {self.detail}" + (f" ({self.file})" if self.file else "")
 
 
+class Message(NamedTuple):
+    """One message to verify, as delivered.
+
+    ``via``: the device it was delivered for (its MQTT topic, as a collector recorded
+    it); one that claims another device is a ``REPLAY``. ``device_hint`` / ``seq_hint``:
+    what the carrier says it is (a store row), used only to label a finding about a
+    message that fails verification, never as evidence.
+    """
+
+    raw: bytes
+    source: str
+    via: str | None = None
+    device_hint: str | None = None
+    seq_hint: int | None = None
+    hint_from: str = ""
+
+
 @dataclass
-class DeviceReport:
-    device: str
+class VerifiedLog:
+    """One device log (``origin``) as verified: the chain, one attestation per seq, in seq
+    order (the first delivered where two differ: the other is a ``FORK`` finding), and how
+    many byte-identical copies were delivered besides (``redelivered``)."""
+
     origin: str
+    device: str
     signer: str
-    attestations: int = 0
-    first_seq: int | None = None
-    last_seq: int | None = None
-    period_start_ms: int | None = None
-    period_end_ms: int | None = None
-    readings: int = 0
-    log_size: int = 0
-    rules: dict[str, dict[str, int]] = field(default_factory=dict)
-    open_episodes: dict[str, int] = field(default_factory=dict)  # rule -> violated since (ms)
-    risk: dict[str, dict[str, Any]] = field(default_factory=dict)
-    policies: list[str] = field(default_factory=list)
-    degraded_windows: int = 0
-    health: dict[str, int] = field(default_factory=dict)
-    timeline: list[dict[str, Any]] = field(default_factory=list)  # one entry per window
+    evidence: list[Evidence]
+    redelivered: int = 0
 
 
 @dataclass
 class AuditResult:
+    """Evidence integrity: what verified, what did not (:attr:`findings`), per log.
+
+    ``verified`` counts valid signatures, redelivered copies included; ``ok`` is the
+    evidence verdict *intact*: at least one valid attestation and no finding. Compliance
+    is a separate verdict, in :func:`agent.audit.analysis.analyze`.
+    """
+
     files: int = 0
     verified: int = 0
-    devices: list[DeviceReport] = field(default_factory=list)
+    logs: list[VerifiedLog] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    _analysis: Analysis | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return not self.findings and self.verified > 0
 
+    @property
+    def redelivered(self) -> int:
+        return sum(log.redelivered for log in self.logs)
+
+    @property
+    def analysis(self) -> Analysis:
+        """The analysis without a policy (compliance per rule), made once."""
+        if self._analysis is None:
+            from agent.audit.analysis import analyze  # it reads this module's types
+
+            self._analysis = analyze(self)
+        return self._analysis
+
+    @property
+    def devices(self) -> list[DeviceAnalysis]:
+        return self.analysis.devices
+
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["findings"] = [f.to_json() for f in self.findings]
-        return {"verdict": "pass" if self.ok else "fail", **d}
+        return self.analysis.to_json()
 
 
 class _Entry(NamedTuple):  # a tuple: built once per attestation (issue 6 measures it)
@@ -127,8 +186,8 @@ def collect_files(paths: Iterable[Path]) -> list[Path]:
             out.extend(sorted(p.rglob("*.cose")))
         elif p.exists():
             out.append(p)
-        else:
-            raise VerificationError(f"{p}: no such file or directory")
+        else:  # an input error (exit 2), not a finding about the evidence
+            raise Error(f"{p}: no such file or directory")
     return out
 
 
@@ -141,9 +200,9 @@ def _as_trust(anchors: Sequence[PublicKey] | TrustStore) -> TrustStore:
     return trust
 
 
-def _files(paths: Sequence[Path]) -> Iterator[tuple[bytes, str, str | None]]:
+def _files(paths: Sequence[Path]) -> Iterator[Message]:
     for f in collect_files(paths):
-        yield f.read_bytes(), str(f), None
+        yield Message(f.read_bytes(), str(f))
 
 
 def verify_paths(
@@ -156,24 +215,32 @@ def verify_paths(
 
 
 def verify_messages(
-    messages: Iterable[tuple[bytes, str, str | None]],
+    messages: Iterable[Message | tuple[bytes, str, str | None]],
     anchors: Sequence[PublicKey] | TrustStore,
     device: str | None = None,
 ) -> AuditResult:
-    """Verify ``(bytes, source name, transport device or None)`` in delivery order.
+    """Verify messages (:class:`Message`, or ``(bytes, source name, via)``) in delivery order.
 
-    ``transport device`` is the device the message arrived for (its MQTT topic);
-    a message claiming another device is a replay. ``device`` restricts the audit
-    to one device: attestations of any other are findings too.
+    ``via`` is the device a message arrived for (its MQTT topic); a message
+    claiming another device is a replay. ``device`` restricts the audit to one
+    device: attestations of any other are findings too. A byte-identical copy of a
+    message already verified is not verified again: it is the same evidence.
     """
     trust = _as_trust(anchors)
     res = AuditResult()
     logs: dict[str, list[_Entry]] = defaultdict(list)
-    for order, (raw, src, via) in enumerate(messages):
+    known: dict[bytes, _Entry] = {}
+    for order, m in enumerate(messages):
+        raw, src, via = m[0], m[1], m[2]
         res.files += 1
-        entry = _verify_one(raw, src, order, trust, res.findings)
+        entry = known.get(raw)
         if entry is None:
-            continue
+            entry = _verify_one(m, order, trust, res.findings)
+            if entry is None:
+                continue
+            known[raw] = entry
+        else:
+            entry = entry._replace(file=src, order=order)
         res.verified += 1
         ev = entry.ev
         expected = device or via
@@ -191,41 +258,50 @@ def verify_messages(
             continue
         logs[ev.checkpoint.origin].append(entry)
     for origin, entries in sorted(logs.items()):
-        res.devices.append(_check_log(origin, entries, res.findings, trust))
+        res.logs.append(_check_log(origin, entries, res.findings, trust))
     return res
 
 
 def _verify_one(
-    raw: bytes, src: str, order: int, trust: TrustStore, findings: list[Finding]
+    m: Message | tuple[bytes, str, str | None],
+    order: int,
+    trust: TrustStore,
+    findings: list[Finding],
 ) -> _Entry | None:
+    raw, src = m[0], m[1]
+    msg: Sign1 | None = None
+
+    def bad(kind: str, detail: str) -> None:
+        findings.append(_unverified(m, msg, kind, detail))
+
     try:
         msg = decode_sign1(raw)
     except VerificationError as e:
-        _bad(findings, src, "INVALID", str(e))
+        bad("INVALID", str(e))
         return None
     try:
         tk = trust.resolve(msg)
     except RevokedKey as e:
-        _bad(findings, src, "REVOKED_KEY", str(e))
+        bad("REVOKED_KEY", str(e))
         return None
     except CertificateError as e:
-        _bad(findings, src, "CERTIFICATE", str(e))
+        bad("CERTIFICATE", str(e))
         return None
     except UnknownKey as e:
-        _bad(findings, src, "UNKNOWN_KEY", str(e))
+        bad("UNKNOWN_KEY", str(e))
         return None
     try:
         msg.verify(tk.key)
     except AlgorithmMismatch as e:
-        _bad(findings, src, "ALG_MISMATCH", str(e))
+        bad("ALG_MISMATCH", str(e))
         return None
     except VerificationError as e:
-        _bad(findings, src, "BAD_SIGNATURE", str(e))
+        bad("BAD_SIGNATURE", str(e))
         return None
     try:
         ev = parse_claims(msg.claims(unread=False))
     except VerificationError as e:
-        _bad(findings, src, "INVALID", f"signed payload: {e}")
+        bad("INVALID", f"signed payload: {e}")
         return None
     if tk.device is not None and tk.device != ev.device_id:
         findings.append(
@@ -246,22 +322,60 @@ def _verify_one(
     return _Entry(ev, raw, src, tk.how, order)
 
 
-def _bad(findings: list[Finding], src: str, kind: str, detail: str) -> None:
-    """Record a message rejected before its device is known."""
-    findings.append(Finding("?", None, kind, detail, src))
+def _unverified(
+    m: Message | tuple[bytes, str, str | None], msg: Sign1 | None, kind: str, detail: str
+) -> Finding:
+    """A finding about a message rejected before its claims could be trusted.
+
+    Labelled with what its carrier says (a store row: the topic's device and the seq it
+    was filed under), else with device and seq read from the unverified payload, and
+    marked so: a forged or corrupted message may claim anything.
+    """
+    device, seq, how = m[2], None, ""
+    if isinstance(m, Message):
+        device = m.device_hint or device
+        seq = m.seq_hint
+        how = m.hint_from
+    if device is not None and not how:
+        how = "the device it was delivered for"
+    if (device is None or seq is None) and msg is not None:
+        peeked = _peek(msg)
+        if peeked is not None:
+            device = device or peeked[0]
+            seq = peeked[1] if seq is None else seq
+            how = f"{how} and the unsigned payload" if how else "the unsigned payload"
+    if device is None:
+        return Finding("?", seq, kind, detail, m[1])
+    return Finding(device, seq, kind, detail, m[1], how or "unknown")
+
+
+def _peek(msg: Sign1) -> tuple[str | None, int | None] | None:
+    """Device and seq as the payload claims them, for a label only (never trusted)."""
+    try:
+        ours = msg.claims().get(EDGEGOV)
+    except (VerificationError, ValueError, TypeError, KeyError, RecursionError):
+        return None
+    if not isinstance(ours, dict):
+        return None
+    dev, seq = ours.get(9), ours.get(1)
+    return (
+        dev if isinstance(dev, str) and dev else None,
+        seq if type(seq) is int and seq >= 0 else None,
+    )
 
 
 def _check_log(
     origin: str, entries: list[_Entry], findings: list[Finding], trust: TrustStore
-) -> DeviceReport:
+) -> VerifiedLog:
     entries.sort(key=_order)  # delivery order (verify_messages appends in it already)
     dev = entries[0].ev.device_id
-    # Reordering: seq numbers that arrived after a higher one of the same log.
+    # Reordering: seq numbers that arrived after a higher one of the same log. A seq seen
+    # before is a copy (redelivery) or a fork, never a reordering.
     high = -1
     seen: set[int] = set()
     for e in entries:
         seq = e.ev.seq
-        if seq < high and seq not in seen:  # a repeat is a duplicate or fork
+        if seq < high and seq not in seen:
             findings.append(
                 Finding(dev, seq, "REORDER", f"delivered after seq {high} of this log", e.file)
             )
@@ -270,10 +384,12 @@ def _check_log(
         seen.add(seq)
     entries.sort(key=_seq)  # stable: equal seqs stay in delivery order
     first = entries[0].ev
-    rep = DeviceReport(first.device_id, origin, entries[0].signer)
+    log = VerifiedLog(origin, first.device_id, entries[0].signer, [])
+    chain = log.evidence
     dev = first.device_id
     prev_ev: Evidence | None = None
     prev_raw = b""
+    same_seq: set[bytes] = set()  # the distinct messages of prev_ev's seq (forks)
     last_cfg: ConfigInForce | None = None
     seen_configs: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
     if first.seq != 0:
@@ -292,17 +408,18 @@ def _check_log(
         def add(kind: str, msg: str) -> None:
             findings.append(Finding(dev, ev.seq, kind, msg, file))  # noqa: B023
 
-        if ev.device_id != dev:
-            add("DEVICE_MISMATCH", f"log {origin} mixes devices {dev} and {ev.device_id}")
         if prev_ev is not None and ev.seq == prev_ev.seq:
-            if raw == prev_raw:
-                add("DUPLICATE", "the same attestation appears twice")
+            if raw == prev_raw or raw in same_seq:
+                log.redelivered += 1  # QoS 1 at-least-once: the same evidence again
             else:
+                same_seq.add(raw)
                 add("FORK", "two different attestations carry this seq")
             continue
+        same_seq.clear()
+        if ev.device_id != dev:
+            add("DEVICE_MISMATCH", f"log {origin} mixes devices {dev} and {ev.device_id}")
         cfg = ev.config
-        same_config = last_cfg is not None and _same_config(cfg, last_cfg)
-        if not same_config:
+        if last_cfg is None or not _same_config(cfg, last_cfg):
             _check_config(ev, trust, seen_configs, add)
         last_cfg = cfg
         cp = ev.checkpoint
@@ -346,10 +463,10 @@ def _check_log(
                 add("CHECKPOINT", f"seq 0 continues a log of size {cp.prev_size}")
         if ev.window_end_ms <= ev.window_start_ms:
             add("WINDOW_ORDER", "window ends before it starts")
-        _accumulate(rep, ev, same_config)
-        _timeline(rep, ev)
+        chain.append(ev)
         prev_ev, prev_raw = ev, raw
-    return rep
+        same_seq.add(raw)
+    return log
 
 
 def _order(e: _Entry) -> int:
@@ -407,119 +524,3 @@ def _check_config(
                     "CONFIG_UNAPPROVED",
                     f"model {model} digest {digest[:16]}... is not on the approved list",
                 )
-
-
-def _timeline(rep: DeviceReport, ev: Evidence) -> None:
-    health = ev.health
-    problems = 0
-    for k, v in health.items():
-        if not k.endswith("_ok") and k not in _NOT_FRAME_PROBLEMS:
-            problems += v
-    violated = {}
-    for r in ev.rules:
-        if r.violated:
-            violated[r.rule_id] = r.violated
-    risk: dict[str, float | None] = {}
-    for m in ev.risk:
-        risk[m.model_id] = m.score
-    cfg = ev.config
-    rep.timeline.append(
-        {
-            "seq": ev.seq,
-            "start_ms": ev.window_start_ms,
-            "end_ms": ev.window_end_ms,
-            "readings": ev.readings,
-            "violated": violated,
-            "risk": risk,
-            "frames_ok": health.get("frames_ok", 0),
-            "frame_problems": problems,
-            "offline_ms": health.get("offline_ms", 0),
-            "policy": f"{cfg.policy_id} v{cfg.policy_version}",
-            "policy_digest": cfg.policy_digest,
-            "degraded": list(ev.degraded),
-        }
-    )
-
-
-_NOT_FRAME_PROBLEMS = frozenset({"offline_ms", "unknown_channels"})
-
-
-def _accumulate(rep: DeviceReport, ev: Evidence, same_config: bool = False) -> None:
-    """Add one window to the report; ``same_config``: the previous window's config is in force.
-
-    Written for speed (once per attestation, issue 6): no throw-away dicts or f-strings.
-    """
-    rep.attestations += 1
-    seq, start, end = ev.seq, ev.window_start_ms, ev.window_end_ms
-    if rep.first_seq is None or seq < rep.first_seq:
-        rep.first_seq = seq
-    if rep.last_seq is None or seq > rep.last_seq:
-        rep.last_seq = seq
-    if rep.period_start_ms is None or start < rep.period_start_ms:
-        rep.period_start_ms = start
-    if rep.period_end_ms is None or end > rep.period_end_ms:
-        rep.period_end_ms = end
-    rep.readings += ev.readings
-    if ev.checkpoint.size > rep.log_size:
-        rep.log_size = ev.checkpoint.size
-    if not same_config:
-        cfg = ev.config
-        pol = f"{cfg.policy_id} v{cfg.policy_version} ({cfg.policy_digest[:16]})"
-        if pol not in rep.policies:
-            rep.policies.append(pol)
-    if ev.degraded:
-        rep.degraded_windows += 1
-    rules = rep.rules
-    for r in ev.rules:
-        agg = rules.get(r.rule_id)
-        if agg is None:
-            agg = rules[r.rule_id] = dict(_RULE_AGG)
-        agg["evaluated"] += r.evaluated
-        agg["violated"] += r.violated
-        agg["errors"] += r.errors
-        if r.violated:
-            agg["windows_violated"] += 1
-        # An episode spanning windows is listed in each; count it in the window it ends in,
-        # and remember one still open at the end of the stream.
-        rep.open_episodes.pop(r.rule_id, None)
-        for e in r.episodes:
-            if e.end_ms is not None:
-                agg["episodes"] += 1
-                agg["longest_episode_ms"] = max(agg["longest_episode_ms"], e.end_ms - e.start_ms)
-            else:
-                rep.open_episodes[r.rule_id] = e.start_ms
-    for k in ev.risk:
-        agg2 = rep.risk.get(k.model_id)
-        if agg2 is None:
-            agg2 = rep.risk[k.model_id] = {
-                "scored_windows": 0,
-                "max": None,
-                "mean": None,
-                "providers": [],
-                "out_of_distribution_windows": 0,
-                "ood_not_assessed_windows": 0,
-            }
-        if k.score is not None:
-            n = agg2["scored_windows"]
-            agg2["mean"] = k.score if n == 0 else (agg2["mean"] * n + k.score) / (n + 1)
-            agg2["max"] = k.score if agg2["max"] is None else max(agg2["max"], k.score)
-            agg2["scored_windows"] = n + 1
-            if k.ood is None:
-                agg2["ood_not_assessed_windows"] += 1
-            elif k.ood:
-                agg2["out_of_distribution_windows"] += 1
-        if k.provider not in agg2["providers"]:
-            agg2["providers"].append(k.provider)
-    health = rep.health
-    for key, v in ev.health.items():
-        health[key] = health.get(key, 0) + v
-
-
-_RULE_AGG = {
-    "evaluated": 0,
-    "violated": 0,
-    "errors": 0,
-    "windows_violated": 0,
-    "episodes": 0,
-    "longest_episode_ms": 0,
-}

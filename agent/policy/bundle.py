@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 #: Identifies the canonical form; bump if its shape changes.
-CANONICAL_FORMAT = "edgegov-policy/3"
+CANONICAL_FORMAT = "edgegov-policy/4"  # 4: goals[].min_completeness
 SEVERITIES = ("info", "warning", "critical")
 MAX_BUNDLE_BYTES = 1 << 20
 #: deepest chain of ``extend`` layers
@@ -88,12 +88,19 @@ _LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")  # YAML's line breaks
 
 @dataclass(frozen=True)
 class Goal:
-    """A measurable outcome, who answers for it, and where it comes from."""
+    """A measurable outcome, who answers for it, and where it comes from.
+
+    ``min_completeness`` (0..1, optional) is the data availability below which the
+    goal cannot be judged: ``audit verify --policy`` reports it *not evaluable* when
+    fewer readings were received than that share of those expected
+    (``agent.audit.completeness``). None: only a goal with no evaluated reading is.
+    """
 
     id: str
     description: str
     stakeholder: str
     source: str
+    min_completeness: float | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,7 @@ class PolicyBundle:
                     "description": g.description,
                     "stakeholder": g.stakeholder,
                     "source": g.source,
+                    "min_completeness": g.min_completeness,
                 }
                 for g in self.goals
             ],
@@ -715,7 +723,9 @@ class _Loader:
         out: list[Goal] = []
         for i, item in enumerate(d.sequence(node, "goals", nonempty=parent is None)):
             p = f"goals[{i}]"
-            m = d.mapping(item, p, ("id", "description", "stakeholder", "source"))
+            m = d.mapping(
+                item, p, ("id", "description", "stakeholder", "source"), ("min_completeness",)
+            )
             gid = d.ident(m["id"], f"{p}.id")
             if gid in inherited:
                 raise d.error(
@@ -723,10 +733,22 @@ class _Loader:
                     "redefine it (add a goal with a new id instead)"
                 )  # fmt: skip
             self.unique(m["id"], f"{p}.id", gid, seen)
+            floor = None
+            if "min_completeness" in m:
+                floor = d.number(m["min_completeness"], f"{p}.min_completeness")
+                if not 0.0 <= floor <= 1.0:
+                    raise d.error(
+                        m["min_completeness"],
+                        f"{p}.min_completeness",
+                        f"must be a share between 0 and 1 (0.75 = 75 %), got {floor:g}",
+                    )
             out.append(
                 Goal(
                     gid,
-                    *(d.string(m[k], f"{p}.{k}") for k in ("description", "stakeholder", "source")),
+                    d.string(m["description"], f"{p}.description"),
+                    d.string(m["stakeholder"], f"{p}.stakeholder"),
+                    d.string(m["source"], f"{p}.source"),
+                    floor,
                 )
             )
         return out

@@ -11,6 +11,10 @@ handled in stream order. What this module decides (PROTOCOL.md §5):
   (``seq_resets``, HELLO requested).
 * **Reboot**: HELLO with seq 0 after frames from the same device -- a reboot,
   not a gap.
+* **Restart of the agent**: :meth:`FramedSource.resume` gives the last frame the
+  evidence accounts for; the first frame after it reveals the frames sent while no
+  agent was recording (``frames_unrecorded``, a ``gaps`` range). If the device
+  rebooted meanwhile, those before its reboot cannot be counted: said as a problem.
 * **Schema**: HELLO must agree with the config (``expect``) or, if none is
   given, with the policy's channels of the same name (unit); a valid range
   must be a real interval and names unique. Otherwise the source is
@@ -45,6 +49,14 @@ DUPLICATE_WINDOW = 64
 _SEQ_MOD = 1 << 32
 _HALF = 1 << 31
 _HELLO_RETRY_S = 1.0
+REBOOTED_UNSEEN = (
+    "the device rebooted while no agent was recording: the frames it sent from seq {after} "
+    "until its reboot cannot be counted"
+)
+WENT_BACK_UNSEEN = (
+    "the device frame counter went back from {last} to {seq} while no agent was recording "
+    "(a reboot whose HELLO was not received?): the frames sent meanwhile cannot be counted"
+)
 _COALESCE_S = 0.05  # at most this much latency added on slow lines
 _COALESCE_BYTES = 4096
 
@@ -112,6 +124,7 @@ class FramedSource(PortSource):
         self._map: np.ndarray | None = None  # device channel -> policy index (-1 unknown)
         self._quarantine: str | None = None
         self._last_seq: int | None = None
+        self._resumed = False  # _last_seq came from an earlier agent process
         self._recent: deque[int] = deque(maxlen=DUPLICATE_WINDOW)
         self._stats_seen: dict[str, int] = {}
         self._hello_requested = 0.0
@@ -143,18 +156,26 @@ class FramedSource(PortSource):
 
     def feed(self, chunk: bytes) -> None:
         """Decode *chunk* and deliver its readings (the reader thread's work)."""
-        batch = self.decoder.feed(chunk)
-        received = now_ms()
-        out: list[Reading] = []
-        pos = 0
-        for sample_pos, frame in batch.others:
-            self._samples(batch, pos, sample_pos, received, out)
-            pos = sample_pos
-            self._control(frame, received, out)
-        self._samples(batch, pos, len(batch), received, out)
-        self._fold_stats()
-        if out:
-            self.deliver(out)
+        with self.stream_lock:  # the chunk's counts and readings go out together
+            batch = self.decoder.feed(chunk)
+            received = now_ms()
+            out: list[Reading] = []
+            pos = 0
+            for sample_pos, frame in batch.others:
+                self._samples(batch, pos, sample_pos, received, out)
+                pos = sample_pos
+                self._control(frame, received, out)
+            self._samples(batch, pos, len(batch), received, out)
+            self._fold_stats()
+            if out:
+                self.deliver(out)
+
+    @property
+    def last_seq(self) -> int | None:
+        return self._last_seq
+
+    def resume(self, last_seq: int | None) -> None:
+        self._last_seq, self._resumed = last_seq, last_seq is not None
 
     def _fold_stats(self) -> None:
         now = self.decoder.stats()
@@ -186,7 +207,10 @@ class FramedSource(PortSource):
     def _track(self, seq: int, hello: bool) -> bool:
         """Judge one frame's seq; False if it is a duplicate (drop it)."""
         last = self._last_seq
-        if last is not None:
+        if last is not None and self._resumed:
+            self._resumed = False
+            self._first_after_restart(last, seq, hello)
+        elif last is not None:
             if hello and seq == 0:
                 self.ledger.add("reboots")
                 self._recent.clear()
@@ -205,6 +229,21 @@ class FramedSource(PortSource):
         self._last_seq = seq
         self._recent.append(seq)
         return True
+
+    def _first_after_restart(self, last: int, seq: int, hello: bool) -> None:
+        """The first frame since an earlier agent process accounted for frames up to
+        ``last``: what lies between was sent while no agent was recording."""
+        d = (seq - last - 1) % _SEQ_MOD
+        if hello and seq == 0:
+            self.ledger.add("reboots")
+            self.ledger.problem(REBOOTED_UNSEEN.format(after=(last + 1) % _SEQ_MOD))
+        elif d and d < _HALF:
+            self.ledger.gap((last + 1) % _SEQ_MOD, (seq - 1) % _SEQ_MOD, unrecorded=True)
+        elif d:
+            self.ledger.add("seq_resets")
+            self.ledger.problem(WENT_BACK_UNSEEN.format(last=last, seq=seq))
+            if not hello:
+                self._request_hello()
 
     # -- frames ------------------------------------------------------------------------
     def _control(self, frame: Frame, received: int, out: list[Reading]) -> None:

@@ -74,6 +74,11 @@ class PortSource:
         self.ledger = QualityLedger(cfg.name, cfg.protocol, cfg.serial.port)
         self.connected = threading.Event()
         self.tried = threading.Event()  # the first open has been attempted (either way)
+        # Held by the reader thread while one chunk's ledger updates and readings go out,
+        # and by the agent around a ledger snapshot and the queue drain that goes with
+        # it: every reading delivered before a snapshot is in the agent's window, none
+        # after (agent.journal). Modbus polls do not take it (they block on the bus).
+        self.stream_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"source-{cfg.name}", daemon=True)
 
@@ -98,6 +103,16 @@ class PortSource:
     def take_health(self, at_ms: int | None = None) -> dict[str, object]:
         """This window's quality record (and reset), see QualityLedger.take."""
         return self.ledger.take(now_ms() if at_ms is None else at_ms)
+
+    @property
+    def last_seq(self) -> int | None:
+        """The device frame counter of the last frame accounted for (framed sources)."""
+        return None
+
+    def resume(self, last_seq: int | None) -> None:
+        """Continue from an earlier agent process whose evidence accounts for frames up to
+        ``last_seq`` (framed sources: the next frame reveals what was sent meanwhile).
+        Call before :meth:`start`."""
 
     # -- the thread ----------------------------------------------------------------
     def _open(self) -> object:

@@ -9,7 +9,10 @@ that spans a window boundary is split between the windows), and every
 rejected byte, frame, line or poll is counted under a named reason.
 
 The snapshot is a plain mapping for the attestation's health claim
-(``docs/attestation-profile.md``, claim -70001/8).
+(``docs/attestation-profile.md``, claim -70001/8). :meth:`QualityLedger.peek` reads it
+without resetting, so the agent can keep what a window has counted so far in the
+evidence store's journal; after a crash the next agent process hands it back with
+:meth:`QualityLedger.restore` and signs it (``agent.journal``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["BASE_KEYS", "MAX_RANGES", "QualityLedger", "sum_counters", "window_problems"]
+__all__ = [
+    "BASE_KEYS",
+    "MAX_RANGES",
+    "QualityLedger",
+    "merge_records",
+    "sum_counters",
+    "window_problems",
+]
 
 #: At most this many gap ranges and offline intervals are listed per window;
 #: the counts stay exact, and ``ranges_truncated`` says how many were cut.
@@ -39,6 +49,7 @@ BASE_KEYS = {
         "resyncs",
         "seq_gaps",
         "frames_missed",
+        "frames_unrecorded",
         "duplicates",
         "reboots",
         "seq_resets",
@@ -89,12 +100,19 @@ class QualityLedger:
                 if n:
                     self._counts[key] = self._counts.get(key, 0) + n
 
-    def gap(self, first: int, last: int) -> None:
-        """Frames ``first..last`` (inclusive, mod 2**32) never arrived."""
+    def gap(self, first: int, last: int, *, unrecorded: bool = False) -> None:
+        """Frames ``first..last`` (inclusive, mod 2**32) never arrived.
+
+        ``unrecorded``: they were sent while no agent process was recording (between the
+        last frame the evidence accounts for and the first one after a restart), counted
+        as ``frames_unrecorded``; otherwise lost while this agent was reading
+        (``frames_missed``). Either way the range is listed in ``gaps``.
+        """
+        key = "frames_unrecorded" if unrecorded else "frames_missed"
         with self._lock:
             self._counts["seq_gaps"] = self._counts.get("seq_gaps", 0) + 1
             missed = (last - first) % _SEQ_MOD + 1
-            self._counts["frames_missed"] = self._counts.get("frames_missed", 0) + missed
+            self._counts[key] = self._counts.get(key, 0) + missed
             if len(self._gaps) < MAX_RANGES:
                 self._gaps.append([first, last])
             else:
@@ -137,22 +155,77 @@ class QualityLedger:
             if self._offline_since is not None:  # still offline: split at the boundary
                 self._close_interval(self._offline_since, now_ms)
                 self._offline_since = now_ms
-            rec: dict[str, Any] = {
-                "source": self.name,
-                "protocol": self.protocol,
-                "port": self.port,
-                "device": self._device,
-                **dict(sorted(self._counts.items())),
-                "gaps": self._gaps,
-                "offline": self._offline,
-                "problems": self._problems,
-            }
-            if self._truncated:
-                rec["ranges_truncated"] = self._truncated
+            rec = self._record()
             self._counts = dict.fromkeys(self._base, 0)
             self._gaps, self._offline, self._problems = [], [], []
             self._truncated = 0
             return rec
+
+    def peek(self, now_ms: int) -> dict[str, Any]:
+        """The record :meth:`take` would return now, without resetting anything (an open
+        offline interval is shown closed at *now_ms*, and stays open)."""
+        with self._lock:
+            rec = self._record()
+            if self._offline_since is not None:
+                rec["offline_ms"] += max(0, now_ms - self._offline_since)
+                if len(rec["offline"]) < MAX_RANGES:
+                    rec["offline"] = [*rec["offline"], [self._offline_since, now_ms]]
+                else:
+                    rec["ranges_truncated"] = rec.get("ranges_truncated", 0) + 1
+            return rec
+
+    def restore(self, rec: Mapping[str, Any]) -> None:
+        """Add a record :meth:`peek` gave an earlier agent process, which it could not sign
+        (it was killed), to this window's: counters, ranges, problems and the device."""
+        with self._lock:
+            merged = merge_records(self._record(), rec)
+            self._counts = {k: v for k, v in merged.items() if _is_count(v)}
+            self._gaps, self._offline = merged["gaps"], merged["offline"]
+            self._problems = merged["problems"]
+            self._truncated = merged.get("ranges_truncated", 0)
+            self._device = merged["device"]
+
+    def _record(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {
+            "source": self.name,
+            "protocol": self.protocol,
+            "port": self.port,
+            "device": self._device,
+            **dict(sorted(self._counts.items())),
+            "gaps": self._gaps,
+            "offline": self._offline,
+            "problems": self._problems,
+        }
+        if self._truncated:
+            rec["ranges_truncated"] = self._truncated
+        return rec
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def merge_records(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """One source's two records as one: counters added, ranges and problems joined (at most
+    :data:`MAX_RANGES` ranges, the rest counted in ``ranges_truncated``); ``b``'s device
+    wins where it names one. ``a`` gives source, protocol and port."""
+    out: dict[str, Any] = {k: a[k] for k in ("source", "protocol", "port")}
+    out["device"] = b.get("device") or a.get("device")
+    counts: dict[str, int] = {}
+    for rec in (a, b):
+        for k, v in rec.items():
+            if _is_count(v) and k != "ranges_truncated":
+                counts[k] = counts.get(k, 0) + v
+    out.update(sorted(counts.items()))
+    truncated = a.get("ranges_truncated", 0) + b.get("ranges_truncated", 0)
+    for key in ("gaps", "offline"):
+        joined = [list(r) for r in (*a.get(key, ()), *b.get(key, ()))]
+        truncated += max(0, len(joined) - MAX_RANGES)
+        out[key] = joined[:MAX_RANGES]
+    out["problems"] = list(dict.fromkeys((*a.get("problems", ()), *b.get("problems", ()))))
+    if truncated:
+        out["ranges_truncated"] = truncated
+    return out
 
 
 def sum_counters(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:

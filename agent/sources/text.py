@@ -142,6 +142,10 @@ class TextSource(PortSource):
 
     def feed(self, chunk: bytes) -> None:
         """Split *chunk* into lines and deliver their readings."""
+        with self.stream_lock:  # the chunk's counts and readings go out together
+            self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> None:
         if self._overlong:  # dropping the rest of a line (too long, or joined mid-line)
             i = chunk.find(b"\n")
             if i < 0:
