@@ -70,6 +70,9 @@ __all__ = ["Agent", "AgentStats"]
 _SHED = "raw readings shed to keep the evidence store within its disk quota"
 _OVER_QUOTA = "evidence store over its disk quota even without raw readings (evidence kept)"
 _STORAGE_HELD = "evidence store could not be written for a while; windows were held in memory"
+# A wall-clock jump this large between two turns of the main loop, measured against the
+# monotonic clock, is a step (an NTP step, `date -s`); NTP's slewing stays far below it.
+_CLOCK_STEP_S = 1.0
 _RECOVERED = (
     "window held when the agent stopped (the evidence store refused writes); "
     f"signed after the restart from {HELD_FILE}"
@@ -139,6 +142,8 @@ class Agent:
         no policy yet: see :meth:`_await_first_fleet_config`.
         """
         self._started_ms = int(time.time() * 1000)  # the restart claim's started_ms
+        self._clock_base = time.time() - time.monotonic()  # wall minus monotonic (_watch_clock)
+        self._clock_steps: list[str] = []  # steps since the last attestation, as reasons
         self.config = config
         self.stats = AgentStats()
         self.notifier = notifier or Notifier(None)  # systemd's (agent.service); None: no-op
@@ -454,6 +459,31 @@ class Agent:
         end = start - start % span + span
         return start, end
 
+    def next_window_bounds(self, prev_end_ms: int, now_ms: int) -> tuple[int, int]:
+        """The window after one that ended at ``prev_end_ms``: it starts there, so no time is
+        left without a window (a main loop stalled by the store, a clock stepped forward),
+        and ends at the aligned boundary after ``now_ms`` (or after its start)."""
+        span = int(self.policy.window_seconds * 1000)
+        end = max(now_ms - now_ms % span, prev_end_ms - prev_end_ms % span) + span
+        return prev_end_ms, end
+
+    def _watch_clock(self) -> None:
+        """Notice a step of the gateway's wall clock; the next attestation states it.
+
+        Windows and readings are stamped with the wall clock. A step forward makes a long
+        window; a step back lets readings carry times before their window's start. Both are
+        declared (a degraded reason and the health counter ``clock_steps``), never hidden.
+        """
+        base = time.time() - time.monotonic()
+        step = base - self._clock_base
+        self._clock_base = base  # slewing moves the base slowly: follow it, flag only jumps
+        if abs(step) < _CLOCK_STEP_S:
+            return
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        reason = f"gateway clock stepped {step:+.3f} s at {at} (wall clock against monotonic)"
+        self._clock_steps.append(reason)
+        log.warning("%s", reason, extra={"device": self.config.device_id, "step_s": step})
+
     def run(self) -> AgentStats:
         pending = self.store.pending()
         if pending:
@@ -478,6 +508,7 @@ class Agent:
         try:
             while not self._stop.is_set():
                 self.notifier.watchdog()  # only from this loop: a hung loop stops the pings
+                self._watch_clock()
                 timeout = max(0.0, min(0.25, end / 1000 - time.time()))
                 try:
                     batch = self._queue.get(timeout=timeout)
@@ -498,7 +529,7 @@ class Agent:
                     window = Window(start, end, len(self.policy.channels))
                 now_ms = int(time.time() * 1000)
                 if now_ms >= end:
-                    start, end = self.window_bounds(now_ms)
+                    start, end = self.next_window_bounds(window.end_ms, now_ms)
                     nxt = Window(start, end, len(self.policy.channels))
                     self._close(window, nxt)
                     window = nxt
@@ -974,7 +1005,11 @@ class Agent:
             + (_OVER_QUOTA,) * self._over_quota
             + (_STORAGE_HELD,) * (self._storage_problem is not None)
             + (_RECOVERED,) * (window.start_ms in self._recovered)
+            + tuple(self._clock_steps)
         )
+        steps = len(self._clock_steps)
+        if steps:
+            health = {**health, "clock_steps": steps}
         config = ConfigInForce(p.id, p.version, p.digest, {m.id: m.sha256 for m in p.models}, 0)
         if self.fleet is not None:
             config = self.fleet.config_in_force(p, window.start_ms, window.end_ms)
@@ -991,6 +1026,7 @@ class Agent:
             degraded,
             journal=self._journal_commit(window, self._stage_policy_state(window)),
         )
+        del self._clock_steps[:steps]  # stated in this attestation (a failed commit: the next)
         if self._carry is not None and self._carry[0] is window:
             self._carry[1].journaled = self._carry[1].n  # journaled in that commit
         self._state_after.pop(window.start_ms, None)

@@ -181,15 +181,12 @@ def test_clock_steps_back_and_forward_lose_nothing(quick):
     assert r is not None and r.lost == r.declared == 0 and row.attestations.lost == 0, why
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: a clock step leaves a hole between windows (forward) and readings "
-    "stamped before their window (back) in the signed evidence, and audit verify reports "
-    "neither; remove this mark when it does",
-)
 def test_clock_steps_are_visible_to_the_auditor(quick):
+    """Each step is stated in the signed evidence (health ``clock_steps``, a degraded
+    reason), and no time is left without a window after the step forward."""
     (row,) = quick["clock"]
-    assert row.unseen == []
+    assert row.audit is not None and row.audit.health.get("clock_steps") == 2, row.to_json()
+    assert row.audit.degraded_windows >= 1 and row.unseen == [], row.to_json()
 
 
 @pytest.mark.parametrize("how", list(CORRUPTIONS))

@@ -106,6 +106,10 @@ class Restarts:
     unrecorded_readings: int = 0  # sum of those stated
     unrecorded_unknown: int = 0  # restarts that could not state it
     frames_unrecorded: int = 0  # health counter: frames framed devices sent meanwhile
+    new_logs: int = 0  # starts that began a new log beside an earlier log's state
+    # starts the bootcount (267) shows that stated no restart: killed before their first
+    # attestation (their downtime lies inside the next stated restart's)
+    starts_unsigned: int = 0
     events: list[RestartEvent] = field(default_factory=list)
 
 
@@ -340,6 +344,8 @@ def _device(log: VerifiedLog) -> DeviceAnalysis:
             )
         )
     d.restarts.frames_unrecorded = health.get("frames_unrecorded", 0)
+    stated = sum(1 for e in d.restarts.events if e.seq > chain[0].seq)
+    d.restarts.starts_unsigned = max(0, chain[-1].bootcount - chain[0].bootcount - stated)
     d.degraded = [DegradedRun(r[0], r[1], r[2], r[3], r[4], tuple(r[5])) for r in runs]
     per, d.completeness = measure(sources)
     for win, c in zip(d.windows, per):
@@ -417,7 +423,10 @@ def _restart(out: Restarts, ev: Evidence) -> None:
     if ev.seq == 0 and r.new_log is None:
         return  # the first start of a new log, with no earlier one: not a restart
     out.count += 1
-    out.unclean += not r.clean
+    if r.new_log is not None:
+        out.new_logs += 1  # how the earlier log's run ended, and when, is not known here
+    else:
+        out.unclean += not r.clean
     out.down_ms += r.down_ms
     out.recovered_readings += r.recovered_readings
     if r.unrecorded_readings is None:

@@ -324,7 +324,10 @@ def _device(i: int, d: DeviceAnalysis) -> str:
         f"{_v(rp + '/unrecorded_readings', rs.unrecorded_readings, 'int')} lost (and "
         f"{_v(rp + '/unrecorded_unknown', rs.unrecorded_unknown, 'int')} restart(s) that could "
         f"not tell); {_v(rp + '/frames_unrecorded', rs.frames_unrecorded, 'int')} frame(s) "
-        "the devices sent while the agent was not running</p>"
+        "the devices sent while the agent was not running; "
+        f"{_v(rp + '/new_logs', rs.new_logs, 'int')} new log(s) begun beside an earlier "
+        f"log's state; {_v(rp + '/starts_unsigned', rs.starts_unsigned, 'int')} more start(s) "
+        "by the bootcount that signed nothing</p>"
     )
     events = "".join(
         f"<tr><td class='num'>{_v(f'{rp}/events/{j}/seq', ev.seq, 'int')}</td>"

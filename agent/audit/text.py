@@ -180,18 +180,30 @@ def _device(d: DeviceAnalysis) -> list[str]:
             if (rs.unrecorded_unknown)
             else ""
         )
+        new_logs = f", {rs.new_logs} new log(s)" if rs.new_logs else ""
+        silent = (
+            f"; {rs.starts_unsigned} more start(s) by the bootcount signed nothing"
+            if rs.starts_unsigned
+            else ""
+        )
         lines.append(
-            f"  restarts       {rs.count} ({rs.unclean} unclean), agent down {dur(rs.down_ms)}, "
-            f"{rs.recovered_readings} reading(s) recovered, {rs.unrecorded_readings} of a window "
-            f"in progress lost{unknown}, {rs.frames_unrecorded} frame(s) sent while down"
+            f"  restarts       {rs.count} ({rs.unclean} unclean{new_logs}), agent down "
+            f"{dur(rs.down_ms)}, {rs.recovered_readings} reading(s) recovered, "
+            f"{rs.unrecorded_readings} of a window in progress lost{unknown}, "
+            f"{rs.frames_unrecorded} frame(s) sent while down{silent}"
         )
         for ev in rs.events[:MAX_LISTED]:
             dark = ", ".join(f"{s} {dur(ms)}" for s, ms in ev.no_data_ms.items())
-            new = f"; NEW LOG: {ev.new_log} (previous: {ev.previous_log})" if ev.new_log else ""
+            if ev.new_log:
+                lines.append(
+                    f"                 seq {ev.seq}: NEW LOG started {ts(ev.started_ms)}: "
+                    f"{ev.new_log} (previous log: {ev.previous_log}; its end is not known here)"
+                )
+                continue
             stop = "clean" if ev.clean else "unclean"
             lines.append(
                 f"                 seq {ev.seq}: started {ts(ev.started_ms)}, "
-                f"down {dur(ev.down_ms)}, {stop} stop; no data: {dark or '-'}{new}"
+                f"down {dur(ev.down_ms)}, {stop} stop; no data: {dark or '-'}"
             )
     known = [k for k in HEALTH_WORDS if k in d.health]
     problems = [

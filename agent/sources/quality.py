@@ -24,6 +24,7 @@ from typing import Any
 __all__ = [
     "BASE_KEYS",
     "MAX_RANGES",
+    "PORT_OFFLINE",
     "QualityLedger",
     "merge_records",
     "sum_counters",
@@ -155,7 +156,7 @@ class QualityLedger:
             if self._offline_since is not None:  # still offline: split at the boundary
                 self._close_interval(self._offline_since, now_ms)
                 self._offline_since = now_ms
-            rec = self._record()
+            rec = _with_offline_problem(self._record())
             self._counts = dict.fromkeys(self._base, 0)
             self._gaps, self._offline, self._problems = [], [], []
             self._truncated = 0
@@ -172,7 +173,7 @@ class QualityLedger:
                     rec["offline"] = [*rec["offline"], [self._offline_since, now_ms]]
                 else:
                     rec["ranges_truncated"] = rec.get("ranges_truncated", 0) + 1
-            return rec
+            return _with_offline_problem(rec)
 
     def restore(self, rec: Mapping[str, Any]) -> None:
         """Add a record :meth:`peek` gave an earlier agent process, which it could not sign
@@ -236,6 +237,18 @@ def sum_counters(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
             if isinstance(v, int) and not isinstance(v, bool):
                 total[key] = total.get(key, 0) + v
     return dict(sorted(total.items()))
+
+
+#: the problem a source states when its port was away for a while in a window (a sensor
+#: that is unplugged, or was never there): its evidence is weaker, so the window says so
+PORT_OFFLINE = "port unavailable (no readings while it was away; see offline)"
+PORT_OFFLINE_MIN_MS = 1000  # shorter: the port opening at a start, a quick replug
+
+
+def _with_offline_problem(rec: dict[str, Any]) -> dict[str, Any]:
+    if rec.get("offline_ms", 0) >= PORT_OFFLINE_MIN_MS and PORT_OFFLINE not in rec["problems"]:
+        rec["problems"] = [*rec["problems"], PORT_OFFLINE]
+    return rec
 
 
 def window_problems(health: Mapping[str, Any]) -> tuple[str, ...]:
