@@ -15,8 +15,10 @@ PIP_Q  := --quiet --disable-pip-version-check
 demo: $(STAMP)
 	$(VENV)/bin/edgegov demo
 
+# Two workers (the suite is mostly waiting on subprocesses, brokers and ptys); --dist
+# loadfile keeps each file's session fixtures (the wheels, the fault runs) in one worker.
 test: $(STAMP) $(ORACLE)/.installed mosquitto test-system-deps
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
 
 # The long fault runs (30 kills at random moments, broker outages up to 60 s), about 4 min;
 # `make test` runs their short versions.

@@ -311,19 +311,24 @@ def _cmd_audit_replay(a: argparse.Namespace) -> int:
 
 
 def _cmd_audit_collect(a: argparse.Namespace) -> int:
+    import signal
+    import threading
     import time
 
     from agent.audit.collector import StoreCollector
 
     c = StoreCollector(a.broker, a.store, fleet=a.fleet, share=a.share, tls=_tls_files(a))
+    # SIGTERM (systemd, kill) and SIGINT (Ctrl-C) stop it; set here, since a process started
+    # in the background of a shell inherits SIGINT ignored and Python would leave it so
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     c.start()
     print(f"collecting {c.topic} from {c.url} into {a.store} (Ctrl-C to stop)", file=sys.stderr)
     try:
         deadline = time.monotonic() + a.seconds if a.seconds else None
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(0.2) and (deadline is None or time.monotonic() < deadline):
+            pass
     finally:
         c.stop()
     print(f"received {c.received}, stored {len(c.stored)} new", file=sys.stderr)
