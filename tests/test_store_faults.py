@@ -34,6 +34,7 @@ from agent.audit import verify_paths
 from agent.audit.replay import replay
 from agent.audit.trust import TrustedKey, TrustStore
 from agent.audit.verify import verify_messages
+from agent.bench.faults.storage import fill_filesystem
 from agent.config import load_config
 from agent.errors import EvidenceAtRiskError, StorageError, StoreCorruptError
 from agent.held_windows import FILE as HELD
@@ -557,21 +558,6 @@ def _tmpfs(path: Path, size: str) -> Iterator[None]:
         subprocess.run(["umount", "-l", str(path)], check=True)
 
 
-def _fill(directory: Path) -> Path:
-    """Fill the filesystem of ``directory`` to the last byte."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for chunk in (1 << 16, 1 << 12, 1 << 9, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * chunk)
-    finally:
-        os.close(fd)
-    assert os.statvfs(directory).f_bavail == 0
-    return filler
-
-
 @pytest.mark.parametrize("save", ["saved", "lost"])
 def test_a_full_disk_at_stop_keeps_the_held_windows_or_says_how_many_were_lost(tmp_path, save):
     """ENOSPC, for real. The reserve beside the store gives the held windows room; where
@@ -584,7 +570,8 @@ def test_a_full_disk_at_stop_keeps_the_held_windows_or_says_how_many_were_lost(t
         try:
             first.wait_log("attestation seq 1 signed")
             assert (state / RESERVE).stat().st_blocks * 512 >= 1 << 20  # really allocated
-            filler = _fill(state)
+            filler = fill_filesystem(state)
+            assert os.statvfs(state).f_bavail == 0
             text = first.wait_log("window(s) held in memory", timeout=30)
             assert "database or disk is full (0 KiB free on that filesystem)" in text
             if save == "lost":

@@ -23,7 +23,7 @@ from agent.bench.faults.harness import Harness, row
 from agent.bench.faults.measure import Attestations, AuditView, SignedLog
 from agent.bench.faults.table import FaultRow
 
-__all__ = ["CORRUPTIONS", "corrupt_state", "corruption", "disk_full"]
+__all__ = ["CORRUPTIONS", "corrupt_state", "corruption", "disk_full", "fill_filesystem"]
 
 
 def _mount_tmpfs(path: Path, size: str) -> str | None:
@@ -39,7 +39,7 @@ def _mount_tmpfs(path: Path, size: str) -> str | None:
     return None if r.returncode == 0 else f"mount tmpfs failed: {r.stderr.strip()}"
 
 
-def _fill(directory: Path) -> Path:
+def fill_filesystem(directory: Path) -> Path:
     """Fill the filesystem of ``directory`` to the last byte."""
     filler = directory / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -85,7 +85,7 @@ def disk_full(workdir: Path, quick: bool) -> list[FaultRow]:
         agent.wait_signed(2)
         # 1: full while running, freed 2 s later
         at = agent.wait_log("attestation seq", timeout=30)
-        filler = _fill(state)
+        filler = fill_filesystem(state)
         agent.wait_log("window(s) held in memory", timeout=30, after=at)
         time.sleep(2.0)
         filler.unlink()
@@ -93,7 +93,7 @@ def disk_full(workdir: Path, quick: bool) -> list[FaultRow]:
         agent.wait_signed(n + 3, timeout=30)  # the held ones, then live ones
         # 2: full at a stop; freed before the next start
         at = len(agent.text())
-        filler = _fill(state)
+        filler = fill_filesystem(state)
         agent.wait_log("window(s) held in memory", timeout=30, after=at)
         time.sleep(1.0)
         rc = agent.stop(timeout=60)
