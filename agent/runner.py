@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
+from agent.alerts import degraded_alerts, violation_alerts
 from agent.attestation import ConfigInForce, Restart, RuleResult
 from agent.attester import Attester
 from agent.config import AgentConfig, load_config
@@ -70,6 +71,7 @@ __all__ = ["Agent", "AgentStats"]
 _SHED = "raw readings shed to keep the evidence store within its disk quota"
 _OVER_QUOTA = "evidence store over its disk quota even without raw readings (evidence kept)"
 _STORAGE_HELD = "evidence store could not be written for a while; windows were held in memory"
+_ALERT_FIELDS = ("event", "rule", "severity", "reason")  # structured log fields of an alert
 # A wall-clock jump this large between two turns of the main loop, measured against the
 # monotonic clock, is a step (an NTP step, `date -s`); NTP's slewing stays far below it.
 _CLOCK_STEP_S = 1.0
@@ -1056,8 +1058,7 @@ class Agent:
             },
         )
         self._shed = 0  # reported in this attestation
-        self._alerts(window, rules, item.seq)
-        self._degraded_alerts(degraded, item.seq)
+        self._alerts(window, rules, degraded, item.seq)
         self._enforce_quota()
         return item
 
@@ -1084,77 +1085,30 @@ class Agent:
             "; attestations alone exceed the quota and are kept" if self._over_quota else "",
         )
 
-    def _degraded_alerts(self, degraded: tuple[str, ...], seq: int) -> None:
-        """Alert when evidence becomes degraded for a new reason, and when a reason clears
-        (a rejected device schema, a refused model, a frozen fleet config...)."""
-        now, before = set(degraded), self._degraded_before
-        for reason, event in [(r, "degraded") for r in sorted(now - before)] + [
-            (r, "degraded_cleared") for r in sorted(before - now)
-        ]:
-            log.warning(
-                "ALERT %s: %s",
-                event,
-                reason,
-                extra={
-                    "event": event,
-                    "device": self.config.device_id,
-                    "reason": reason,
-                    "seq": seq,
-                },
-            )
-            self.publisher.publish_alert(
-                {
-                    "event": event,
-                    "device": self.config.device_id,
-                    "reason": reason,
-                    "evidence": {"log": self.store.state.origin, "seq": seq},
-                }
-            )
-        self._degraded_before = now
-
-    def _alerts(self, window: Window, rules: tuple[RuleResult, ...], seq: int) -> None:
-        """Alert when a violation episode starts or ends, naming the attestation as evidence.
-
-        Alerts are a convenience for people on call; the signed attestation is the record.
-        """
+    def _alerts(
+        self, window: Window, rules: tuple[RuleResult, ...], degraded: tuple[str, ...], seq: int
+    ) -> None:
+        """Publish (and log) the alerts this attestation gives rise to (``agent.alerts``):
+        violation episodes starting or ending, degraded reasons appearing or clearing."""
+        device = self.config.device_id
+        evidence = {"log": self.store.state.origin, "seq": seq}
         by_id = {r.id: r for r in self.policy.rules}
-        for res in rules:
-            rule = by_id.get(res.rule_id)
-            if rule is None:
-                continue
-            for e in res.episodes:
-                events = []
-                if window.start_ms <= e.start_ms < window.end_ms:
-                    events.append("violation_start")
-                if e.end_ms is not None:
-                    events.append("violation_end")
-                for event in events:
-                    alert = {
-                        "event": event,
-                        "device": self.config.device_id,
-                        "rule": rule.id,
-                        "goal": rule.goal,
-                        "severity": rule.severity,
-                        "start_ms": e.start_ms,
-                        "end_ms": e.end_ms,
-                        "peak": e.peak,
-                        "message": rule.explain_text(e.start_ms, e.end_ms, e.peak),
-                        "evidence": {"log": self.store.state.origin, "seq": seq},
-                    }
-                    log.warning(
-                        "ALERT %s %s: %s",
-                        event,
-                        rule.id,
-                        alert["message"],
-                        extra={
-                            "event": event,
-                            "device": self.config.device_id,
-                            "rule": rule.id,
-                            "severity": rule.severity,
-                            "seq": seq,
-                        },
-                    )
-                    self.publisher.publish_alert(alert)
+        span = (window.start_ms, window.end_ms)
+        now = set(degraded)
+        for alert in violation_alerts(device, evidence, span, rules, by_id) + degraded_alerts(
+            device, evidence, self._degraded_before, now
+        ):
+            fields: dict[str, Any] = {"device": device, "seq": seq}
+            fields.update(
+                (k, alert[k]) for k in ("event", "rule", "severity", "reason") if k in alert
+            )
+            if "rule" in alert:
+                log.warning("ALERT %s %s: %s", alert["event"], alert["rule"], alert["message"],
+                            extra=fields)  # fmt: skip
+            else:
+                log.warning("ALERT %s: %s", alert["event"], alert["reason"], extra=fields)
+            self.publisher.publish_alert(alert)
+        self._degraded_before = now
 
     def _window_health(self, window: Window, nxt: Window | None = None) -> dict[str, Any]:
         """This window's data quality: counters summed over sources, plus each source's record.
