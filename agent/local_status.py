@@ -30,6 +30,7 @@ from agent.attestation import Evidence, parse_claims
 from agent.config import AgentConfig
 from agent.cose import decode_sign1
 from agent.errors import VerificationError
+from agent.held_windows import FILE as HELD_FILE
 from agent.store import StoreSummary, read_summary, store_path
 
 __all__ = ["LocalStatus", "SourceQuality", "Thresholds", "local_status"]
@@ -304,6 +305,12 @@ def local_status(
                 f"source {q.name} ({q.port}) was offline at the end of window seq {last.seq} "
                 f"({q.offline_ms} ms offline in that window)"
             )
+    held = config.state_dir / HELD_FILE
+    if held.exists():  # windows the store refused, kept signed until the next start signs them
+        st.degraded.append(
+            f"{held} holds window(s) the evidence store refused ({held.stat().st_size} bytes); "
+            "the agent signs them at its next start"
+        )
     return st
 
 

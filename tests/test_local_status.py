@@ -162,6 +162,12 @@ def test_status_reports_the_store_while_running_and_after_and_changes_nothing(tm
     # reading changed nothing: same bytes, same mtimes, no -wal/-shm left behind
     assert _fingerprint(state) == before
 
+    # windows the store refused, waiting in held-windows.cbor for the next start: degraded
+    (state / "held-windows.cbor").write_bytes(b"\xa0")  # status looks for it, reads nothing
+    rc, doc = _status(run_cli, cfg)
+    assert rc == 1 and doc["verdict"] == "degraded", doc
+    assert any("held-windows.cbor holds window(s)" in r for r in doc["degraded"]), doc
+
 
 def test_a_dead_port_and_an_unreachable_broker_are_degraded_and_behind(tmp_path, run_cli):
     port = str(tmp_path / "no-such-tty")
