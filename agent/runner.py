@@ -546,8 +546,11 @@ class Agent:
             while not self._queue.empty():
                 self._add(window, self._queue.get_nowait())
             window.end_ms = max(window.start_ms + 1, int(time.time() * 1000))
-            self._close(window)  # the partial last window is attested too: nothing is dropped
-            self._save_held()  # what the store refused: kept for the next start, or counted
+            try:
+                self._close(window)  # the partial last window is attested too
+            except Error as e:  # e.g. the signing token failed: the windows stay unsigned
+                log.error("the last window(s) could not be signed: %s", e)
+            self._save_held()  # what was not signed: kept for the next start, or counted
             self._journal_stopped()
             left = self.publisher.stop(timeout=5.0)
             if left:
@@ -772,9 +775,9 @@ class Agent:
         try:
             data = (self.config.state_dir / HELD_FILE).read_bytes()
             held = decode_held(data, self.signer.public, len(self.policy.channels))
+            if not held.windows or self._held_problem(held) is not None:
+                return None
         except (OSError, StorageError):
-            return None
-        if not held.windows or self._held_problem(held) is not None:
             return None
         names = [s.name for s in self.config.sources]
         rx = last_rx_by_source([r for w, _ in held.windows for r in w.records], len(names))

@@ -174,14 +174,18 @@ class EvidenceStore:
             )
         except (sqlite3.Error, OSError) as e:
             raise StorageError(f"{path}: cannot open the evidence store: {e}") from e
-        with self._wrap("open the evidence store"):
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-        self.check_integrity()
-        with self._wrap("open the evidence store"):
-            self._db.executescript(_SCHEMA)
         self._acked: list[int] = []  # PUBACKed seqs whose outbox rows are not yet deleted
-        self.state = self._load_or_create(device_id, public_key, existed, earlier)
+        try:
+            with self._wrap("open the evidence store"):
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+            self.check_integrity()
+            with self._wrap("open the evidence store"):
+                self._db.executescript(_SCHEMA)
+            self.state = self._load_or_create(device_id, public_key, existed, earlier)
+        except BaseException:
+            self._db.close()  # refused (corrupt, state disagrees): leave nothing open
+            raise
 
     def _load_or_create(
         self, device_id: str, key: PublicKey | None, existed: bool, earlier: Sequence[Path]
