@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # the commands import what they use, when they run
     from agent.audit.analysis import Analysis
     from agent.audit.trust import TrustStore
     from agent.audit.verify import AuditResult
-    from agent.mqtt_tls import TlsFiles
 
 __all__ = ["main"]
 
@@ -316,8 +315,10 @@ def _cmd_audit_collect(a: argparse.Namespace) -> int:
     import time
 
     from agent.audit.collector import StoreCollector
+    from agent.mqtt_tls import TlsFiles
 
-    c = StoreCollector(a.broker, a.store, fleet=a.fleet, share=a.share, tls=_tls_files(a))
+    tls = TlsFiles.given(a.ca, a.cert, a.key)
+    c = StoreCollector(a.broker, a.store, fleet=a.fleet, share=a.share, tls=tls)
     # SIGTERM (systemd, kill) and SIGINT (Ctrl-C) stop it; set here, since a process started
     # in the background of a shell inherits SIGINT ignored and Python would leave it so
     stop = threading.Event()
@@ -333,14 +334,6 @@ def _cmd_audit_collect(a: argparse.Namespace) -> int:
         c.stop()
     print(f"received {c.received}, stored {len(c.stored)} new", file=sys.stderr)
     return 0
-
-
-def _tls_files(a: argparse.Namespace) -> TlsFiles | None:
-    """--ca/--cert/--key (``edgegov fleet status`` takes the same)."""
-    from agent.mqtt_tls import TlsFiles
-
-    paths = [Path(p) if p else None for p in (a.ca, a.cert, a.key)]
-    return TlsFiles(*paths) if any(paths) else None
 
 
 def _cmd_fleet_ca(a: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from agent.errors import Error
 from agent.keys import generate_key, load_public_key, public_key_path
 from agent.policy import load_policy
 from agent.runner import Agent
+from agent.store import store_path
 from firmware_bridge import Emulator, open_pty
 
 __all__ = ["run_demo"]
@@ -203,7 +204,7 @@ summary
 
 files
   attestations    {_show(evidence_dir)}/  (COSE_Sign1 files, as {source} them)
-  evidence store  {_show(out / "state" / "evidence.sqlite")}  (chain state, outbox)
+  evidence store  {_show(store_path(out / "state"))}  (chain state, outbox)
   device key      {_show(key_path)}  (private, 0600)
   public key      {_show(pub_path)}  (all an auditor needs)
   agent config    {_show(config_path)}
@@ -215,7 +216,7 @@ verify by hand (then try deleting or editing one .cose file and verify again)
   {cli} audit verify {_show(evidence_dir)} --key {_show(pub_path)} --json
 
 re-run the newest window from the stored readings; its verdict and scores come out the same
-  {cli} audit replay --store {_show(out / "state" / "evidence.sqlite")} \
+  {cli} audit replay --store {_show(store_path(out / "state"))} \
 --policy {_show(_packaged_policy())} --key {_show(pub_path)}""")
     if not ok and result.verified != stats.attestations:
         say(

@@ -26,6 +26,12 @@ class TlsFiles:
     cert: Path | None = None  # client certificate (mutual TLS)
     key: Path | None = None  # its private key (default: inside the certificate file)
 
+    @classmethod
+    def given(cls, ca: str | None, cert: str | None, key: str | None) -> TlsFiles | None:
+        """The files a command line gave (``--ca/--cert/--key``); None if it gave none."""
+        paths = [Path(p) if p else None for p in (ca, cert, key)]
+        return cls(*paths) if any(paths) else None
+
 
 def client_context(files: TlsFiles | None = None) -> ssl.SSLContext:
     """A client context for an MQTT broker over TLS (pass it to paho's ``tls_set_context``).

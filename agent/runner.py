@@ -57,7 +57,7 @@ from agent.risk import RiskEngine, RiskModel, load_declared
 from agent.service import Notifier
 from agent.sources import PortSource, make_source, sum_counters, window_problems
 from agent.sources.quality import merge_records
-from agent.store import EvidenceStore, OutboxItem
+from agent.store import EvidenceStore, OutboxItem, store_path
 from agent.transport import BrokerURL, MqttPublisher, Publisher, SpoolPublisher, Topics
 from agent.window import Reading, Window, summarise_rules
 
@@ -192,7 +192,7 @@ class Agent:
 
         # The first write: the evidence store (a new log, or the next boot of this one).
         self.store = EvidenceStore(
-            config.state_dir / "evidence.sqlite",
+            store_path(config.state_dir),
             config.device_id,
             public_key=self.signer.public,
             earlier=self._earlier_state(),

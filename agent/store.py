@@ -54,6 +54,7 @@ __all__ = [
     "RetainedReading",
     "StoreSummary",
     "StoredAttestation",
+    "read_only",
     "read_retained",
     "read_summary",
     "records_before",
@@ -552,7 +553,7 @@ def read_retained(path: Path, index: int) -> RetainedReading:
         ).fetchall()
         return seq, cose, size_before, nodes, rows
 
-    seq, cose, size_before, nodes, rows = _read_only(path, f"read reading {index}", read)
+    seq, cose, size_before, nodes, rows = read_only(path, f"read reading {index}", read)
     if [r[0] for r in rows] != list(range(size_before, size_before + len(rows))):
         raise StorageError(f"{path}: the readings of window seq {seq} are incomplete")
     records = [r[1] for r in rows]
@@ -629,14 +630,14 @@ def read_summary(path: Path) -> StoreSummary:
             readings=readings,
         )
 
-    return _read_only(path, "read the store's state", read)
+    return read_only(path, "read the store's state", read)
 
 
 def _stored(row: tuple[int, int, int, bytes]) -> StoredAttestation:
     return StoredAttestation(row[0], row[1], row[2], bytes(row[3]))
 
 
-def _read_only(path: Path, what: str, read: Callable[[sqlite3.Connection], _T]) -> _T:
+def read_only(path: Path, what: str, read: Callable[[sqlite3.Connection], _T]) -> _T:
     """``read(db)`` on a read-only connection that creates and changes nothing beside the store.
 
     SQLite opening a WAL database with ``mode=ro`` creates its ``-wal`` and ``-shm`` files

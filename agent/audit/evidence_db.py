@@ -22,7 +22,8 @@ from typing import Any, Protocol
 
 from agent.audit.verify import Message
 from agent.errors import StorageError
-from agent.store import _read_only  # read-only, leaves no -wal/-shm behind (edgegov status)
+from agent.logs import redact
+from agent.store import read_only  # leaves no -wal/-shm behind (edgegov status)
 
 __all__ = ["EvidenceDB", "open_db", "read_messages"]
 
@@ -132,7 +133,7 @@ class _Postgres(_SqlStore):
                 self._db.execute("SELECT pg_advisory_xact_lock(70001)")
                 self._db.execute(_PG)
         except psycopg.Error as e:
-            raise StorageError(f"{_safe(url)}: cannot open the collector store: {e}") from e
+            raise StorageError(f"{redact(url)}: cannot open the collector store: {e}") from e
 
     def put(self, device: str, seq: int, digest: bytes, cose: bytes, collector: str) -> bool:
         with self._lock:
@@ -142,20 +143,9 @@ class _Postgres(_SqlStore):
                 )
             except self._errors as e:
                 raise StorageError(
-                    f"{_safe(self.url)}: cannot store {device} seq {seq}: {e}"
+                    f"{redact(self.url)}: cannot store {device} seq {seq}: {e}"
                 ) from e
             return bool(cur.rowcount == 1)
-
-
-def _safe(url: str) -> str:
-    """The URL without a password, for messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    p = urlsplit(url)
-    if p.password:
-        netloc = f"{p.username}:***@{p.hostname}" + (f":{p.port}" if p.port else "")
-        return urlunsplit(p._replace(netloc=netloc))
-    return url
 
 
 def open_db(url: str) -> EvidenceDB:
@@ -187,7 +177,7 @@ def read_messages(url: str) -> list[Message]:
         raise StorageError(f"{url}: unsupported store URL (sqlite:///PATH or postgresql://...)")
     else:
         path = Path(url)
-    return _read_only(path, "read the attestations", lambda db: _read_sqlite(db, url))
+    return read_only(path, "read the attestations", lambda db: _read_sqlite(db, url))
 
 
 def _read_sqlite(db: sqlite3.Connection, url: str) -> list[Message]:
@@ -211,7 +201,7 @@ def _read_sqlite(db: sqlite3.Connection, url: str) -> list[Message]:
 
 def _collected(url: str, id_: int, device: str, seq: int, cose: bytes) -> Message:
     return Message(
-        bytes(cose), f"{_safe(url)}#{id_}", device, device, seq, "the collector's row (topic, seq)"
+        bytes(cose), f"{redact(url)}#{id_}", device, device, seq, "the collector's row (topic, seq)"
     )
 
 
@@ -221,8 +211,8 @@ def _read_postgres(url: str) -> list[Message]:
     try:
         with psycopg.connect(url, connect_timeout=5) as db:
             if db.execute("SELECT to_regclass('collected')").fetchone()[0] is None:  # type: ignore[index]
-                raise StorageError(f"{_safe(url)}: no collector table there (nothing collected)")
+                raise StorageError(f"{redact(url)}: no collector table there (nothing collected)")
             rows = db.execute(_SELECT).fetchall()
     except psycopg.Error as e:
-        raise StorageError(f"{_safe(url)}: cannot read the collector store: {e}") from e
+        raise StorageError(f"{redact(url)}: cannot read the collector store: {e}") from e
     return [_collected(url, *row) for row in rows]

@@ -40,7 +40,7 @@ def _session(a: argparse.Namespace, client_id: str) -> Any:
     from agent.fleet._mqtt import FleetSession, TlsFiles
     from agent.transport import BrokerURL
 
-    tls = TlsFiles(*(Path(p) if p else None for p in (a.ca, a.cert, a.key)))
+    tls = TlsFiles.given(a.ca, a.cert, a.key)
     return FleetSession(BrokerURL.parse(a.broker, "--broker"), client_id, tls=tls)
 
 
