@@ -10,7 +10,7 @@ ORACLE := .venv-oracle
 STAMP  := $(VENV)/.installed
 PIP_Q  := --quiet --disable-pip-version-check
 
-.PHONY: demo test soak bench lint system-deps mosquitto test-system-deps clean
+.PHONY: demo test soak fuzz-atheris bench lint system-deps mosquitto test-system-deps clean
 
 demo: $(STAMP)
 	$(VENV)/bin/edgegov demo
@@ -24,6 +24,12 @@ test: $(STAMP) $(ORACLE)/.installed mosquitto test-system-deps
 # `make test` runs their short versions.
 soak: $(STAMP) $(ORACLE)/.installed mosquitto test-system-deps
 	$(VENV)/bin/python -m pytest -m soak
+
+# Coverage-guided differential fuzzing of the verifier's decoders with Atheris (issue 13),
+# 120 s: compiled twins against pure ones, and the whole pipeline (tests/atheris_verify.py).
+fuzz-atheris: $(STAMP)
+	@$(VENV)/bin/python -c "import atheris" 2>/dev/null || $(VENV)/bin/pip install $(PIP_Q) atheris
+	$(VENV)/bin/python tests/atheris_verify.py -max_total_time=120 -seed=1
 
 # The benchmarks side by side; peers (cel-python, regopy) are optional: rows say
 # "not installed" when they cannot be installed here.

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import cbor2
 
 from agent.errors import VerificationError
+from native._verify_py import INT_MAX, MAX_TIME_MS  # the profile's ranges (pure constants)
 from native.verify import ClaimsError, ClaimsTypes, evidence_from_claims
 
 __all__ = [
@@ -335,12 +336,15 @@ def _parse_restart(c: Any) -> Restart:
         if not ok:
             raise VerificationError(f"claim -70001/12 restart: {what}")
 
-    def uint(v: Any) -> bool:
-        return type(v) is int and v >= 0
+    def uint(v: Any, top: int = INT_MAX) -> bool:
+        return type(v) is int and 0 <= v <= top
 
     need(isinstance(c, Mapping), "must be a map")
-    need(uint(c.get(1)), "1 (started_ms) must be an unsigned integer")
-    need(c.get(2) is None or uint(c.get(2)), "2 (last_end_ms) must be an integer or null")
+    need(uint(c.get(1), MAX_TIME_MS), f"1 (started_ms) must be a time in ms (0..{MAX_TIME_MS})")
+    need(
+        c.get(2) is None or uint(c.get(2), MAX_TIME_MS),
+        f"2 (last_end_ms) must be a time in ms (0..{MAX_TIME_MS}) or null",
+    )
     need(type(c.get(3)) is bool, "3 (clean) must be a bool")
     srcs = c.get(4, [])
     need(isinstance(srcs, list), "4 (sources) must be a list")
@@ -350,7 +354,7 @@ def _parse_restart(c: Any) -> Restart:
             isinstance(s, Mapping)
             and type(s.get("source")) is str
             and uint(s.get("no_data_ms"))
-            and (s.get("last_frame_seq") is None or uint(s.get("last_frame_seq"))),
+            and (s.get("last_frame_seq") is None or uint(s.get("last_frame_seq"), 2**32 - 1)),
             "4 (sources): each entry needs source, no_data_ms and last_frame_seq",
         )
         sources.append(SourceDowntime(s["source"], s["no_data_ms"], s.get("last_frame_seq")))

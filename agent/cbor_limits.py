@@ -6,7 +6,11 @@ build deeply nested containers or many items before we see any of it.
 a pure-Python twin) without building anything, and rejects: more nesting than
 ``max_depth``, more data items than ``max_items``, indefinite lengths (the
 profile requires deterministic, definite-length CBOR, RFC 8949 §4.2.1),
-lengths past the end of the input, and trailing bytes.
+lengths past the end of the input, and trailing bytes. With ``strict=True`` it
+also holds the bytes to the profile's deterministic encoding (shortest heads and
+floats, sorted unique integer or text map keys, no tags, no simple values but
+false/true/null: ``native/_cbor_scan_py.py``), so a signed payload or envelope
+has exactly one byte form.
 """
 
 from __future__ import annotations
@@ -21,9 +25,17 @@ MAX_ITEMS = 20_000
 
 
 def check_cbor(
-    data: bytes, what: str, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS
+    data: bytes,
+    what: str,
+    max_depth: int = MAX_DEPTH,
+    max_items: int = MAX_ITEMS,
+    *,
+    strict: bool = False,
+    offset: int = 0,
 ) -> None:
-    """Raise VerificationError unless ``data`` is one well-formed item within the limits."""
-    code, pos = scan(data, max_depth, max_items)
+    """Raise VerificationError unless ``data`` is one well-formed item within the limits
+    (and, ``strict``, deterministically encoded). ``offset``: where ``data`` starts in
+    the bytes the message names (positions are counted from there)."""
+    code, pos = scan(data, max_depth, max_items, strict)
     if code:
-        raise VerificationError(f"{what}: {MESSAGES[code]} (byte {pos})")
+        raise VerificationError(f"{what}: {MESSAGES[code]} (byte {pos + offset})")

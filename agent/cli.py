@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent import __version__
-from agent.errors import Error
+from agent.errors import INTERNAL_ERROR_EXIT, Error
 from agent.logs import FORMATS as LOG_FORMATS
 from agent.logs import LEVELS as LOG_LEVELS
 
@@ -260,7 +260,10 @@ def _cmd_audit_verify(a: argparse.Namespace) -> int:
     from agent.audit import format_result
 
     an = _analysis(a)
-    print(json.dumps(an.to_json(), indent=2) if a.json else format_result(an))
+    # allow_nan=False: a NaN or infinity can never reach an auditor's JSON parser as
+    # invalid JSON (the verifier refuses them in claims; were one to slip through, it
+    # is a bug, exit 70, not a document)
+    print(json.dumps(an.to_json(), indent=2, allow_nan=False) if a.json else format_result(an))
     return _audit_exit(a, an)
 
 
@@ -305,7 +308,7 @@ def _cmd_audit_replay(a: argparse.Namespace) -> int:
     bundle = load_policy(Path(a.policy))
     providers = a.provider or ["CPUExecutionProvider"]
     res = replay(Path(a.store), bundle, _trust(a), a.seq or (), providers)
-    print(json.dumps(res.to_json(), indent=2) if a.json else res.text())
+    print(json.dumps(res.to_json(), indent=2, allow_nan=False) if a.json else res.text())
     return 0 if res.ok else 1
 
 
@@ -418,6 +421,8 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
     if a.mode == "faults":
         return _bench_faults(a)
+    if a.mode == "fuzz":
+        return _bench_fuzz(a)
     names = tuple(a.only.split(",")) if a.only else SECTIONS
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
@@ -448,6 +453,22 @@ def _bench_faults(a: argparse.Namespace) -> int:
     else:
         print(format_table(rows))
     return 1 if any(r.problems for r in rows) else 0
+
+
+def _bench_fuzz(a: argparse.Namespace) -> int:
+    """``edgegov bench fuzz``: exit 1 when a case crashed, got through or blamed the wrong file
+    (or, with --differential, the compiled and pure paths disagree)."""
+    from agent.bench.fuzz import format_report, run_differential, run_fuzz
+
+    if a.cases < 1 or a.cli < 0:
+        raise Error("--cases must be at least 1 and --cli not negative")
+    if a.differential:
+        diff = run_differential(a.cases, a.seed, a.cli)
+        print(json.dumps(diff.to_json(), indent=2) if a.json else diff.format())
+        return 1 if diff.failed else 0
+    report = run_fuzz(a.cases, a.seed, a.cli)
+    print(json.dumps(report.to_json(per_case=False), indent=2) if a.json else format_report(report))
+    return 1 if report.failed else 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -617,14 +638,29 @@ def _parser() -> argparse.ArgumentParser:
         "faults into the real agent (broker outages, kill -9, serial faults, a full disk, "
         "clock steps, corrupt state, a dead sensor) and count what survived (exit 1 when a "
         "fault lost an attestation or an undeclared reading)",
-        "edgegov bench --only policy\n  edgegov bench faults --quick",
+        "edgegov bench --only policy\n  edgegov bench faults --quick\n"
+        "  edgegov bench fuzz --cases 20000 --cli 400 --differential",
     )
-    b.add_argument("mode", nargs="?", choices=["faults"], help="faults: the fault table")
+    b.add_argument(
+        "mode",
+        nargs="?",
+        choices=["faults", "fuzz"],
+        help="faults: the fault table; fuzz: the audit verifier's mutation fuzzer (issue 13)",
+    )
     b.add_argument("--only", help="comma-separated sections (or, with faults, fault scenarios)")
     b.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
     b.add_argument("--json", action="store_true")
     b.add_argument("--jobs", type=int, default=1, help="faults: scenarios run at once (default: 1)")
-    b.add_argument("--seed", type=int, default=12, help="faults: seed of the kill moments (12)")
+    b.add_argument(
+        "--seed", type=int, default=12, help="faults: seed of the kill moments; fuzz: of the cases"
+    )
+    b.add_argument("--cases", type=int, default=2000, help="fuzz: in-process cases (2000)")
+    b.add_argument("--cli", type=int, default=0, help="fuzz: of them, also run via the CLI (0)")
+    b.add_argument(
+        "--differential",
+        action="store_true",
+        help="fuzz: run on the compiled and the pure path and compare them case by case",
+    )
     b.add_argument("--keep", metavar="DIR", help="faults: keep each run's files in DIR")
 
     aud = sub.add_parser("audit", help="verify attestation streams offline")
@@ -828,6 +864,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug: never to be read as findings (1) or input errors (2)
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        print(
+            f"edgegov: internal error: {type(e).__name__}: {e}\n"
+            f"edgegov: this is a bug in edgegov, not a verdict on any input; please report "
+            f"it with the command line (and, for audit commands, the evidence). "
+            f"Exit status {INTERNAL_ERROR_EXIT}.",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR_EXIT
 
 
 if __name__ == "__main__":

@@ -9,9 +9,13 @@ Wire shape::
 
     18([ bstr .cbor {1: alg, 4: kid,     ; protected: alg and kid, RFC 9052 §3.1
                      ? 33: x5chain},     ; and the device certificate chain, RFC 9360 §2
-         {},                             ; unprotected: empty
-         bstr .cbor ClaimsSet,           ; payload
-         bstr ])                         ; signature (Ed25519: 64 B; ES256: raw r||s)
+         {},                             ; unprotected: empty (a0), always
+         bstr .cbor ClaimsSet,           ; payload: deterministic CBOR (RFC 8949 §4.2.1)
+         bstr ])                         ; signature (Ed25519: 64 B; ES256: raw r||s, low s)
+
+One byte form only: shortest heads, nothing after the array. ``decode_sign1``
+refuses anything else, so no byte of a stored attestation can change without
+changing what was signed.
 
 The signature covers ``["Signature1", protected, h'', payload]`` (§4.4), with
 an empty external AAD.
@@ -25,15 +29,24 @@ from typing import Any
 
 import cbor2
 
-from agent.cbor_limits import MAX_DEPTH, MAX_ITEMS, check_cbor
+from agent.cbor_limits import check_cbor
 from agent.errors import VerificationError
-from agent.keys import ALG_ED25519, ALG_EDDSA, ALG_ES256, ALG_ESP256, PublicKey, SigningKey
-from native.verify import loads, loads_claims, loads_claims_within, split_sign1
+from agent.keys import (
+    ALG_ED25519,
+    ALG_EDDSA,
+    ALG_ES256,
+    ALG_ESP256,
+    PublicKey,
+    SigningKey,
+    ecdsa_high_s,
+)
+from native.verify import loads, loads_claims, split_sign1
 from native.verify import sig_structure as _sig_structure
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "AlgorithmMismatch",
+    "HighS",
     "Sign1",
     "decode_sign1",
     "encode_sign1",
@@ -45,7 +58,10 @@ HDR_ALG = 1
 HDR_KID = 4
 HDR_X5CHAIN = 33  # RFC 9360 §2: one certificate as bstr, or an array of them, leaf first
 MAX_MESSAGE_BYTES = 64 * 1024  # checked before any CBOR of an untrusted message is decoded
+SIGNATURE_BYTES = 64  # Ed25519; ES256 as raw r || s (RFC 9053 §2.1)
+KID_BYTES = 16  # agent.keys: the first 16 bytes of SHA-256 over the SPKI
 _KNOWN_ALGS = {ALG_EDDSA, ALG_ES256, ALG_ED25519, ALG_ESP256}
+_ECDSA = {ALG_ES256, ALG_ESP256}
 
 
 def sig_structure(protected: bytes, payload: bytes) -> bytes:
@@ -87,12 +103,19 @@ class Sign1:
         """Raise VerificationError unless the signature is valid for ``key``.
 
         The key pins the algorithm (RFC 9052 §4.4 and cose-wg sign-fail-03/04): the
-        message's ``alg`` must be one the key is for, whatever ``kid`` says.
+        message's ``alg`` must be one the key is for, whatever ``kid`` says. An ES256
+        signature must have the low s (:class:`HighS` otherwise): ``(r, n - s)`` verifies
+        too, and would be a second byte form of the same attestation.
         """
         if self.alg not in key.accepted_algs:
             raise AlgorithmMismatch(
                 f"alg {self.alg} in the message is not allowed for the trusted key "
                 f"(pinned to alg {key.alg})"
+            )
+        if self.alg in _ECDSA and ecdsa_high_s(self.signature):
+            raise HighS(
+                "ES256 signature has the high s: (r, n - s) is the same signature in another "
+                "byte form, and the profile accepts only the low s (s <= n/2)"
             )
         if not key.verify(self.signature, sig_structure(self.protected, self.payload)):
             raise VerificationError(f"signature does not verify with key kid={self.kid.hex()}")
@@ -100,93 +123,131 @@ class Sign1:
     def claims(self, *, unread: bool = True) -> Mapping[Any, Any]:
         """Decode the payload (call only after :meth:`verify`), within the CBOR limits.
 
+        The payload must be in the profile's deterministic encoding (RFC 8949 §4.2.1:
+        shortest forms, sorted unique keys, no tags), checked on the bytes before they
+        are decoded: a hostile device cannot sign two byte forms of one claims set, or a
+        map whose duplicate keys mean one thing to us and another to someone else.
         ``unread=False`` leaves out the claims ``agent.attestation.parse_claims``
         never reads (ueid, measurements and their results, submodules other than
         ``agent``) once they have decoded: the audit verifier's way (issue 6).
         """
-        if not unread:  # limits and decoding in one pass, where the compiled decoder can
-            claims = loads_claims_within(self.payload, MAX_DEPTH, MAX_ITEMS)
-            if claims is not None:
-                return claims  # type: ignore[no-any-return]
-        check_cbor(self.payload, "payload")
+        check_cbor(self.payload, "payload", strict=True)
         try:
             # cbor2.loads, compiled for the common subset
             claims = loads(self.payload) if unread else loads_claims(self.payload)
         except (cbor2.CBORDecodeError, ValueError) as e:
             raise VerificationError(f"payload is not valid CBOR: {e}") from e
-        if type(claims) is not dict and not isinstance(claims, Mapping):
+        if type(claims) is not dict:
             raise VerificationError("payload is not a CBOR map (CWT claims set)")
         return claims
 
 
 def decode_sign1(raw: bytes) -> Sign1:
-    """Parse tagged COSE_Sign1 bytes from an untrusted source (no verification yet)."""
+    """Parse tagged COSE_Sign1 bytes from an untrusted source (no verification yet).
+
+    Only the profile's envelope is accepted, in its one byte form
+    (``docs/attestation-profile.md``, *Envelope*): tag 18, an array of four, the
+    protected header with exactly ``alg``, ``kid`` and optionally ``x5chain`` in
+    deterministic CBOR, an empty unprotected header, a 64-byte signature (ES256 with
+    the low s), shortest heads, nothing after it. The published bytes are the signed
+    bytes and ``prev`` hashes them, so any other form would be a second byte form of
+    the same signed content: a change nobody signed.
+    """
     if len(raw) > MAX_MESSAGE_BYTES:
         raise VerificationError(f"message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}")
-    parts = split_sign1(raw)  # the usual shape, without building a CBOR tree
-    if parts is not None:
-        protected, payload, signature = parts
-        alg, kid, chain = _HEADERS.get(protected) or _protected_headers(protected, _NO_HEADERS)
-        return _new_sign1(raw, protected, alg, kid, payload, signature, chain)
-    check_cbor(raw, "COSE_Sign1", max_depth=4, max_items=64)
+    parts = split_sign1(raw)
+    if parts is None:
+        raise VerificationError(_envelope_problem(raw))
+    protected, payload, signature = parts
+    alg, kid, chain = _HEADERS.get(protected) or _protected_headers(protected)
+    if len(signature) != SIGNATURE_BYTES:
+        raise VerificationError(
+            f"COSE_Sign1 signature is {len(signature)} bytes; the profile's algorithms "
+            f"(Ed25519, ES256 as r || s) make {SIGNATURE_BYTES}"
+        )
+    return _new_sign1(raw, protected, alg, kid, payload, signature, chain)
+
+
+def _envelope_problem(raw: bytes) -> str:
+    """Why ``raw`` is not the profile's envelope (``split_sign1`` refused it), in words."""
+    if not raw:
+        return "empty message"
+    if raw[0] != 0xD2:
+        try:
+            check_cbor(raw, "COSE_Sign1", max_depth=4, max_items=64)
+            obj = cbor2.loads(raw)
+        except (VerificationError, cbor2.CBORDecodeError, ValueError, RecursionError):
+            obj = None
+        if isinstance(obj, cbor2.CBORTag) and obj.tag == TAG_SIGN1:
+            return "COSE_Sign1: tag 18 is not in its shortest head (d2)"
+        return "not a tagged COSE_Sign1 (CBOR tag 18, d2)"
+    body = raw[1:]
     try:
-        obj = cbor2.loads(raw)
+        check_cbor(body, "COSE_Sign1", max_depth=3, max_items=63, strict=True, offset=1)
+        parts = cbor2.loads(body)
     except (cbor2.CBORDecodeError, ValueError, RecursionError) as e:
-        raise VerificationError(f"not valid CBOR: {e}") from e
-    if not isinstance(obj, cbor2.CBORTag) or obj.tag != TAG_SIGN1:
-        raise VerificationError("not a tagged COSE_Sign1 (CBOR tag 18)")
-    parts = obj.value
-    if not isinstance(parts, (list, tuple)) or len(parts) != 4:
-        raise VerificationError("COSE_Sign1 must be an array of 4 elements")
+        return f"COSE_Sign1 is not valid CBOR: {e}"
+    except VerificationError as e:
+        return str(e)
+    if not isinstance(parts, list) or len(parts) != 4:
+        return "COSE_Sign1 must be an array of 4 elements"
     protected, unprotected, payload, signature = parts
     if not all(isinstance(x, bytes) for x in (protected, payload, signature)):
-        raise VerificationError(
-            "COSE_Sign1 protected header, payload and signature must be byte strings"
+        return "COSE_Sign1 protected header, payload and signature must be byte strings"
+    if not isinstance(unprotected, dict):
+        return "COSE_Sign1 unprotected header must be a map"
+    if unprotected:
+        labels = ", ".join(repr(k) for k in list(unprotected)[:8])
+        return (
+            f"COSE_Sign1 unprotected header must be empty, found label(s) {labels}: the "
+            "profile puts everything in the signed protected header"
         )
-    if not isinstance(unprotected, Mapping):
-        raise VerificationError("COSE_Sign1 unprotected header must be a map")
-    alg, kid, chain = _protected_headers(protected, unprotected)
-    return Sign1(raw, protected, alg, kid, payload, signature, chain)
+    return "COSE_Sign1 is not in the profile's byte form"  # every case above is worded
 
 
-_NO_HEADERS: Mapping[Any, Any] = {}
-# Validated (alg, kid, x5chain) of protected headers seen with an empty unprotected
-# header: a device signs every attestation with the same header bytes.
+# Validated (alg, kid, x5chain) of protected headers seen: a device signs every
+# attestation with the same header bytes.
 _HEADERS: dict[bytes, tuple[int, bytes, tuple[bytes, ...]]] = {}
 _HEADERS_MAX = 256
+_ALLOWED_LABELS = frozenset({HDR_ALG, HDR_KID, HDR_X5CHAIN})
 
 
-def _protected_headers(
-    protected: bytes, unprotected: Mapping[Any, Any]
-) -> tuple[int, bytes, tuple[bytes, ...]]:
+def _protected_headers(protected: bytes) -> tuple[int, bytes, tuple[bytes, ...]]:
     """alg, kid and x5chain of a message, checked (RFC 9052 §3.1, RFC 9360 §2)."""
     try:
-        check_cbor(protected or b"\xa0", "protected header", max_depth=3, max_items=64)
-        headers = cbor2.loads(protected) if protected else {}
+        check_cbor(protected, "protected header", max_depth=3, max_items=64, strict=True)
+        headers = cbor2.loads(protected)
     except (cbor2.CBORDecodeError, ValueError) as e:
         raise VerificationError(f"protected header is not valid CBOR: {e}") from e
-    if not isinstance(headers, Mapping):
+    if not isinstance(headers, dict):
         raise VerificationError("protected header is not a map")
-    if HDR_ALG in unprotected:
-        raise VerificationError("alg must be in the protected header, found it unprotected")
+    extra = [k for k in headers if k not in _ALLOWED_LABELS]
+    if extra:
+        raise VerificationError(
+            f"protected header has label(s) {', '.join(repr(k) for k in extra)}; the profile "
+            "allows only 1 (alg), 4 (kid) and 33 (x5chain)"
+        )
     alg = headers.get(HDR_ALG)
-    if alg not in _KNOWN_ALGS:
+    if type(alg) is not int or alg not in _KNOWN_ALGS:
         raise VerificationError(
             f"unsupported or missing alg {alg!r} (expected -8 EdDSA or -7 ES256)"
         )
     kid = headers.get(HDR_KID)
-    if not isinstance(kid, bytes):
+    if type(kid) is not bytes:
         raise VerificationError("kid missing from the protected header")
-    chain = headers.get(HDR_X5CHAIN, unprotected.get(HDR_X5CHAIN, ()))
-    if isinstance(chain, bytes):
+    if len(kid) != KID_BYTES:
+        raise VerificationError(f"kid is {len(kid)} bytes; the profile's kid is {KID_BYTES}")
+    chain = headers.get(HDR_X5CHAIN, ())
+    if type(chain) is bytes:
         chain = (chain,)
-    if not isinstance(chain, (list, tuple)) or not all(isinstance(c, bytes) for c in chain):
+    elif type(chain) is list and len(chain) < 2:
+        raise VerificationError("x5chain as an array must hold at least 2 certificates")
+    if not isinstance(chain, (list, tuple)) or not all(type(c) is bytes for c in chain):
         raise VerificationError("x5chain must be a certificate (bstr) or an array of them")
     out = (alg, kid, tuple(chain))
-    if unprotected is _NO_HEADERS and type(alg) is int and type(kid) is bytes:
-        if len(_HEADERS) >= _HEADERS_MAX:
-            _HEADERS.clear()
-        _HEADERS[protected] = out
+    if len(_HEADERS) >= _HEADERS_MAX:
+        _HEADERS.clear()
+    _HEADERS[protected] = out
     return out
 
 
@@ -223,3 +284,7 @@ _set_dict = object.__setattr__  # a frozen dataclass refuses its own __setattr__
 
 class AlgorithmMismatch(VerificationError):
     """The message names an algorithm its key is not pinned to."""
+
+
+class HighS(VerificationError):
+    """An ES256 signature in its high-s form: valid, but the other byte form of one."""

@@ -22,11 +22,16 @@ these errors to exit codes.
     |   +-- EvidenceAtRiskError    the agent stopped with evidence at risk; .exit_code = 3
     +-- TransportError             MQTT broker unreachable / refused
     +-- VerificationError          evidence does not verify; .exit_code = 1 (a finding)
+
+Any other exception reaching the CLI is a bug in edgegov: it exits with
+:data:`INTERNAL_ERROR_EXIT` (70, ``EX_SOFTWARE`` of sysexits.h) and says so, so it is
+never read as findings (1), an input error (2) or evidence at risk (3).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "INTERNAL_ERROR_EXIT",
     "ConfigError",
     "Error",
     "EvidenceAtRiskError",
@@ -41,6 +46,9 @@ __all__ = [
     "TransportError",
     "VerificationError",
 ]
+
+
+INTERNAL_ERROR_EXIT = 70
 
 
 class Error(Exception):

@@ -33,9 +33,12 @@ __all__ = [
     "ALG_ED25519",
     "ALG_EDDSA",
     "ALG_ES256",
+    "P256_N",
     "PublicKey",
     "Signer",
     "SigningKey",
+    "ecdsa_high_s",
+    "ecdsa_raw",
     "generate_key",
     "load_public_key",
     "load_signer",
@@ -51,6 +54,23 @@ ALG_ESP256 = -9  # RFC 9864 fully-specified ECDSA P-256; accepted on verify as -
 # what accepted_algs returns (built once: the auditor asks for every message)
 _EDDSA_ALGS = frozenset({ALG_EDDSA, ALG_ED25519})
 _ECDSA_ALGS = frozenset({ALG_ES256, ALG_ESP256})
+# The order of the P-256 group. (r, s) and (r, n - s) are both valid ECDSA signatures of one
+# message, so anyone could change the bytes of a stored attestation without the key; our
+# signers always write the low s (s <= n/2) and the verifier accepts only that form.
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def ecdsa_raw(r: int, s: int) -> bytes:
+    """Raw ``r || s`` (RFC 9053 §2.1) with s in its low form: one byte form per signature."""
+    if s > P256_N // 2:
+        s = P256_N - s
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def ecdsa_high_s(signature: bytes) -> bool:
+    """Whether a raw P-256 ``r || s`` has the high s (the malleable twin of a low-s one)."""
+    return int.from_bytes(signature[32:64], "big") > P256_N // 2
+
 
 _PrivateKey = Union[ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey]
 _PubKey = Union[ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey]
@@ -140,8 +160,7 @@ class Signer:
     def sign(self, data: bytes) -> bytes:
         if isinstance(self._key, ed25519.Ed25519PrivateKey):
             return self._key.sign(data)
-        r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA256())))
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return ecdsa_raw(*decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA256()))))
 
     def __repr__(self) -> str:  # never show key material
         return f"Signer(alg={self.alg}, kid={self.kid.hex()})"

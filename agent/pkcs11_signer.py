@@ -23,7 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from agent.errors import KeyFileError
-from agent.keys import ALG_EDDSA, PublicKey
+from agent.keys import ALG_EDDSA, PublicKey, ecdsa_raw
 
 __all__ = ["KEY_TYPES", "Pkcs11Signer", "create_token_key", "export_public", "pin_from_env"]
 
@@ -68,9 +68,13 @@ class Pkcs11Signer:
         msg = data if self.alg == ALG_EDDSA else hashlib.sha256(data).digest()
         with self._lock:
             try:
-                return bytes(self._priv.sign(msg, mechanism=self._mech))
+                sig = bytes(self._priv.sign(msg, mechanism=self._mech))
             except self._pkcs11.PKCS11Error as e:
                 raise KeyFileError(f"PKCS#11 signing failed: {type(e).__name__} {e}") from e
+        if self.alg == ALG_EDDSA or len(sig) != 64:
+            return sig
+        # CKM_ECDSA gives raw r || s; write the low s as the software signer does
+        return ecdsa_raw(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
 
     def close(self) -> None:
         with self._lock:

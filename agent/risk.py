@@ -121,9 +121,9 @@ class RiskModel:
             float64 array (N,) of scores.
 
         Raises:
-            ModelError: an input is NaN or infinite, the model's output is NaN or infinite,
-                has the wrong size, or onnxruntime fails. The caller marks that window's risk
-                as not available.
+            ModelError: an input is NaN or infinite, the model's output is NaN, infinite
+                or outside [0, 1], has the wrong size, or onnxruntime fails. The caller
+                marks that window's risk as not available.
             ValueError: ``features`` is not a 2-D array with ``width`` columns.
         """
         x = np.ascontiguousarray(features, dtype=np.float32)  # no copy in the usual case
@@ -148,6 +148,12 @@ class RiskModel:
         scores: np.ndarray = y.reshape(-1).astype(np.float64)
         if not np.isfinite(scores).all():
             raise ModelError(f"model {self.id}: output {self.output!r} contains NaN or infinity")
+        if scores.size and (scores.min() < 0.0 or scores.max() > 1.0):
+            raise ModelError(
+                f"model {self.id}: output {self.output!r} has values outside [0, 1] "
+                f"({scores.min():.4g}..{scores.max():.4g}); a risk score is a probability "
+                "(docs/attestation-profile.md, -70001/7)"
+            )
         return scores
 
 

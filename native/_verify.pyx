@@ -11,7 +11,7 @@ from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
-from libc.math cimport INFINITY, NAN, ldexp
+from libc.math cimport INFINITY, NAN, isfinite, ldexp
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
@@ -346,10 +346,7 @@ def loads_claims(data):
     return _py.trim_claims(loads(data)) if value is None else value
 
 
-def loads_claims_within(data, int max_depth, Py_ssize_t max_items):
-    if not 0 <= max_depth <= MAX_NEST:
-        raise ValueError(f"max_depth must be 0..{MAX_NEST}")
-    return _claims_within(data, max_depth, max_items)
+cdef uint64_t[4] _MIN_LEN = [24, 0x100, 0x10000, 0x100000000]
 
 
 cdef Py_ssize_t _bstr(
@@ -373,6 +370,8 @@ cdef Py_ssize_t _bstr(
         for k in range(width):
             v = (v << 8) | buf[pos + k]
         pos += width
+        if v < _MIN_LEN[ai - 24]:  # not the shortest head
+            return -1
     else:
         return -1
     if v > <uint64_t>(n - pos):
@@ -572,6 +571,74 @@ cdef str _hex(bytes b):
 
 
 cdef str _EAT_PROFILE = _py.EAT_PROFILE
+# the pure twin's ranges (docs/attestation-profile.md, *Claims*)
+cdef object _INT_MIN = _py.INT_MIN
+cdef object _INT_MAX = _py.INT_MAX
+cdef object _MAX_TIME_MS = _py.MAX_TIME_MS
+cdef object _MAX_TIME_S = _py.MAX_TIME_S
+cdef object _U32 = 2**32 - 1
+
+
+cdef inline bint _is_uint(object v):
+    return type(v) is int and 0 <= v <= _INT_MAX
+
+
+cdef inline bint _is_int64(object v):
+    return type(v) is int and _INT_MIN <= v <= _INT_MAX
+
+
+cdef inline bint _is_time(object v):
+    return type(v) is int and 0 <= v <= _MAX_TIME_MS
+
+
+cdef inline bint _is_time_or_null(object v):
+    return v is None or (type(v) is int and 0 <= v <= _MAX_TIME_MS)
+
+
+cdef bint _pairs_ok(object v, bint times):
+    """``gaps`` (frame seq pairs) or ``offline`` (ms pairs, start <= end)."""
+    cdef list p
+    if type(v) is not list:
+        return False
+    for x in <list>v:
+        if type(x) is not list or len(<list>x) != 2:
+            return False
+        p = <list>x
+        if times:
+            if not (_is_time(p[0]) and _is_time(p[1]) and p[0] <= p[1]):
+                return False
+        elif not (type(p[0]) is int and type(p[1]) is int and 0 <= p[0] <= _U32
+                  and 0 <= p[1] <= _U32):
+            return False
+    return True
+
+
+cdef bint _record_ok(dict r):
+    """``_py.record_problem(r) == ""`` for the exact types loads returns."""
+    for k, v in r.items():
+        if type(k) is not str:
+            return False
+        if k == "source" or k == "protocol" or k == "port":
+            if type(v) is not str:
+                return False
+        elif k == "device":
+            if not (v is None or type(v) is str):
+                return False
+        elif k == "gaps":
+            if not _pairs_ok(v, False):
+                return False
+        elif k == "offline":
+            if not _pairs_ok(v, True):
+                return False
+        elif k == "problems":
+            if type(v) is not list:
+                return False
+            for x in <list>v:
+                if type(x) is not str:
+                    return False
+        elif not _is_int64(v):
+            return False
+    return True
 cdef object _CF_SHA256 = _py.CF_SHA256
 cdef tuple _EMPTY = ()
 cdef object _ABSENT = object()
@@ -598,13 +665,15 @@ cdef object _episodes_fast(list eps):
             return None
         e = <list>x
         a, b, c = e[0], e[1], e[2]
-        if type(a) is not int or not (b is None or type(b) is int):
+        if not _is_time(a) or not _is_time_or_null(b):
             return None
         if c is None:
             pass
         elif type(c) is int:
+            if not _is_int64(c):
+                return None
             c = float(c)
-        elif type(c) is not float:
+        elif type(c) is not float or not isfinite(<double>c):
             return None
         out.append((a, b, c))
     return tuple(out)
@@ -619,8 +688,11 @@ cdef object _rules_fast(list raw):
             return None
         r = <dict>x
         rule_id, evaluated, violated, errors = r.get(1), r.get(2), r.get(3), r.get(4)
-        if not (type(rule_id) is str and type(evaluated) is int and type(violated) is int
-                and type(errors) is int):
+        if not (type(rule_id) is str and _is_uint(evaluated) and _is_uint(violated)
+                and _is_uint(errors)):
+            return None
+        first, last = r.get(5), r.get(6)
+        if not (_is_time_or_null(first) and _is_time_or_null(last)):
             return None
         eps = r.get(7, _EMPTY)
         if eps is _EMPTY:
@@ -636,8 +708,8 @@ cdef object _rules_fast(list raw):
             "evaluated": evaluated,
             "violated": violated,
             "errors": errors,
-            "first_violation_ms": r.get(5),
-            "last_violation_ms": r.get(6),
+            "first_violation_ms": first,
+            "last_violation_ms": last,
             "episodes": eps,
         })
     return rules
@@ -651,16 +723,19 @@ cdef object _risk_fast(list raw):
         if type(x) is not dict:
             return None
         r = <dict>x
-        model_id, provider, ood = r.get(1), r.get(3), r.get(5)
-        if type(model_id) is not str or type(provider) is not str:
+        model_id, score, provider = r.get(1), r.get(2), r.get(3)
+        reason, ood = r.get(4, ""), r.get(5)
+        if type(model_id) is not str or type(provider) is not str or type(reason) is not str:
+            return None
+        if not (score is None or (type(score) is float and 0.0 <= <double>score <= 1.0)):
             return None
         if ood is not None:
             if type(ood) is not list or not all(type(n) is str for n in ood):
                 return None
             ood = tuple(ood)
         risk.append(
-            {"model_id": model_id, "score": r.get(2), "provider": provider,
-             "reason": r.get(4, ""), "ood": ood}
+            {"model_id": model_id, "score": score, "provider": provider,
+             "reason": reason, "ood": ood}
         )
     return risk
 
@@ -677,7 +752,7 @@ cdef bint _fleet_fast(dict cfg, dict out):
             return False
         m = <dict>v
         for k, x in m.items():
-            if type(k) is not int or not 1 <= <object>k <= 4 or type(x) is not int:
+            if type(k) is not int or not 1 <= <object>k <= 4 or not _is_uint(x):
                 return False
         out["tuf"] = {"root": m[1], "timestamp": m[2], "snapshot": m[3], "targets": m[4]}
     v = cfg.get(7, _ABSENT)
@@ -695,7 +770,7 @@ cdef bint _fleet_fast(dict cfg, dict out):
         if type(v) is not list or len(<list>v) != 2:
             return False
         c = <list>v
-        if type(c[0]) is not int or type(c[1]) is not int:
+        if not _is_uint(c[0]) or not _is_time(c[1]):
             return False
         out["changed"] = (c[0], c[1])
     out["state_in"] = None
@@ -711,7 +786,7 @@ cdef object _claims_fast(dict claims):
     """parse_claims' checks for the exact types loads returns, or None."""
     cdef object v, rules, risk, prev, root, nonce, device_id, seq, readings
     cdef object origin, size, prev_size, policy_id, policy_version, digest
-    cdef object iat, bootcount, degraded, recs
+    cdef object iat, bootcount, degraded, recs, config_version, cti, uptime
     cdef dict p, cp, cfg, subs, agent, health, models, counters, config
     cdef list win, agent_ver, agent_meas, m
     cdef tuple proof, sources
@@ -731,7 +806,7 @@ cdef object _claims_fast(dict claims):
     if type(v) is not list or len(<list>v) != 2:
         return None
     win = <list>v
-    if type(win[0]) is not int or type(win[1]) is not int:
+    if not _is_time(win[0]) or not _is_time(win[1]):
         return None
     v = p.get(5)
     if type(v) is not dict:
@@ -782,13 +857,16 @@ cdef object _claims_fast(dict claims):
         return None
     agent_meas = <list>v
     device_id, seq, readings = p.get(9), p.get(1), p.get(10)
-    if type(device_id) is not str or type(seq) is not int or type(readings) is not int:
+    if type(device_id) is not str or not _is_uint(seq) or not _is_uint(readings):
         return None
     origin, size, prev_size = cp.get(1), cp.get(2), cp.get(4)
-    if type(origin) is not str or type(size) is not int or type(prev_size) is not int:
+    if type(origin) is not str or not _is_uint(size) or not _is_uint(prev_size):
         return None
     policy_id, policy_version, digest = cfg.get(1), cfg.get(2), cfg.get(3)
-    if type(policy_id) is not str or type(policy_version) is not int or type(digest) is not bytes:
+    if type(policy_id) is not str or not _is_uint(policy_version) or type(digest) is not bytes:
+        return None
+    config_version = cfg.get(5, 0)
+    if not _is_uint(config_version):
         return None
     v = cfg.get(4)
     if type(v) is not dict:
@@ -803,7 +881,7 @@ cdef object _claims_fast(dict claims):
         "policy_version": policy_version,
         "policy_digest": _hex(<bytes>digest),
         "model_digests": models,
-        "config_version": cfg.get(5, 0),
+        "config_version": config_version,
     }
     if not _fleet_fast(cfg, config):
         return None
@@ -817,7 +895,7 @@ cdef object _claims_fast(dict claims):
             return None
         if <str>k == "sources":
             continue
-        if type(x) is not int:
+        if not _is_int64(x):
             return None
         counters[k] = x
     recs = health.get("sources", _EMPTY)
@@ -826,6 +904,8 @@ cdef object _claims_fast(dict claims):
     elif type(recs) is list:
         for r in <list>recs:
             if type(r) is not dict or type((<dict>r).get("source")) is not str:
+                return None
+            if not _record_ok(<dict>r):
                 return None
         sources = tuple(<list>recs)
     else:
@@ -839,7 +919,14 @@ cdef object _claims_fast(dict claims):
                 return None
         degraded = tuple(<list>degraded)
     iat, bootcount = claims.get(6), claims.get(267)
-    if type(iat) is not int or type(bootcount) is not int:
+    if not (type(iat) is int and 0 <= iat <= _MAX_TIME_S) or not _is_uint(bootcount):
+        return None
+    cti, uptime = claims.get(7, _ABSENT), claims.get(261, 0)
+    if cti is _ABSENT:
+        cti = b""
+    elif type(cti) is not bytes or len(<bytes>cti) != 16:
+        return None
+    if not _is_uint(uptime):
         return None
     agent_digest = ""
     for x in agent_meas:
@@ -865,8 +952,8 @@ cdef object _claims_fast(dict claims):
         "source_health": sources,
         "degraded": degraded,
         "issued_at": iat,
-        "cti": claims.get(7, b""),
-        "uptime_s": claims.get(261, 0),
+        "cti": cti,
+        "uptime_s": uptime,
         "bootcount": bootcount,
         "nonce": nonce,
         "agent_version": str(agent_ver[0]) if agent_ver else "",

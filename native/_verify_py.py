@@ -23,23 +23,16 @@ Four functions, with semantics the compiled twin must match on every input
     and every submodule but ``agent``) are left out of the map once they have
     decoded (the compiled twin checks them without building them).
 
-``loads_claims_within(data, max_depth, max_items)``
-    ``loads_claims(data)`` when ``data`` is within the limits of
-    ``agent.cbor_limits.check_cbor`` (counted as ``native.cbor_scan`` counts
-    them) and on the compiled decoder's fast path, else ``None``: the caller
-    then checks the limits itself and calls ``loads_claims``. One pass instead
-    of a scan and a decode. This twin always answers ``None``.
-
 ``sig_structure(protected, payload)``
     The bytes a COSE_Sign1 signature covers (RFC 9052 §4.4):
     ``["Signature1", protected, h'', payload]`` in the shortest CBOR encoding,
     the same bytes as ``cbor2.dumps``.
 
 ``split_sign1(raw)``
-    ``(protected, payload, signature)`` when ``raw`` is exactly the common
-    COSE_Sign1 shape ``18([bstr, {}, bstr, bstr])`` (definite lengths, nothing
-    after it), else ``None`` (``agent.cose`` then decodes it in full and words
-    what is wrong). Everything accepted here decodes to the same values there.
+    ``(protected, payload, signature)`` when ``raw`` is exactly the profile's
+    COSE_Sign1 envelope ``18([bstr, {}, bstr, bstr])`` in its one byte form
+    (shortest heads, definite lengths, nothing after it), else ``None``
+    (``agent.cose`` then rejects it, saying what is wrong).
 
 ``claims_fields(claims)``
     Check a verified claims set (a decoded CWT map) against the layout of
@@ -62,6 +55,7 @@ Four functions, with semantics the compiled twin must match on every input
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -76,7 +70,6 @@ __all__ = [
     "evidence_from_claims",
     "loads",
     "loads_claims",
-    "loads_claims_within",
     "sig_structure",
     "split_sign1",
     "trim_claims",
@@ -112,12 +105,6 @@ def loads_claims(data: bytes) -> Any:
     return trim_claims(loads(data))
 
 
-def loads_claims_within(data: bytes, max_depth: int, max_items: int) -> Any:
-    if not 0 <= max_depth <= 64:
-        raise ValueError("max_depth must be 0..64")
-    return None
-
-
 def _bstr_head(n: int) -> bytes:
     """RFC 8949 §3.1 head of a byte string of length ``n`` (major type 2, shortest form)."""
     if n < 24:
@@ -147,6 +134,9 @@ def sig_structure(protected: bytes, payload: bytes) -> bytes:
     )
 
 
+_MIN_LEN = (24, 0x100, 0x10000, 0x100000000)  # the shortest head for ai 24..27
+
+
 def _bstr(raw: bytes, pos: int) -> tuple[bytes, int] | None:
     """The byte string whose head is at ``pos`` and the position after it, or None."""
     if pos >= len(raw) or raw[pos] >> 5 != 2:
@@ -161,6 +151,8 @@ def _bstr(raw: bytes, pos: int) -> tuple[bytes, int] | None:
             return None
         n = int.from_bytes(raw[pos : pos + width], "big")
         pos += width
+        if n < _MIN_LEN[ai - 24]:  # not the shortest head: one byte form per message
+            return None
     else:  # indefinite length (31) or reserved
         return None
     if n > len(raw) - pos:
@@ -251,6 +243,12 @@ SEQ, PREV, CHECKPOINT, WINDOW, CONFIG, RULES, RISK, HEALTH, DEVICE, READINGS, DE
     1, 12
 )
 EAT_PROFILE = "tag:edgegov.org,2026:eat-profile:v1"
+# Ranges (docs/attestation-profile.md, *Claims*): integers within 64 bits, as every
+# int64 reader (SQLite, JSON consumers in other languages) holds them; times from the
+# epoch to the last millisecond ISO 8601 and Python's datetime can write.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_TIME_S = MAX_TIME_MS // 1000
 _TUF_ROLES = ("root", "timestamp", "snapshot", "targets")
 
 
@@ -297,6 +295,36 @@ def _seq(m: Mapping[Any, Any], key: Any, where: str) -> list[Any] | tuple[Any, .
     return v if t is list or t is tuple else _get(m, key, (list, tuple), where)  # type: ignore[no-any-return]
 
 
+def _uint(m: Mapping[Any, Any], key: Any, where: str) -> int:
+    v = _int(m, key, where)
+    if not 0 <= v <= INT_MAX:
+        raise ClaimsError(f"claim {where} is {v}, outside 0..2^63-1")
+    return v
+
+
+def _is_time(v: Any, limit: int = MAX_TIME_MS) -> bool:
+    return type(v) is int and 0 <= v <= limit
+
+
+def _time(v: Any, where: str, *, null: bool = False) -> Any:
+    """A time in ms (the profile's range), or None where ``null``."""
+    if (v is None and null) or _is_time(v):
+        return v
+    raise ClaimsError(f"claim {where} must be a time in ms (0..{MAX_TIME_MS}), not {_show(v)}")
+
+
+def _show(v: Any) -> str:
+    """A claim value for a message: short, whatever a hostile device put there."""
+    r = repr(v) if type(v) in (int, float, bool, type(None)) else type(v).__name__
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _score(v: Any) -> float | None:
+    if v is None or (type(v) is float and 0.0 <= v <= 1.0):  # NaN fails both comparisons
+        return v
+    raise ClaimsError(f"claim -70001/7 score must be a float in [0, 1] or null, not {_show(v)}")
+
+
 def _episodes(raw: Any) -> tuple[tuple[int, int | None, float | None], ...]:
     """Claim -70001/6 key 7: ``[* [start_ms, end_ms / null, peak / null]]``."""
     if not isinstance(raw, (list, tuple)):
@@ -306,15 +334,23 @@ def _episodes(raw: Any) -> tuple[tuple[int, int | None, float | None], ...]:
         ok = (
             isinstance(e, (list, tuple))
             and len(e) == 3
-            and isinstance(e[0], int)
-            and (e[1] is None or isinstance(e[1], int))
-            and (e[2] is None or isinstance(e[2], (int, float)))
-            and not any(isinstance(x, bool) for x in e)
+            and _is_time(e[0])
+            and (e[1] is None or _is_time(e[1]))
+            and (e[2] is None or _is_number(e[2]))
         )
         if not ok:
-            raise ClaimsError("claim -70001/6 episode must be [start_ms, end_ms, peak]")
+            raise ClaimsError(
+                "claim -70001/6 episode must be [start_ms, end_ms / null, peak / null] "
+                f"(times 0..{MAX_TIME_MS}, a finite peak)"
+            )
         out.append((e[0], e[1], None if e[2] is None else float(e[2])))
     return tuple(out)
+
+
+def _is_number(v: Any) -> bool:
+    """A finite float, or an integer within 64 bits (never a bool)."""
+    t = type(v)
+    return (t is float and math.isfinite(v)) or (t is int and INT_MIN <= v <= INT_MAX)
 
 
 def _fleet_config(cfg: Mapping[Any, Any], out: dict[str, Any]) -> None:
@@ -325,7 +361,9 @@ def _fleet_config(cfg: Mapping[Any, Any], out: dict[str, Any]) -> None:
     out["tuf"] = out["targets"] = out["changed"] = None
     if 6 in cfg:
         v = _map(cfg, 6, "-70001/5 tuf versions")
-        if sorted(v) != [1, 2, 3, 4] or not all(type(x) is int for x in v.values()):
+        if sorted(v) != [1, 2, 3, 4] or not all(
+            type(x) is int and 0 <= x <= INT_MAX for x in v.values()
+        ):
             raise ClaimsError("claim -70001/5 key 6 must be {1..4: TUF version}")
         out["tuf"] = {r: v[i] for i, r in enumerate(_TUF_ROLES, 1)}
     if 7 in cfg:
@@ -335,7 +373,7 @@ def _fleet_config(cfg: Mapping[Any, Any], out: dict[str, Any]) -> None:
         out["targets"] = {k: d.hex() for k, d in t.items()}
     if 8 in cfg:
         c = _seq(cfg, 8, "-70001/5 change")
-        if len(c) != 2 or not all(type(x) is int for x in c):
+        if len(c) != 2 or not (type(c[0]) is int and 0 <= c[0] <= INT_MAX and _is_time(c[1])):
             raise ClaimsError("claim -70001/5 key 8 must be [previous version, ms]")
         out["changed"] = (c[0], c[1])
     out["state_in"] = None
@@ -351,9 +389,10 @@ def _health_counters(h: Mapping[Any, Any]) -> dict[str, int]:
     for k, v in h.items():
         if k == "sources":
             continue
-        exact = type(k) is str and type(v) is int
-        if not exact and (not isinstance(k, str) or not isinstance(v, int) or isinstance(v, bool)):
-            raise ClaimsError(f"claim -70001/8 health: {k!r} must be a text key with an int")
+        if not (type(k) is str and type(v) is int and INT_MIN <= v <= INT_MAX):
+            raise ClaimsError(
+                f"claim -70001/8 health: {_show(k)} must be a text key with a 64-bit integer"
+            )
         out[k] = v
     return out
 
@@ -364,7 +403,68 @@ def _health_sources(h: Mapping[Any, Any]) -> tuple[Mapping[str, Any], ...]:
         isinstance(r, Mapping) and isinstance(r.get("source"), str) for r in recs
     ):
         raise ClaimsError("claim -70001/8 health.sources must be a list of source records")
+    for r in recs:
+        bad = record_problem(r)
+        if bad:
+            raise ClaimsError(f"claim -70001/8 health.sources {_show(r['source'])}: {bad}")
     return tuple(recs)
+
+
+_U32 = 2**32 - 1  # frame seq numbers (firmware_bridge/PROTOCOL.md)
+
+
+def _pairs(v: Any, ok: Any) -> bool:
+    return type(v) is list and all(
+        type(p) is list and len(p) == 2 and ok(p[0]) and ok(p[1]) for p in v
+    )
+
+
+def _is_seq32(v: Any) -> bool:
+    return type(v) is int and 0 <= v <= _U32
+
+
+def record_problem(r: Mapping[Any, Any]) -> str:
+    """What is wrong with one source record of the health claim (``""``: nothing).
+
+    The layout of ``docs/attestation-profile.md`` (*Health per source*): text for
+    source, protocol and port, text or null for device, ``gaps`` as frame seq pairs,
+    ``offline`` as [start_ms, end_ms] with start <= end, ``problems`` as text, every
+    other key a 64-bit integer counter.
+    """
+    for k, v in r.items():
+        if type(k) is not str:
+            return f"key {_show(k)} is not text"
+        if k == "source" or k == "protocol" or k == "port":
+            ok = type(v) is str
+        elif k == "device":
+            ok = v is None or type(v) is str
+        elif k == "gaps":
+            ok = _pairs(v, _is_seq32)
+        elif k == "offline":
+            ok = _pairs(v, _is_time) and all(a <= b for a, b in v)
+        elif k == "problems":
+            ok = type(v) is list and all(type(x) is str for x in v)
+        else:
+            ok = type(v) is int and INT_MIN <= v <= INT_MAX
+        if not ok:
+            return f"{k} has a value outside the profile ({_show(v)})"
+    return ""
+
+
+def _iat(claims: Mapping[Any, Any]) -> int:
+    v = _int(claims, IAT, "iat (6)")
+    if not _is_time(v, MAX_TIME_S):
+        raise ClaimsError(f"claim iat (6) is {v}, outside 0..{MAX_TIME_S} s")
+    return v
+
+
+def _cti(claims: Mapping[Any, Any]) -> bytes:
+    v = claims.get(CTI, _MISSING)
+    if v is _MISSING:
+        return b""
+    if type(v) is not bytes or len(v) != 16:
+        raise ClaimsError("claim cti (7) must be a 16-byte string")
+    return v
 
 
 def _digest_of(measurements: Any) -> str:
@@ -382,17 +482,21 @@ def claims_fields(claims: Mapping[Any, Any]) -> ClaimsFields:
     p = _map(claims, EDGEGOV, "edgegov (-70001)")
     cp = _map(p, CHECKPOINT, "-70001/3 checkpoint")
     win = _seq(p, WINDOW, "-70001/4 window")
-    if len(win) != 2 or not all(isinstance(x, int) for x in win):
-        raise ClaimsError("claim -70001/4 window must be [start_ms, end_ms]")
+    if len(win) != 2 or not all(_is_time(x) for x in win):
+        raise ClaimsError(
+            f"claim -70001/4 window must be [start_ms, end_ms], times 0..{MAX_TIME_MS}"
+        )
     cfg = _map(p, CONFIG, "-70001/5 config")
     rules = []
     for r in _seq(p, RULES, "-70001/6 rules"):
         if not isinstance(r, Mapping):
             raise ClaimsError("claim -70001/6 rules must hold maps")
         rule_id = _str(r, 1, "-70001/6 rule id")
-        evaluated = _int(r, 2, "-70001/6 evaluated")
-        violated = _int(r, 3, "-70001/6 violated")
-        errors = _int(r, 4, "-70001/6 errors")
+        evaluated = _uint(r, 2, "-70001/6 evaluated")
+        violated = _uint(r, 3, "-70001/6 violated")
+        errors = _uint(r, 4, "-70001/6 errors")
+        first = _time(r.get(5), "-70001/6 first violation", null=True)
+        last = _time(r.get(6), "-70001/6 last violation", null=True)
         eps = r.get(7, ())
         rules.append(
             {
@@ -400,8 +504,8 @@ def claims_fields(claims: Mapping[Any, Any]) -> ClaimsFields:
                 "evaluated": evaluated,
                 "violated": violated,
                 "errors": errors,
-                "first_violation_ms": r.get(5),
-                "last_violation_ms": r.get(6),
+                "first_violation_ms": first,
+                "last_violation_ms": last,
                 "episodes": _episodes(eps) if eps or type(eps) is not list else (),
             }
         )
@@ -410,8 +514,11 @@ def claims_fields(claims: Mapping[Any, Any]) -> ClaimsFields:
         if not isinstance(r, Mapping):
             raise ClaimsError("claim -70001/7 risk must hold maps")
         model_id = _str(r, 1, "-70001/7 model id")
-        score = r.get(2)
+        score = _score(r.get(2))
         provider = _str(r, 3, "-70001/7 provider")
+        reason = r.get(4, "")
+        if type(reason) is not str:
+            raise ClaimsError("claim -70001/7 reason must be text")
         ood = r.get(5)
         if ood is not None:
             if not isinstance(ood, list) or not all(isinstance(n, str) for n in ood):
@@ -422,7 +529,7 @@ def claims_fields(claims: Mapping[Any, Any]) -> ClaimsFields:
                 "model_id": model_id,
                 "score": score,
                 "provider": provider,
-                "reason": r.get(4, ""),
+                "reason": reason,
                 "ood": ood,
             }
         )
@@ -444,17 +551,17 @@ def claims_fields(claims: Mapping[Any, Any]) -> ClaimsFields:
     agent_ver = _seq(agent, SWVERSION, "submods agent swversion (271)")
     agent_meas = _seq(agent, MEASUREMENTS, "submods agent measurements (273)")
     device_id = _str(p, DEVICE, "-70001/9 device")
-    seq = _int(p, SEQ, "-70001/1 seq")
-    readings = _int(p, READINGS, "-70001/10 readings")
+    seq = _uint(p, SEQ, "-70001/1 seq")
+    readings = _uint(p, READINGS, "-70001/10 readings")
     checkpoint = {
         "origin": _str(cp, 1, "-70001/3 origin"),
-        "size": _int(cp, 2, "-70001/3 size"),
+        "size": _uint(cp, 2, "-70001/3 size"),
         "root": root,
-        "prev_size": _int(cp, 4, "-70001/3 prev_size"),
+        "prev_size": _uint(cp, 4, "-70001/3 prev_size"),
         "consistency": proof,
     }
     policy_id = _str(cfg, 1, "-70001/5 policy id")
-    policy_version = _int(cfg, 2, "-70001/5 policy version")
+    policy_version = _uint(cfg, 2, "-70001/5 policy version")
     policy_digest = _bytes(cfg, 3, "-70001/5 policy digest").hex()
     models = _map(cfg, 4, "-70001/5 models")
     if not all(type(k) is str and type(d) is bytes for k, d in models.items()):
@@ -464,7 +571,7 @@ def claims_fields(claims: Mapping[Any, Any]) -> ClaimsFields:
         "policy_version": policy_version,
         "policy_digest": policy_digest,
         "model_digests": {k: v.hex() for k, v in models.items()},
-        "config_version": cfg.get(5, 0),
+        "config_version": _uint(cfg, 5, "-70001/5 config version") if 5 in cfg else 0,
     }
     _fleet_config(cfg, config)
     health = _map(p, HEALTH, "-70001/8 health")
@@ -483,10 +590,10 @@ def claims_fields(claims: Mapping[Any, Any]) -> ClaimsFields:
         "health": counters,
         "source_health": sources,
         "degraded": tuple(degraded),
-        "issued_at": _int(claims, IAT, "iat (6)"),
-        "cti": claims.get(CTI, b""),
-        "uptime_s": claims.get(UPTIME, 0),
-        "bootcount": _int(claims, BOOTCOUNT, "bootcount (267)"),
+        "issued_at": _iat(claims),
+        "cti": _cti(claims),
+        "uptime_s": _uint(claims, UPTIME, "uptime (261)") if UPTIME in claims else 0,
+        "bootcount": _uint(claims, BOOTCOUNT, "bootcount (267)"),
         "nonce": nonce,
         "agent_version": str(agent_ver[0]) if agent_ver else "",
         "agent_digest": _digest_of(agent_meas),

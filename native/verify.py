@@ -20,7 +20,6 @@ __all__ = [
     "evidence_from_claims",
     "loads",
     "loads_claims",
-    "loads_claims_within",
     "sig_structure",
     "split_sign1",
 ]
@@ -34,7 +33,6 @@ if not _PURE:
         evidence_from_claims,
         loads,
         loads_claims,
-        loads_claims_within,
         sig_structure,
         split_sign1,
     )
@@ -45,7 +43,6 @@ else:
         evidence_from_claims,
         loads,
         loads_claims,
-        loads_claims_within,
         sig_structure,
         split_sign1,
     )

@@ -407,10 +407,6 @@ def test_loads_claims_twins_agree_and_only_drop_unread_claims(claims, canonical)
     got = c.loads_claims(data)
     assert _same(got, p.loads_claims(data))
     assert _same(got, p.trim_claims(cbor2.loads(data)))
-    within = c.loads_claims_within(data, MAX_DEPTH, MAX_ITEMS)
-    if within is not None:  # the one-pass path: only for what passes the limit check
-        check_cbor(data, "payload")
-        assert _same(within, got)
 
 
 @settings(max_examples=400, deadline=None)
@@ -421,19 +417,6 @@ def test_loads_claims_twins_agree_on_arbitrary_bytes(data):
     (kc, vc), (kp, vp) = _outcome(c.loads_claims, data), _outcome(p.loads_claims, data)
     assert kc == kp
     assert _same(vc, vp) if kc == "ok" else vc == vp
-    within = c.loads_claims_within(b"\xa1" + data, 16, 64)
-    if within is not None:
-        check_cbor(b"\xa1" + data, "payload", max_depth=16, max_items=64)
-
-
-@pytest.mark.parametrize(("depth", "items"), [(1, 3), (2, 100), (3, 3), (16, 2)])
-def test_loads_claims_within_refuses_what_the_limits_refuse(depth, items):
-    c = importlib.import_module("native._verify")
-    data = cbor2.dumps({1: [[2]], 266: {"agent": {270: "a"}}})  # 3 deep, 8 items
-    fits = depth >= 4 and items >= 8
-    assert (c.loads_claims_within(data, depth, items) is not None) == fits
-    code_ok = importlib.import_module("native._cbor_scan_py").scan(data, depth, items)[0] == 0
-    assert code_ok == fits
 
 
 def test_short_text_cache_survives_collisions():
@@ -457,9 +440,9 @@ def test_protected_header_cache_keeps_rejecting_bad_headers():
     for _ in range(2):
         with pytest.raises(VerificationError, match="kid missing"):
             decode_sign1(bad)
-    good = cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: -8, 4: b"k"}), {}, b"p", b"s" * 64]))
+    good = cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: -8, 4: b"k" * 16}), {}, b"p", b"s" * 64]))
     assert decode_sign1(good) == decode_sign1(good)
-    assert decode_sign1(good).kid == b"k" and decode_sign1(good).alg == -8
+    assert decode_sign1(good).kid == b"k" * 16 and decode_sign1(good).alg == -8
 
 
 @pytest.mark.parametrize("rich", [False, True])

@@ -84,17 +84,18 @@ def test_rule_episodes_round_trip_through_the_claims() -> None:
 
     rules = (
         RuleResult(
-            "temp-2-8", 10, 4, 1, 1000, 4000,
-            (RuleEpisode(-5000, 2000, 11.5), RuleEpisode(3000, None, None)),
-        ),
+            "temp-2-8", 10, 4, 1, 11000, 14000,
+            (RuleEpisode(5000, 12000, 11.5), RuleEpisode(13000, None, None)),
+        ),  # the first episode began before the window [10000, 15000)
         RuleResult("door", 10, 0, 0),
     )  # fmt: skip
     ev = Evidence(
-        "gw", 0, None, 0, 5000, 10, Checkpoint("o", 10, bytes(32)),
-        ConfigInForce("p", 1, "00" * 32, {}), rules, (), {"frames_ok": 10},
+        "gw", 0, None, 10000, 15000, 10, Checkpoint("o", 10, bytes(32)),
+        ConfigInForce("p", 1, "00" * 32, {}), rules, (), {"frames_ok": 10}, cti=bytes(16),
     )  # fmt: skip
     claims = cbor2.loads(encode_claims(ev))
     assert parse_claims(claims).rules == rules
-    claims[-70001][6][0][7] = [[1, "x", None]]
-    with pytest.raises(VerificationError, match="episode"):
-        parse_claims(claims)
+    for bad in ([1, "x", None], [-1, None, None], [1, None, float("nan")]):
+        claims[-70001][6][0][7] = [bad]
+        with pytest.raises(VerificationError, match="episode"):
+            parse_claims(claims)

@@ -33,12 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import cbor2
+
 from agent.attestation import EDGEGOV, ConfigInForce, Evidence, parse_claims
 from agent.audit.trust import CertificateError, RevokedKey, TrustStore, UnknownKey
-from agent.cose import AlgorithmMismatch, Sign1, decode_sign1
+from agent.cbor_limits import check_cbor
+from agent.cose import AlgorithmMismatch, HighS, Sign1, decode_sign1
 from agent.errors import Error, VerificationError
 from agent.keys import PublicKey
 from agent.merkle import ProofError, verify_consistency
+from native.cbor_scan import scan
 
 if TYPE_CHECKING:
     from agent.audit.analysis import Analysis, DeviceAnalysis
@@ -62,7 +66,10 @@ class Finding:
 
     ``label_from`` is empty when device and seq come from a verified attestation;
     otherwise it says where the unverified label was read (a message that failed
-    verification proves nothing, not even whose it is).
+    verification proves nothing, not even whose it is). A finding about two
+    attestations (a link of the chain, a fork, a reordering) has ``file`` for the one
+    to blame where that can be decided, else the later one, and ``related`` for the
+    other.
     """
 
     device: str
@@ -71,6 +78,7 @@ class Finding:
     detail: str
     file: str = ""
     label_from: str = ""
+    related: str = ""  # the other attestation's file, for a finding about two of them
 
     @property
     def code(self) -> str:  # the name the first version of the JSON used
@@ -87,6 +95,7 @@ class Finding:
             "kind": self.kind,
             "detail": self.detail,
             "file": self.file,
+            "related_file": self.related or None,
             "label_verified": not self.label_from,
             "label_from": self.label_from or None,
             "code": self.kind,
@@ -97,7 +106,8 @@ class Finding:
         where = f"{self.device} seq {self.seq}" if self.seq is not None else self.device
         if self.label_from:
             where += f" (unverified, {self.label_from})"
-        return f"[{self.kind}] {where}: {self.detail}" + (f" ({self.file})" if self.file else "")
+        files = ", see also ".join(f for f in (self.file, self.related) if f)
+        return f"[{self.kind}] {where}: {self.detail}" + (f" ({files})" if files else "")
 
 
 class Message(NamedTuple):
@@ -176,6 +186,7 @@ class _Entry(NamedTuple):  # a tuple: built once per attestation (issue 6 measur
     file: str
     signer: str
     order: int  # position in the input (delivery order)
+    copy_of: str = ""  # a byte-identical copy: the file of the first delivery
 
 
 def collect_files(paths: Iterable[Path]) -> list[Path]:
@@ -230,6 +241,7 @@ def verify_messages(
     res = AuditResult()
     logs: dict[str, list[_Entry]] = defaultdict(list)
     known: dict[bytes, _Entry] = {}
+    rejected: list[tuple[int, str, str]] = []  # (order, file, device label)
     for order, m in enumerate(messages):
         raw, src, via = m[0], m[1], m[2]
         res.files += 1
@@ -237,10 +249,11 @@ def verify_messages(
         if entry is None:
             entry = _verify_one(m, order, trust, res.findings)
             if entry is None:
+                rejected.append((order, src, res.findings[-1].device))
                 continue
             known[raw] = entry
         else:
-            entry = entry._replace(file=src, order=order)
+            entry = entry._replace(file=src, order=order, copy_of=entry.file)
         res.verified += 1
         ev = entry.ev
         expected = device or via
@@ -258,7 +271,9 @@ def verify_messages(
             continue
         logs[ev.checkpoint.origin].append(entry)
     for origin, entries in sorted(logs.items()):
-        res.logs.append(_check_log(origin, entries, res.findings, trust))
+        dev = entries[0].ev.device_id
+        here = [(o, f) for o, f, d in rejected if d in (dev, "?")]
+        res.logs.append(_check_log(origin, entries, res.findings, trust, here))
     return res
 
 
@@ -294,6 +309,9 @@ def _verify_one(
         msg.verify(tk.key)
     except AlgorithmMismatch as e:
         bad("ALG_MISMATCH", str(e))
+        return None
+    except HighS as e:
+        bad("INVALID", str(e))
         return None
     except VerificationError as e:
         bad("BAD_SIGNATURE", str(e))
@@ -338,8 +356,8 @@ def _unverified(
         how = m.hint_from
     if device is not None and not how:
         how = "the device it was delivered for"
-    if (device is None or seq is None) and msg is not None:
-        peeked = _peek(msg)
+    if device is None or seq is None:
+        peeked = _peek(msg.payload if msg is not None else _payload_of(m[0]))
         if peeked is not None:
             device = device or peeked[0]
             seq = peeked[1] if seq is None else seq
@@ -349,73 +367,123 @@ def _unverified(
     return Finding(device, seq, kind, detail, m[1], how or "unknown")
 
 
-def _peek(msg: Sign1) -> tuple[str | None, int | None] | None:
-    """Device and seq as the payload claims them, for a label only (never trusted)."""
+def _payload_of(raw: bytes) -> bytes | None:
+    """The payload of a message whose envelope was refused, read leniently, for a label."""
+    if scan(raw, 4, 64)[0] not in (0, 9):  # within the limits; bytes after it are ignored
+        return None
     try:
-        ours = msg.claims().get(EDGEGOV)
-    except (VerificationError, ValueError, TypeError, KeyError, RecursionError):
+        obj = cbor2.loads(raw)
+    except (cbor2.CBORDecodeError, ValueError, RecursionError):
+        return None
+    parts = obj.value if isinstance(obj, cbor2.CBORTag) else obj
+    if isinstance(parts, (list, tuple)) and len(parts) == 4 and isinstance(parts[2], bytes):
+        return parts[2]
+    return None
+
+
+def _peek(payload: bytes | None) -> tuple[str | None, int | None] | None:
+    """Device and seq as the payload claims them, for a label only (never trusted)."""
+    if payload is None:
+        return None
+    try:
+        check_cbor(payload, "payload")
+        claims = cbor2.loads(payload)
+        ours = claims.get(EDGEGOV) if isinstance(claims, dict) else None
+    except (VerificationError, cbor2.CBORDecodeError, ValueError, TypeError, RecursionError):
         return None
     if not isinstance(ours, dict):
         return None
     dev, seq = ours.get(9), ours.get(1)
     return (
         dev if isinstance(dev, str) and dev else None,
-        seq if type(seq) is int and seq >= 0 else None,
+        seq if type(seq) is int and 0 <= seq < 2**63 else None,
     )
 
 
 def _check_log(
-    origin: str, entries: list[_Entry], findings: list[Finding], trust: TrustStore
+    origin: str,
+    entries: list[_Entry],
+    findings: list[Finding],
+    trust: TrustStore,
+    rejected: Sequence[tuple[int, str]] = (),
 ) -> VerifiedLog:
+    """One log's chain: ``entries`` as verified (delivery order in ``order``), and the
+    messages ``rejected`` before they could be assigned to a log ((order, file): named
+    where they stand in place of a missing seq)."""
     entries.sort(key=_order)  # delivery order (verify_messages appends in it already)
+    delivered = list(entries)
+    copies = [e for e in entries if e.copy_of]  # byte-identical redeliveries
     dev = entries[0].ev.device_id
     # Reordering: seq numbers that arrived after a higher one of the same log. A seq seen
     # before is a copy (redelivery) or a fork, never a reordering.
-    high = -1
+    high: _Entry | None = None
     seen: set[int] = set()
     for e in entries:
         seq = e.ev.seq
-        if seq < high and seq not in seen:
+        if high is not None and seq < high.ev.seq and seq not in seen:
             findings.append(
-                Finding(dev, seq, "REORDER", f"delivered after seq {high} of this log", e.file)
+                Finding(
+                    dev,
+                    seq,
+                    "REORDER",
+                    f"delivered after seq {high.ev.seq} of this log ({_copies_of(high, copies)})",
+                    e.file,
+                    related=high.file,
+                )
             )
-        if seq > high:
-            high = seq
+        if high is None or seq > high.ev.seq:
+            high = e
         seen.add(seq)
     entries.sort(key=_seq)  # stable: equal seqs stay in delivery order
     first = entries[0].ev
     log = VerifiedLog(origin, first.device_id, entries[0].signer, [])
-    chain = log.evidence
     dev = first.device_id
-    prev_ev: Evidence | None = None
-    prev_raw = b""
-    same_seq: set[bytes] = set()  # the distinct messages of prev_ev's seq (forks)
-    last_cfg: ConfigInForce | None = None
-    seen_configs: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    # One entry per seq (the first delivered); later different ones are forks.
+    chain: list[_Entry] = []
+    for entry in entries:
+        if chain and entry.ev.seq == chain[-1].ev.seq:
+            if entry.copy_of or entry.raw == chain[-1].raw:
+                log.redelivered += 1  # QoS 1 at-least-once: the same evidence again
+            else:
+                findings.append(
+                    Finding(
+                        dev,
+                        entry.ev.seq,
+                        "FORK",
+                        "two different attestations carry this seq",
+                        entry.file,
+                        related=chain[-1].file,
+                    )
+                )
+            continue
+        chain.append(entry)
+    log.evidence.extend(e.ev for e in chain)
     if first.seq != 0:
+        start = (
+            f"log {origin} starts at seq {first.seq} ({_copies_of(chain[0], copies)}): "
+            f"seq 0..{first.seq - 1} are missing"
+        )
+        early = [e for e in delivered if e.order < chain[0].order]
         findings.append(
             Finding(
                 dev,
                 first.seq,
                 "CHAIN_START",
-                f"log {origin} starts at seq {first.seq}: seq 0..{first.seq - 1} are missing",
-                entries[0].file,
+                f"{start}; delivered in their place: {_misplaced(early[0], copies)}",
+                early[0].file,
+                related=chain[0].file,
             )
+            if early
+            else Finding(dev, first.seq, "CHAIN_START", start, chain[0].file)
         )
-    for entry in entries:
-        ev, raw, file = entry.ev, entry.raw, entry.file
+    last_cfg: ConfigInForce | None = None
+    seen_configs: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    for entry in chain:  # what each attestation says of itself
+        ev = entry.ev
 
         def add(kind: str, msg: str) -> None:
-            findings.append(Finding(dev, ev.seq, kind, msg, file))  # noqa: B023
+            findings.append(Finding(dev, ev.seq, kind, msg, entry.file))  # noqa: B023
 
-        if prev_ev is not None and ev.seq == prev_ev.seq:
-            if raw == prev_raw or raw in same_seq:
-                log.redelivered += 1  # QoS 1 at-least-once: the same evidence again
-            else:
-                same_seq.add(raw)
-                add("FORK", "two different attestations carry this seq")
-            continue
-        same_seq.clear()
         if ev.device_id != dev:
             add("DEVICE_MISMATCH", f"log {origin} mixes devices {dev} and {ev.device_id}")
         cfg = ev.config
@@ -429,44 +497,179 @@ def _check_log(
                 f"log size {cp.size} != previous size {cp.prev_size} + "
                 f"{ev.readings} readings in this window",
             )
-        if prev_ev is not None:
-            if ev.seq != prev_ev.seq + 1:
-                add("CHAIN_GAP", f"seq {prev_ev.seq + 1}..{ev.seq - 1} are missing")
-            else:
-                if ev.prev != _sha256(prev_raw).digest():
-                    add("PREV_MISMATCH", f"prev does not hash the attestation seq {prev_ev.seq}")
-                if cp.prev_size != prev_ev.checkpoint.size:
-                    add(
-                        "CHECKPOINT",
-                        f"previous size {cp.prev_size} != size {prev_ev.checkpoint.size} "
-                        f"at seq {prev_ev.seq}",
-                    )
-                else:
-                    _check_consistency(prev_ev, ev, add)
-            if ev.window_start_ms < prev_ev.window_end_ms:
-                add(
-                    "WINDOW_ORDER",
-                    f"window starts at {ev.window_start_ms}, before the previous "
-                    f"one ended ({prev_ev.window_end_ms})",
-                )
-            if ev.issued_at < prev_ev.issued_at:
-                add("TIME_ORDER", f"iat {ev.issued_at} is before seq {prev_ev.seq}'s")
-            if ev.bootcount < prev_ev.bootcount:
-                add(
-                    "BOOTCOUNT",
-                    f"bootcount dropped from {prev_ev.bootcount} to {ev.bootcount}",
-                )
-        elif ev.seq == 0:
+        if ev.seq == 0:
             if ev.prev is not None:
                 add("PREV_MISMATCH", "seq 0 must have no prev")
             if cp.prev_size != 0:
                 add("CHECKPOINT", f"seq 0 continues a log of size {cp.prev_size}")
         if ev.window_end_ms <= ev.window_start_ms:
             add("WINDOW_ORDER", "window ends before it starts")
-        chain.append(ev)
-        prev_ev, prev_raw = ev, raw
-        same_seq.add(raw)
+    # The links between neighbours: for each broken one, which side to blame (_blame).
+    links = [_link_problems(a, b) for a, b in zip(chain, chain[1:])]
+    for i, problems in enumerate(links):
+        a, b = chain[i], chain[i + 1]
+        if a.ev.seq + 1 != b.ev.seq:
+            findings.append(_gap(dev, a, b, delivered, copies, rejected))
+        elif problems:
+            blame, other, why = _blame(chain, links, i)
+            for kind, detail in problems:
+                findings.append(
+                    Finding(dev, blame.ev.seq, kind, detail + why, blame.file, related=other.file)
+                )
     return log
+
+
+def _blame(
+    chain: Sequence[_Entry], links: Sequence[list[tuple[str, str]]], i: int
+) -> tuple[_Entry, _Entry, str]:
+    """For the broken link between ``chain[i]`` (a) and ``chain[i + 1]`` (b): the one to
+    blame, the other, and why (empty: it cannot be decided, and the later one is named).
+
+    1. An attestation whose links on *both* sides break, while the links beyond hold, is
+       the one out of line (planted, or signed out of turn).
+    2. Else, for what must not go backwards (iat, bootcount, windows): the one that fits
+       neither between its neighbours (a's iat is ahead of b and of b's successor, while
+       b fits after a's predecessor: a is out of line).
+    """
+    a, b = chain[i], chain[i + 1]
+
+    def fails(j: int) -> bool:  # a link beside a gap proves nothing either way
+        return 0 <= j < len(links) and bool(links[j]) and links[j][0][0] != "CHAIN_GAP"
+
+    def holds(j: int) -> bool:
+        return not 0 <= j < len(links) or not links[j]
+
+    if fails(i - 1) and holds(i + 1) and holds(i - 2):
+        return a, b, f"; seq {a.ev.seq} breaks the chain on both sides, its neighbours do not"
+    if fails(i + 1) and holds(i - 1) and holds(i + 2):
+        return b, a, f"; seq {b.ev.seq} breaks the chain on both sides, its neighbours do not"
+    p = chain[i - 1].ev if i > 0 else None
+    n = chain[i + 2].ev if i + 2 < len(chain) else None
+    for order in _ORDERS:
+        if order(a.ev, b.ev):
+            continue
+        a_out = p is not None and p.seq + 1 == a.ev.seq and order(p, b.ev)
+        b_out = n is not None and n.seq == b.ev.seq + 1 and order(a.ev, n)
+        if a_out != b_out:
+            odd, fine = (a, b) if a_out else (b, a)
+            return odd, fine, f"; seq {odd.ev.seq} is out of order with both its neighbours"
+    return b, a, ""
+
+
+def _iat_order(p: Evidence, q: Evidence) -> bool:
+    return p.issued_at <= q.issued_at
+
+
+def _boot_order(p: Evidence, q: Evidence) -> bool:
+    return p.bootcount <= q.bootcount
+
+
+def _window_order(p: Evidence, q: Evidence) -> bool:
+    return p.window_end_ms <= q.window_start_ms
+
+
+# what must not go backwards between neighbours (p before q)
+_ORDERS = (_iat_order, _boot_order, _window_order)
+
+
+def _link_problems(a: _Entry, b: _Entry) -> list[tuple[str, str]]:
+    """What is wrong between neighbours ``a`` (seq n) and ``b`` (seq n + 1)."""
+    if a.ev.seq + 1 != b.ev.seq:
+        return [("CHAIN_GAP", "")]
+    p, ev = a.ev, b.ev
+    out: list[tuple[str, str]] = []
+    if ev.prev != _sha256(a.raw).digest():
+        out.append(("PREV_MISMATCH", f"seq {ev.seq}'s prev does not hash seq {p.seq}"))
+    cp = ev.checkpoint
+    if cp.prev_size != p.checkpoint.size:
+        out.append(
+            (
+                "CHECKPOINT",
+                f"seq {ev.seq}'s previous size {cp.prev_size} != size {p.checkpoint.size} "
+                f"at seq {p.seq}",
+            )
+        )
+    else:
+        _check_consistency(p, ev, lambda kind, msg: out.append((kind, msg)))
+    if ev.window_start_ms < p.window_end_ms:
+        out.append(
+            (
+                "WINDOW_ORDER",
+                f"seq {ev.seq}'s window starts at {ev.window_start_ms}, before seq {p.seq}'s "
+                f"ended ({p.window_end_ms})",
+            )
+        )
+    if ev.issued_at < p.issued_at:
+        out.append(("TIME_ORDER", f"seq {ev.seq}'s iat {ev.issued_at} is before seq {p.seq}'s"))
+    if ev.bootcount < p.bootcount:
+        out.append(
+            (
+                "BOOTCOUNT",
+                f"bootcount dropped from {p.bootcount} at seq {p.seq} to {ev.bootcount} "
+                f"at seq {ev.seq}",
+            )
+        )
+    return out
+
+
+def _gap(
+    dev: str,
+    a: _Entry,
+    b: _Entry,
+    delivered: Sequence[_Entry],
+    copies: Sequence[_Entry],
+    rejected: Sequence[tuple[int, str]],
+) -> Finding:
+    """seq ``a + 1 .. b - 1`` are missing: name what was delivered in their place.
+
+    A message delivered between ``a`` and ``b`` that belongs elsewhere in the chain (a
+    copy of another attestation, one delivered out of order) or that was rejected stands
+    where the missing seq should be: the finding names it (a planted copy, or the
+    attestation a change made unverifiable), else ``b``. The detail names both
+    neighbours' files and their copies (a copy planted over a missing one is often the
+    neighbour's).
+    """
+    missing = (
+        f"seq {a.ev.seq + 1}..{b.ev.seq - 1} are missing between seq {a.ev.seq} "
+        f"({_copies_of(a, copies)}) and seq {b.ev.seq} ({_copies_of(b, copies)})"
+    )
+    lo, hi = min(a.order, b.order), max(a.order, b.order)
+    for e in delivered:
+        if lo < e.order < hi:
+            return Finding(
+                dev,
+                b.ev.seq,
+                "CHAIN_GAP",
+                f"{missing}; delivered in their place: {_misplaced(e, copies)}",
+                e.file,
+                related=b.file,
+            )
+    for order, file in rejected:
+        if lo < order < hi:
+            return Finding(
+                dev,
+                b.ev.seq,
+                "CHAIN_GAP",
+                f"{missing}; delivered in their place: a message that was rejected "
+                "(see its finding)",
+                file,
+                related=b.file,
+            )
+    return Finding(dev, b.ev.seq, "CHAIN_GAP", missing, b.file, related=a.file)
+
+
+def _misplaced(e: _Entry, copies: Sequence[_Entry]) -> str:
+    """A message delivered where another seq was expected, in words."""
+    if e.copy_of:
+        return f"a copy of seq {e.ev.seq} (first delivered in {Path(e.copy_of).name})"
+    return f"seq {e.ev.seq} ({_copies_of(e, copies)}), out of its order"
+
+
+def _copies_of(e: _Entry, copies: Sequence[_Entry]) -> str:
+    """An attestation's file, and the files of its copies, for a finding's detail."""
+    again = [Path(c.file).name for c in copies if c.raw == e.raw and c.file != e.file]
+    name = Path(e.file).name
+    return f"{name}, again in {', '.join(again)}" if again else name
 
 
 def _order(e: _Entry) -> int:
