@@ -636,7 +636,7 @@ cdef bint _record_ok(dict r):
             for x in <list>v:
                 if type(x) is not str:
                     return False
-        elif not _is_int64(v):
+        elif not _is_uint(v):  # a counter
             return False
     return True
 cdef object _CF_SHA256 = _py.CF_SHA256
@@ -895,7 +895,7 @@ cdef object _claims_fast(dict claims):
             return None
         if <str>k == "sources":
             continue
-        if not _is_int64(x):
+        if not _is_uint(x):
             return None
         counters[k] = x
     recs = health.get("sources", _EMPTY)

@@ -389,9 +389,10 @@ def _health_counters(h: Mapping[Any, Any]) -> dict[str, int]:
     for k, v in h.items():
         if k == "sources":
             continue
-        if not (type(k) is str and type(v) is int and INT_MIN <= v <= INT_MAX):
+        if not (type(k) is str and type(v) is int and 0 <= v <= INT_MAX):
             raise ClaimsError(
-                f"claim -70001/8 health: {_show(k)} must be a text key with a 64-bit integer"
+                f"claim -70001/8 health: {_show(k)} must be a text key with a count "
+                "(0..2^63-1)"
             )
         out[k] = v
     return out
@@ -429,7 +430,7 @@ def record_problem(r: Mapping[Any, Any]) -> str:
     The layout of ``docs/attestation-profile.md`` (*Health per source*): text for
     source, protocol and port, text or null for device, ``gaps`` as frame seq pairs,
     ``offline`` as [start_ms, end_ms] with start <= end, ``problems`` as text, every
-    other key a 64-bit integer counter.
+    other key a counter (0..2^63-1).
     """
     for k, v in r.items():
         if type(k) is not str:
@@ -444,8 +445,8 @@ def record_problem(r: Mapping[Any, Any]) -> str:
             ok = _pairs(v, _is_time) and all(a <= b for a, b in v)
         elif k == "problems":
             ok = type(v) is list and all(type(x) is str for x in v)
-        else:
-            ok = type(v) is int and INT_MIN <= v <= INT_MAX
+        else:  # a counter
+            ok = type(v) is int and 0 <= v <= INT_MAX
         if not ok:
             return f"{k} has a value outside the profile ({_show(v)})"
     return ""

@@ -2,7 +2,8 @@
 
 Run from the repository root (``make fuzz-atheris`` installs Atheris and runs it 120 s)::
 
-    .venv/bin/python tests/atheris_verify.py [-atheris_runs=N] [-max_total_time=S] [-seed=1] [CORPUS_DIR]
+    .venv/bin/python tests/atheris_verify.py [-atheris_runs=N] [-max_total_time=S] \
+        [-seed=1] [CORPUS_DIR]
 
 Any libFuzzer flag works. Without ``CORPUS_DIR`` the corpus lives in a temporary
 directory; with one, the seeds are written into it (it is created if missing) and
@@ -58,6 +59,7 @@ if __name__ == "__main__" and os.environ.get("PYTHONHASHSEED") is None:
     os.environ["PYTHONHASHSEED"] = "0"
     os.execv(sys.executable, [sys.executable, *sys.argv])
 
+import dataclasses
 import hashlib
 import math
 import tempfile
@@ -83,8 +85,8 @@ with atheris.instrument_imports(include=["native", "agent"]):
     from agent.cose import decode_sign1
     from agent.errors import VerificationError
 
-import native._cbor_scan as scan_c  # the compiled twins (not instrumented)
-import native._verify as verify_c
+import native._cbor_scan as scan_c  # noqa: E402 (the compiled twins, not instrumented)
+import native._verify as verify_c  # noqa: E402
 
 TARGETS = ("scan", "loads", "envelope", "payload")
 
@@ -104,9 +106,7 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, Mapping):  # dict, and cbor2's frozendict for keys (NaN keys too)
-        return len(a) == len(b) and all(
-            _same(k, j) and _same(a[k], b[j]) for k, j in zip(a, b)
-        )
+        return len(a) == len(b) and all(_same(k, j) and _same(a[k], b[j]) for k, j in zip(a, b))
     if isinstance(a, cbor2.CBORTag):  # CBORTag.__eq__ takes two NaNs for different values
         return a.tag == b.tag and _same(a.value, b.value)
     if hasattr(a, "__dict__") and not isinstance(a, type):
@@ -224,7 +224,7 @@ def fuzz_payload(data: bytes) -> None:
 _FUZZ = (fuzz_scan, fuzz_loads, fuzz_envelope, fuzz_payload)
 
 
-def TestOneInput(raw: bytes) -> None:  # noqa: N802 (Atheris' name)
+def TestOneInput(raw: bytes) -> None:  # Atheris' name
     if not raw:
         return
     _FUZZ[raw[0] % len(_FUZZ)](raw[1:])
@@ -264,11 +264,64 @@ def _seed_messages() -> list[bytes]:
         mock.patch("secrets.token_hex", lambda n=32: token_bytes(n).hex()),
         mock.patch("time.time", lambda: float(next(clock))),
     ):
-        for i, (signer, chain) in enumerate(
-            ((ed, ()), (p256, ()), (ed, (b"\x30\x03\x02\x01\x01",)), (ed, (b"\x30\x00", b"\x30\x01\x00")))
-        ):
+        chains = ((), (), (b"\x30\x03\x02\x01\x01",), (b"\x30\x00", b"\x30\x01\x00"))
+        for i, (signer, chain) in enumerate(zip((ed, p256, ed, ed), chains)):
             msgs += make_stream(Path(tmp) / f"{i}.db", signer, windows=4, x5chain=chain)
-    return msgs
+    return [*msgs, _rich_message(msgs[0], ed)]
+
+
+def _rich_message(first: bytes, signer: Any) -> bytes:
+    """``first`` with every optional claim the stream lacks: rule episodes, the fleet
+    config (TUF versions, targets, change, state), a nonce, source records, a restart."""
+    from agent.attestation import (
+        Restart,
+        RuleEpisode,
+        RuleResult,
+        SourceDowntime,
+        encode_claims,
+    )
+    from agent.cose import encode_sign1
+
+    ev = parse_claims(decode_sign1(first).claims())
+    rich = dataclasses.replace(
+        ev,
+        rules=(
+            *ev.rules,
+            RuleResult("r-open", 9, 3, 0, 1, 2, (RuleEpisode(1, 5, 2.5), RuleEpisode(7, None))),
+        ),
+        config=dataclasses.replace(
+            ev.config,
+            config_version=4,
+            tuf={"root": 1, "timestamp": 9, "snapshot": 8, "targets": 7},
+            targets={"policy.bundle": "ab" * 32},
+            changed=(3, 1_700_000_000_000),
+            state_in="cd" * 32,
+        ),
+        nonce=b"n" * 8,
+        source_health=(
+            {
+                "source": "s0",
+                "protocol": "framed",
+                "port": "/dev/ttyUSB0",
+                "device": None,
+                "gaps": [[1, 5]],
+                "offline": [[1_700_000_000_000, 1_700_000_000_500]],
+                "problems": ["gap"],
+                "frames_ok": 3,
+            },
+        ),
+        restart=Restart(
+            1_700_000_000_000,
+            1_699_999_999_000,
+            False,
+            (SourceDowntime("s0", 5_000, 41), SourceDowntime("s1", 5_200)),
+            2,
+            None,
+            "a new log",
+            "unknown",
+        ),
+    )
+    return encode_sign1(encode_claims(rich), signer)
 
 
 def write_seeds(corpus: Path) -> int:

@@ -40,16 +40,21 @@ def impl(request: pytest.FixtureRequest) -> Any:
     return importlib.import_module(request.param)
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal values of the same types (NaN equal to NaN)."""
+def _same(a: Any, b: Any, _seen: set[tuple[int, int]] | None = None) -> bool:
+    """Equal values of the same types (NaN equal to NaN; cbor2's shared references, tags
+    28/29, may make a container hold itself: a pair already being compared is equal)."""
     if type(a) is not type(b):
         return False
     if isinstance(a, float):
         return (math.isnan(a) and math.isnan(b)) or a == b
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, dict)):
+        seen = set() if _seen is None else _seen
+        if (id(a), id(b)) in seen:
+            return True
+        seen.add((id(a), id(b)))
+        if isinstance(a, list):
+            return len(a) == len(b) and all(_same(x, y, seen) for x, y in zip(a, b))
+        return list(a) == list(b) and all(_same(a[k], b[k], seen) for k in a)
     return bool(a == b)
 
 
