@@ -20,16 +20,19 @@ demo: $(STAMP)
 test: $(STAMP) $(ORACLE)/.installed mosquitto test-system-deps
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
 
-# The long fault runs (30 kills at random moments, broker outages up to 60 s), about 4 min;
-# `make test` runs their short versions.
+# The long fault runs (30 kills at random moments, broker outages up to 60 s) and the long
+# fuzz campaign of the audit verifier (20,000 cases, both paths); `make test` runs their
+# short versions.
 soak: $(STAMP) $(ORACLE)/.installed mosquitto test-system-deps
 	$(VENV)/bin/python -m pytest -m soak
 
 # Coverage-guided differential fuzzing of the verifier's decoders with Atheris (issue 13),
 # 120 s: compiled twins against pure ones, and the whole pipeline (tests/atheris_verify.py).
+# A crash-* file (the input) lands in fuzz-out/; replay it by naming it after the script.
 fuzz-atheris: $(STAMP)
 	@$(VENV)/bin/python -c "import atheris" 2>/dev/null || $(VENV)/bin/pip install $(PIP_Q) atheris
-	$(VENV)/bin/python tests/atheris_verify.py -max_total_time=120 -seed=1
+	mkdir -p fuzz-out
+	$(VENV)/bin/python tests/atheris_verify.py -max_total_time=120 -seed=1 -artifact_prefix=fuzz-out/
 
 # The benchmarks side by side; peers (cel-python, regopy) are optional: rows say
 # "not installed" when they cannot be installed here.

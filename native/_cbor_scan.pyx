@@ -2,7 +2,7 @@
 """Compiled twin of ``native._cbor_scan_py`` (same codes, same positions)."""
 
 from libc.math cimport frexp, isinf, isnan, fabs, ldexp, floor
-from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 DEF STACK = 64
@@ -29,44 +29,29 @@ cdef bint _fits(double x, int bits, int min_exp, int max_exp) noexcept:
 
 
 cdef double _float_at(const unsigned char[::1] data, Py_ssize_t pos, int width) noexcept:
+    """The single (width 4) or double (width 8) float at ``pos``."""
     cdef uint64_t d = 0
     cdef uint32_t w
-    cdef uint16_t h
     cdef float f
     cdef double x
-    cdef int k, e
+    cdef int k
     for k in range(width):
         d = (d << 8) | data[pos + k]
     if width == 8:
         memcpy(&x, &d, 8)
         return x
-    if width == 4:
-        w = <uint32_t>d
-        memcpy(&f, &w, 4)
-        return <double>f
-    h = <uint16_t>d
-    e = (h >> 10) & 0x1F
-    if e == 0:
-        x = ldexp(h & 0x3FF, -24)
-    elif e != 31:
-        x = ldexp((h & 0x3FF) + 1024, e - 25)
-    elif h & 0x3FF:
-        x = float("nan")
-    else:
-        x = float("inf")
-    return -x if h & 0x8000 else x
+    w = <uint32_t>d
+    memcpy(&f, &w, 4)
+    return <double>f
 
 
-cdef bint _float_is_shortest(int ai, double x, uint64_t half_bits) noexcept:
-    if isnan(x):
-        return ai == 25 and half_bits == 0x7E00
-    if isinf(x):
-        return ai == 25
+cdef bint _float_is_shortest(int ai, double x) noexcept:
+    """A single (ai 26) or double (ai 27) float in its shortest form."""
+    if isnan(x) or isinf(x):  # the only NaN and infinities allowed are halves
+        return False
     if ai == 26:
         return not _fits(x, 11, -14, 15)
-    if ai == 27:
-        return not _fits(x, 24, -126, 127)
-    return True
+    return not _fits(x, 24, -126, 127)
 
 
 def scan(const unsigned char[::1] data, int max_depth, Py_ssize_t max_items,
@@ -119,7 +104,10 @@ def scan(const unsigned char[::1] data, int max_depth, Py_ssize_t max_items,
                 if major == 7:
                     if ai == 24:
                         return 16, head
-                    if not _float_is_shortest(ai, _float_at(data, head + 1, width), arg):
+                    if ai == 25:  # a half: the shortest unless a NaN other than 7e00
+                        if (arg & 0x7C00) == 0x7C00 and (arg & 0x3FF) and arg != 0x7E00:
+                            return 11, head
+                    elif not _float_is_shortest(ai, _float_at(data, head + 1, width)):
                         return 11, head
                 elif arg < _MIN_ARG[ai - 24]:
                     return 10, head

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import struct
 
-__all__ = ["MAX_DEPTH_LIMIT", "MESSAGES", "float_is_shortest", "scan"]
+__all__ = ["MAX_DEPTH_LIMIT", "MESSAGES", "scan"]
 
 MAX_DEPTH_LIMIT = 62  # the compiled twin keeps its stack in a fixed array
 
@@ -65,17 +65,14 @@ def _fits(x: float, bits: int, min_exp: int, max_exp: int) -> bool:
     return (m * 2.0**bits).is_integer()
 
 
-def float_is_shortest(ai: int, x: float, half_bits: int) -> bool:
-    """Whether a float with head ``f9``/``fa``/``fb`` (ai 25/26/27) is the shortest form."""
-    if math.isnan(x):
-        return ai == 25 and half_bits == 0x7E00
-    if math.isinf(x):
-        return ai == 25
+def _float_is_shortest(ai: int, x: float) -> bool:
+    """Whether a single (ai 26) or double (ai 27) float is the shortest form of ``x``
+    (never a NaN: the one NaN allowed is the half ``f97e00``)."""
+    if not math.isfinite(x):
+        return False
     if ai == 26:
         return not _fits(x, 11, -14, 15)
-    if ai == 27:
-        return not _fits(x, 24, -126, 127)
-    return True
+    return not _fits(x, 24, -126, 127)
 
 
 def scan(data: bytes, max_depth: int, max_items: int, strict: bool = False) -> tuple[int, int]:
@@ -117,7 +114,10 @@ def scan(data: bytes, max_depth: int, max_items: int, strict: bool = False) -> t
                 if major == 7:
                     if ai == 24:  # simple values 32..255 (24..31 are not well-formed)
                         return 16, head
-                    if not float_is_shortest(ai, _float(data, head + 1, width), arg):
+                    if ai == 25:  # a half: the shortest unless a NaN other than 7e00
+                        if arg & 0x7C00 == 0x7C00 and arg & 0x3FF and arg != 0x7E00:
+                            return 11, head
+                    elif not _float_is_shortest(ai, _float(data, head + 1, width)):
                         return 11, head
                 elif arg < _MIN_ARG[ai - 24]:
                     return 10, head
@@ -159,7 +159,7 @@ def scan(data: bytes, max_depth: int, max_items: int, strict: bool = False) -> t
     return 0, pos
 
 
-_FLOAT = {2: struct.Struct(">e"), 4: struct.Struct(">f"), 8: struct.Struct(">d")}
+_FLOAT = {4: struct.Struct(">f"), 8: struct.Struct(">d")}
 
 
 def _float(data: bytes, pos: int, width: int) -> float:

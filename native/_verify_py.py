@@ -361,8 +361,10 @@ def _fleet_config(cfg: Mapping[Any, Any], out: dict[str, Any]) -> None:
     out["tuf"] = out["targets"] = out["changed"] = None
     if 6 in cfg:
         v = _map(cfg, 6, "-70001/5 tuf versions")
-        if sorted(v) != [1, 2, 3, 4] or not all(
-            type(x) is int and 0 <= x <= INT_MAX for x in v.values()
+        if (
+            not all(type(k) is int for k in v)
+            or sorted(v) != [1, 2, 3, 4]
+            or not all(type(x) is int and 0 <= x <= INT_MAX for x in v.values())
         ):
             raise ClaimsError("claim -70001/5 key 6 must be {1..4: TUF version}")
         out["tuf"] = {r: v[i] for i, r in enumerate(_TUF_ROLES, 1)}
@@ -391,8 +393,7 @@ def _health_counters(h: Mapping[Any, Any]) -> dict[str, int]:
             continue
         if not (type(k) is str and type(v) is int and 0 <= v <= INT_MAX):
             raise ClaimsError(
-                f"claim -70001/8 health: {_show(k)} must be a text key with a count "
-                "(0..2^63-1)"
+                f"claim -70001/8 health: {_show(k)} must be a text key with a count (0..2^63-1)"
             )
         out[k] = v
     return out

@@ -27,7 +27,7 @@ from agent.attestation import (
     encode_claims,
     parse_claims,
 )
-from agent.cbor_limits import MAX_DEPTH, MAX_ITEMS, check_cbor
+from agent.cbor_limits import check_cbor
 from agent.cose import sig_structure
 from agent.errors import VerificationError
 from agent.merkle import CompactRange, RangeHasher, leaf_hash

@@ -109,6 +109,12 @@ NOT_RUN_HERE: list[tuple[str, str]] = [
     ),
     (r"^chown ", "changes ownership in /etc: root on a gateway, not in CI"),
     (
+        r"^(\.venv/bin/)?edgegov bench fuzz",
+        "tests/test_fuzz.py: the command (test_bench_fuzz_command_prints_the_counts_and_exits_by_"
+        "them), a 1,500-case campaign with 15 CLI cases and a differential in the default suite, "
+        "the 20,000-case one under the soak marker (make soak)",
+    ),
+    (
         r"^(\.venv/bin/)?edgegov bench faults",
         "tests/test_faults.py::test_bench_faults_prints_the_table_and_a_dead_sensor_is_not_evaluable"
         " (the command; the fixture beside it runs every short scenario once)",

@@ -277,6 +277,8 @@ OUT_OF_RANGE = {
     "rule violated negative": _set((EDGEGOV, 6, 0, 3), -1),
     "risk reason a list": _set((EDGEGOV, 7, 0, 4), ["x"]),
     "config version text": _set((EDGEGOV, 5, 5), "v9"),
+    # found by tests/atheris_verify.py: sorting int and text keys raised TypeError (exit 70)
+    "tuf versions with a text key": _set((EDGEGOV, 5, 6), {1: 0, "a": 0}),
     "cti 3 bytes": _set((7,), b"abc"),
     "restart started 2**64-1": _set(
         (EDGEGOV, 12), {1: 2**64 - 1, 2: None, 3: True, 4: [], 5: 0, 6: 0}

@@ -1,8 +1,12 @@
 """Offline verification of attestation streams with only trust anchors: evidence integrity.
 
+Everything a device signed is untrusted input: the device may be buggy or an attacker's.
+Nothing in a message may raise out of here; every problem is a :class:`Finding`.
+
 Checks, per device log (PRODUCT.md §6, docs/attestation-profile.md):
-1. every message is a well-formed COSE_Sign1 within the size and CBOR limits;
-   its ``kid`` selects a trusted key (a listed key, a key a rotation statement
+1. every message is the profile's COSE_Sign1 in its one byte form (``agent.cose``:
+   exact envelope, deterministic CBOR, every claim's type and range) within the size
+   and CBOR limits; its ``kid`` selects a trusted key (a listed key, a key a rotation statement
    hands over to, or the key of an ``x5chain`` certificate that chains to a fleet
    CA), the key pins the algorithm, the key is not revoked, and the signature
    verifies; nothing is read from a payload before that (a message that fails is
@@ -19,7 +23,9 @@ Checks, per device log (PRODUCT.md §6, docs/attestation-profile.md):
    and (with ``device=``) every attestation is from the device being audited.
 
 Every problem is a :class:`Finding` naming device, seq, kind and detail; the
-verifier never stops at the first one, so an auditor sees the whole picture. What
+verifier never stops at the first one, so an auditor sees the whole picture. A finding
+about two attestations names both files and, where the rest of the chain decides it,
+blames the one out of line (:func:`_blame`, :func:`_gap`). What
 the verified evidence *says* (periods, completeness, episodes, restarts, goals) is
 :func:`agent.audit.analysis.analyze`'s job: one analysis for every rendering.
 """
