@@ -30,7 +30,7 @@ _Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from agent.demo import run_demo
+    from agent.tools.demo import run_demo
 
     return run_demo(
         seconds=a.seconds, out=Path(a.out), scenario=a.scenario, use_broker=not a.no_broker
@@ -38,7 +38,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(a: argparse.Namespace) -> int:
-    from agent.doctor import diagnose
+    from agent.tools.doctor import diagnose
 
     d = diagnose()
     print(json.dumps(d.to_json(), indent=2) if a.json else d.format())
@@ -59,7 +59,7 @@ class _VersionAction(argparse.Action):
 
 
 def _cmd_init(a: argparse.Namespace) -> int:
-    from agent.init import init_device
+    from agent.identity.device_init import init_device
 
     init_device(a.device_id, Path(a.dir), a.key_type)
     return 0
@@ -68,8 +68,8 @@ def _cmd_init(a: argparse.Namespace) -> int:
 def _cmd_run(a: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.logs import configure, set_level
-    from agent.runner import Agent
-    from agent.service import Notifier
+    from agent.pipeline.runner import Agent
+    from agent.pipeline.service import Notifier
 
     level = a.log_level or ("debug" if a.verbose else None)
     configure(level or "info", a.log_format)
@@ -96,7 +96,7 @@ def _cmd_emulate(a: argparse.Namespace) -> int:
 
 def _cmd_status(a: argparse.Namespace) -> int:
     from agent.config import load_config
-    from agent.local_status import Thresholds, local_status
+    from agent.pipeline.local_status import Thresholds, local_status
 
     st = local_status(load_config(a.config), Thresholds(a.max_lag, a.max_outbox_age))
     print(json.dumps(st.to_json(), indent=2) if a.json else st.text())
@@ -168,7 +168,7 @@ def _policy_check_one(file: str, as_json: bool) -> int:
 
 def _cmd_policy_eval(a: argparse.Namespace) -> int:
     from agent.policy import load_policy
-    from agent.policy.replay import replay
+    from agent.policy.csv_eval import replay
 
     b = load_policy(a.file)
     reports, bad = replay(
@@ -201,7 +201,7 @@ def _cmd_policy_eval(a: argparse.Namespace) -> int:
 def _trust(a: argparse.Namespace) -> TrustStore:
     """--trust FILE and/or --key PEM... as one TrustStore (fails closed if neither)."""
     from agent.audit.trust import TrustedKey, TrustStore, load_trust
-    from agent.keys import load_public_key
+    from agent.identity.keys import load_public_key
 
     trust = load_trust(Path(a.trust)) if a.trust else TrustStore()
     for k in a.key or []:
@@ -318,7 +318,7 @@ def _cmd_audit_collect(a: argparse.Namespace) -> int:
     import time
 
     from agent.audit.collector import StoreCollector
-    from agent.mqtt_tls import TlsFiles
+    from agent.transport.mqtt_tls import TlsFiles
 
     tls = TlsFiles.given(a.ca, a.cert, a.key)
     c = StoreCollector(a.broker, a.store, fleet=a.fleet, share=a.share, tls=tls)
@@ -340,7 +340,7 @@ def _cmd_audit_collect(a: argparse.Namespace) -> int:
 
 
 def _cmd_fleet_ca(a: argparse.Namespace) -> int:
-    from agent import fleet_ca
+    from agent.identity import fleet_ca
 
     d = Path(a.dir)
     if a.action == "init":
@@ -358,8 +358,8 @@ def _cmd_fleet_ca(a: argparse.Namespace) -> int:
 
 
 def _cmd_key_rotate(a: argparse.Namespace) -> int:
-    from agent.keys import generate_key, load_signer
-    from agent.rotation import make_rotation
+    from agent.evidence.rotation import make_rotation
+    from agent.identity.keys import generate_key, load_signer
 
     old = load_signer(Path(a.old))
     new = generate_key(Path(a.new), a.key_type)
@@ -372,7 +372,7 @@ def _cmd_key_rotate(a: argparse.Namespace) -> int:
 
 
 def _cmd_key_create(a: argparse.Namespace) -> int:
-    from agent.pkcs11_signer import create_token_key, pin_from_env
+    from agent.identity.pkcs11 import create_token_key, pin_from_env
 
     out = Path(a.pub_out)
     if out.exists() or not out.parent.is_dir():
@@ -404,7 +404,7 @@ def _cmd_key_create(a: argparse.Namespace) -> int:
 def _cmd_key_export_pub(a: argparse.Namespace) -> int:
     import os
 
-    from agent.pkcs11_signer import export_public
+    from agent.identity.pkcs11 import export_public
 
     pub = export_public(a.pkcs11_module, a.token, a.label, os.environ.get(a.pin_env))
     out = Path(a.pub_out)
@@ -417,7 +417,7 @@ def _cmd_key_export_pub(a: argparse.Namespace) -> int:
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
-    from agent.bench import SECTIONS, format_rows, run_sections
+    from agent.tools.bench import SECTIONS, format_rows, run_sections
 
     if a.mode == "faults":
         return _bench_faults(a)
@@ -435,8 +435,8 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
 def _bench_faults(a: argparse.Namespace) -> int:
     """``edgegov bench faults``: exit 1 when a fault broke the promise (a row's problems)."""
-    from agent.bench.core import machine
-    from agent.bench.faults import SCENARIOS, format_table, run_faults
+    from agent.tools.bench.core import machine
+    from agent.tools.bench.faults import SCENARIOS, format_table, run_faults
 
     names = a.only.split(",") if a.only else None
     unknown = [n for n in names or () if n not in SCENARIOS]
@@ -458,7 +458,7 @@ def _bench_faults(a: argparse.Namespace) -> int:
 def _bench_fuzz(a: argparse.Namespace) -> int:
     """``edgegov bench fuzz``: exit 1 when a case crashed, got through or blamed the wrong file
     (or, with --differential, the compiled and pure paths disagree)."""
-    from agent.bench.fuzz import format_report, run_differential, run_fuzz
+    from agent.tools.bench.fuzz import format_report, run_differential, run_fuzz
 
     if a.cases < 1 or a.cli < 0:
         raise Error("--cases must be at least 1 and --cli not negative")
@@ -790,7 +790,7 @@ def _parser() -> argparse.ArgumentParser:
     fc.add_argument("--out", help="certificate file to write (issue)")
     fc.add_argument("--name", default="edgegov fleet CA", help="CA name (init)")
     fc.add_argument("--key-type", choices=["ed25519", "p256"], default="ed25519")
-    from agent.fleet.cli import add_commands as fleet_tuf_commands  # signed config (TUF)
+    from agent.fleet.commands import add_commands as fleet_tuf_commands  # signed config (TUF)
 
     fleet_tuf_commands(fsub, cmd)
 

@@ -21,7 +21,7 @@ sources[0].reconnect.max_s: …``) and says what was expected.
 first every field's type and value (the broker URL included), then the files the config
 names (device key and certificate, PKCS#11 module, TLS files, TUF root: they exist and
 are readable; TLS files load as the MQTT clients load them). The policy bundle is the
-agent's to load (``agent.runner.Agent`` loads it, and the key, before it writes anything).
+agent's to load (``agent.pipeline.runner.Agent`` loads it, and the key, before it writes anything).
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def _readable(f: _Fields, key: str, path: Path | None, what: str, hint: str = ""
 
 def _broker_url(m: _Fields) -> tuple[str, bool]:
     """``output.mqtt.url``, parsed as the publisher will parse it; returns (url, tls)."""
-    from agent.transport import BrokerURL  # paho: only once a config names a broker
+    from agent.transport.publisher import BrokerURL  # paho: only once a config names a broker
 
     url: str = m.get("url", str)
     parsed = BrokerURL.parse(url, f"{m.file}: {m._name('url')}")
@@ -282,7 +282,7 @@ def _broker_url(m: _Fields) -> tuple[str, bool]:
 
 def _check_tls(m: _Fields, mqtt: MqttOutput, tls: bool) -> None:
     """The TLS files exist, are readable, and load as the MQTT clients load them."""
-    from agent.mqtt_tls import TlsFiles, client_context
+    from agent.transport.mqtt_tls import TlsFiles, client_context
 
     given = [(k, p) for k, p in (("ca", mqtt.ca), ("cert", mqtt.cert), ("key", mqtt.key)) if p]
     if not tls:

@@ -22,6 +22,10 @@ these errors to exit codes.
     |   +-- EvidenceAtRiskError    the agent stopped with evidence at risk; .exit_code = 3
     +-- TransportError             MQTT broker unreachable / refused
     +-- VerificationError          evidence does not verify; .exit_code = 1 (a finding)
+    +-- FleetError                 fleet repository or client: bad input, unusable state
+        +-- TrustRootError         the gateway's configured trust root is unusable
+        +-- ConfigRejected         a signed config was refused; .exit_code = 1 (a finding)
+        +-- RepositoryInvalid      the repository's metadata do not verify; .exit_code = 1
 
 Any other exception reaching the CLI is a bug in edgegov: it exits with
 :data:`INTERNAL_ERROR_EXIT` (70, ``EX_SOFTWARE`` of sysexits.h) and says so, so it is
@@ -33,17 +37,21 @@ from __future__ import annotations
 __all__ = [
     "INTERNAL_ERROR_EXIT",
     "ConfigError",
+    "ConfigRejected",
     "Error",
     "EvidenceAtRiskError",
+    "FleetError",
     "FrameError",
     "KeyFileError",
     "ModelError",
     "PolicyError",
     "PolicySyntaxError",
+    "RepositoryInvalid",
     "SerialPortError",
     "StorageError",
     "StoreCorruptError",
     "TransportError",
+    "TrustRootError",
     "VerificationError",
 ]
 
@@ -138,3 +146,32 @@ class VerificationError(Error):
     """Evidence failed verification: a finding, not a usage error."""
 
     exit_code = 1
+
+
+class FleetError(Error):
+    """The fleet repository or the fleet client cannot do what was asked."""
+
+
+class TrustRootError(FleetError):
+    """The fleet trust root a gateway is configured with is missing or not a root."""
+
+
+class RepositoryInvalid(FleetError):
+    """The repository's metadata or targets do not verify as a gateway would verify them
+    (``edgegov fleet publish`` refuses to publish); a finding, exit code 1."""
+
+    exit_code = 1
+
+
+class ConfigRejected(FleetError):
+    """Fleet configuration was refused (TUF verification, assignment, staging).
+
+    ``reason`` is the short operator-readable text that goes into the
+    ``rejected`` ack on ``…/config/ack``.
+    """
+
+    exit_code = 1
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

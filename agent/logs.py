@@ -7,7 +7,7 @@ exception, ``exception`` (the traceback).
 
 Neither format ever shows a URL's password: ``mqtt://user:s3cret@host`` is written
 ``mqtt://user:***@host``, wherever it appears. Keys and PINs are never passed to a
-logger at all (``agent.keys``, ``agent.pkcs11_signer``); the tests grep both formats.
+logger at all (``agent.identity.keys``, ``agent.identity.pkcs11``); the tests grep both formats.
 """
 
 from __future__ import annotations

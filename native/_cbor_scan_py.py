@@ -2,7 +2,7 @@
 
 ``scan(data, max_depth, max_items, strict=False)`` returns ``(code, position)``;
 code 0 means one well-formed, definite-length item within the limits that fills
-``data`` exactly. Other codes are listed in ``MESSAGES`` (``agent.cbor_limits``
+``data`` exactly. Other codes are listed in ``MESSAGES`` (``agent.evidence.cbor_limits``
 turns them into errors). RFC 8949 §3: the initial byte holds the major type (3
 bits) and the additional information (5 bits).
 

@@ -70,7 +70,7 @@ cdef class _Reader:
     cdef const unsigned char *buf
     cdef Py_ssize_t n
     cdef Py_ssize_t pos
-    # agent.cbor_limits' limits, counted as native.cbor_scan counts them (a container
+    # agent.evidence.cbor_limits' limits, counted as native.cbor_scan counts them (a container
     # at depth d is nested d + 1 deep); loads() sets them out of reach
     cdef int max_depth
     cdef Py_ssize_t items_left
@@ -960,7 +960,7 @@ cdef object _claims_fast(dict claims):
         "agent_digest": agent_digest,
         "sensors": {},
         "extra": {},
-        "restart": None,  # -70001/12: agent.attestation.parse_claims reads it
+        "restart": None,  # -70001/12: agent.evidence.claims.parse_claims reads it
         # set by evidence_from_claims; here so the dict is sized for them up front
         "checkpoint": None,
         "config": None,

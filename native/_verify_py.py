@@ -9,13 +9,13 @@ Four functions, with semantics the compiled twin must match on every input
     (integers, strings, arrays, maps with integer or text keys, floats,
     false/true/null) itself and hands everything else -- tags, ``undefined``,
     malformed input -- to cbor2, so errors always come from cbor2. Callers
-    check the structural limits (``agent.cbor_limits``) before calling it.
+    check the structural limits (``agent.evidence.cbor_limits``) before calling it.
 
 ``consistency_error(size1, size2, root1, root2, proof)``
     RFC 9162 §2.1.4.2 verification of a consistency proof, with the extra
     rules the transparency-dev vectors encode (32-byte hashes, exact proof
     length, no proof from size 0). Returns ``None`` when tree 2 extends tree 1,
-    otherwise the reason in words (``agent.merkle`` raises ``ProofError``).
+    otherwise the reason in words (``agent.evidence.merkle`` raises ``ProofError``).
 
 ``loads_claims(data)``
     ``loads`` for a CWT claims set that only ``claims_fields`` will read: the
@@ -32,12 +32,12 @@ Four functions, with semantics the compiled twin must match on every input
     ``(protected, payload, signature)`` when ``raw`` is exactly the profile's
     COSE_Sign1 envelope ``18([bstr, {}, bstr, bstr])`` in its one byte form
     (shortest heads, definite lengths, nothing after it), else ``None``
-    (``agent.cose`` then rejects it, saying what is wrong).
+    (``agent.evidence.cose`` then rejects it, saying what is wrong).
 
 ``claims_fields(claims)``
     Check a verified claims set (a decoded CWT map) against the layout of
     ``docs/attestation-profile.md`` and return the fields of the objects
-    ``agent.attestation.parse_claims`` assembles: ``(evidence, checkpoint,
+    ``agent.evidence.claims.parse_claims`` assembles: ``(evidence, checkpoint,
     config, rules, risk)``, dicts keyed by dataclass field name (``evidence``
     without its four nested objects; rule episodes as ``(start, end, peak)``).
     A layout problem raises :class:`ClaimsError` naming the claim. The compiled
@@ -234,7 +234,7 @@ def consistency_error(
 
 # --- claims layout (docs/attestation-profile.md) ------------------------------------
 
-# Claim labels, as agent.attestation encodes them (it imports the profile from there).
+# Claim labels, as agent.evidence.claims encodes them (it imports the profile from there).
 IAT, CTI, NONCE, UPTIME, PROFILE, SUBMODS, BOOTCOUNT = 6, 7, 10, 261, 265, 266, 267
 SWVERSION, MEASUREMENTS = 271, 273
 CF_SHA256 = 65000
@@ -601,13 +601,13 @@ def claims_fields(claims: Mapping[Any, Any]) -> ClaimsFields:
         "agent_digest": _digest_of(agent_meas),
         "sensors": {},
         "extra": {},
-        "restart": None,  # -70001/12: agent.attestation.parse_claims reads it
+        "restart": None,  # -70001/12: agent.evidence.claims.parse_claims reads it
     }
     return evidence, checkpoint, config, rules, risk
 
 
 class ClaimsTypes(NamedTuple):
-    """The classes :func:`evidence_from_claims` builds (``agent.attestation``'s)."""
+    """The classes :func:`evidence_from_claims` builds (``agent.evidence.claims``'s)."""
 
     evidence: type
     checkpoint: type

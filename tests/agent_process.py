@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.attestation import Evidence, parse_claims
-from agent.cose import decode_sign1
+from agent.evidence.claims import Evidence, parse_claims
+from agent.evidence.cose import decode_sign1
 from tests.conftest import ROOT
 
 

@@ -30,8 +30,8 @@ is the data:
 
 Targets 1-3 also run the ``scan`` differential on their data. The pipeline is what the
 audit verifier does with an untrusted message (signature aside):
-``agent.cose.decode_sign1(raw).claims(unread=False)`` then
-``agent.attestation.parse_claims``; it may succeed or raise
+``agent.evidence.cose.decode_sign1(raw).claims(unread=False)`` then
+``agent.evidence.claims.parse_claims``; it may succeed or raise
 ``agent.errors.VerificationError``, nothing else. A twin disagreement or any other
 exception raises ``AssertionError`` with the target, the data in hex and both
 outcomes; libFuzzer then writes the input to ``crash-<sha1>`` (replay it with
@@ -80,10 +80,10 @@ if str(ROOT) not in sys.path:
 with atheris.instrument_imports(include=["native", "agent"]):
     import native._cbor_scan_py as scan_py
     import native._verify_py as verify_py
-    from agent.attestation import _TYPES, parse_claims
-    from agent.cbor_limits import MAX_DEPTH, MAX_ITEMS
-    from agent.cose import decode_sign1
     from agent.errors import VerificationError
+    from agent.evidence.cbor_limits import MAX_DEPTH, MAX_ITEMS
+    from agent.evidence.claims import _TYPES, parse_claims
+    from agent.evidence.cose import decode_sign1
 
 import native._cbor_scan as scan_c  # noqa: E402 (the compiled twins, not instrumented)
 import native._verify as verify_c  # noqa: E402
@@ -237,7 +237,7 @@ def _seed_messages() -> list[bytes]:
     """Real attestation streams, the same bytes on every run of one source tree."""
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-    from agent.keys import Signer
+    from agent.identity.keys import Signer
     from tests.evidence_util import make_stream
 
     counter = iter(range(1 << 30))
@@ -273,14 +273,14 @@ def _seed_messages() -> list[bytes]:
 def _rich_message(first: bytes, signer: Any) -> bytes:
     """``first`` with every optional claim the stream lacks: rule episodes, the fleet
     config (TUF versions, targets, change, state), a nonce, source records, a restart."""
-    from agent.attestation import (
+    from agent.evidence.claims import (
         Restart,
         RuleEpisode,
         RuleResult,
         SourceDowntime,
         encode_claims,
     )
-    from agent.cose import encode_sign1
+    from agent.evidence.cose import encode_sign1
 
     ev = parse_claims(decode_sign1(first).claims())
     rich = dataclasses.replace(

@@ -13,9 +13,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.broker import MosquittoBroker, find_mosquitto
-from agent.keys import Signer, generate_key
-from agent.transport import BrokerURL
+from agent.identity.keys import Signer, generate_key
+from agent.tools.broker import MosquittoBroker, find_mosquitto
+from agent.transport.publisher import BrokerURL
 
 ROOT = Path(__file__).resolve().parent.parent
 ORACLE_PYTHON = Path(

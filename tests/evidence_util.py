@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.attestation import ConfigInForce, RiskResult, RuleResult
-from agent.attester import Attester
-from agent.keys import SigningKey
-from agent.store import EvidenceStore
-from agent.window import Reading
+from agent.evidence.attester import Attester
+from agent.evidence.claims import ConfigInForce, RiskResult, RuleResult
+from agent.evidence.store import EvidenceStore
+from agent.identity.keys import SigningKey
+from agent.pipeline.window import Reading
 
 POLICY_DIGEST = "ab" * 32
 MODEL_DIGEST = "cd" * 32

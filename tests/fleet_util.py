@@ -10,11 +10,11 @@ from typing import Any
 from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
-from agent.broker import MosquittoBroker
 from agent.fleet._mqtt import FleetSession
 from agent.fleet.client import FleetClient, FleetClientConfig
 from agent.fleet.repository import FleetRepository
-from agent.transport import BrokerURL
+from agent.tools.broker import MosquittoBroker
+from agent.transport.publisher import BrokerURL
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "configs" / "policies" / "cold-chain.yaml"

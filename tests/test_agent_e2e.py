@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.attestation import parse_claims
 from agent.audit import verify_paths
 from agent.audit.collector import FileCollector
-from agent.broker import MosquittoBroker, free_port
 from agent.config import load_config
-from agent.cose import decode_sign1
-from agent.keys import generate_key
-from agent.runner import Agent
+from agent.evidence.claims import parse_claims
+from agent.evidence.cose import decode_sign1
+from agent.identity.keys import generate_key
+from agent.pipeline.runner import Agent
+from agent.tools.broker import MosquittoBroker, free_port
 from firmware_bridge import Emulator, open_pty
 from tests.conftest import ROOT, Listener, cose_oracle
 
@@ -159,7 +159,9 @@ def test_broker_outage_loses_nothing_and_delivers_in_order(tmp_path):
                 collector.start()
                 # paho reconnects with backoff; the outbox drains once it is back.
                 drained = wait_for(lambda: not agent.store.pending(), timeout=20)
-                assert drained, f"{len(agent.store.pending())} still in the outbox after 20 s"
+                assert drained, (
+                    f"{len(agent.store.pending())} still in the outbox after 20 s"
+                )
                 # and a few more windows with the broker up (1 s windows: at least 5 in all)
                 assert wait_for(lambda: agent.stats.attestations >= 5, timeout=10)
                 agent.stop()
@@ -174,7 +176,7 @@ def test_broker_outage_loses_nothing_and_delivers_in_order(tmp_path):
     res = verify_paths([tmp_path / "collected"], [agent.signer.public])
     assert res.ok, [str(f) for f in res.findings]
     assert res.verified == agent.stats.attestations >= 5, (res.verified, agent.stats)
-    from agent.store import EvidenceStore
+    from agent.evidence.store import EvidenceStore
 
     assert EvidenceStore(tmp_path / "state" / "evidence.sqlite", "gw-test").pending() == []
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from agent.audit.evidence_db import open_db
-from agent.keys import generate_key
+from agent.identity.keys import generate_key
 from agent.policy import load_policy
 from firmware_bridge import open_pty
 from tests.evidence_util import make_stream, write

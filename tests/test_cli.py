@@ -193,7 +193,7 @@ def test_run_exits_0_on_sigterm_and_signs_the_last_partial_window(tmp_path):
     import time
 
     from agent.audit import verify_paths
-    from agent.keys import load_public_key
+    from agent.identity.keys import load_public_key
     from tests.test_agent_e2e import Device
 
     with Device("normal") as dev:
@@ -219,7 +219,7 @@ def test_broker_that_is_not_there_is_named_with_the_reason(tmp_path):
     import sys
     import time
 
-    from agent.broker import free_port
+    from agent.tools.broker import free_port
     from tests.test_agent_e2e import Device, make_site
 
     url = f"mqtt://127.0.0.1:{free_port()}"

@@ -56,7 +56,7 @@ def _wait(pred, timeout: float = 10.0) -> None:
 
 @pytest.fixture
 def streams(tmp_path, signer):
-    from agent.keys import generate_key
+    from agent.identity.keys import generate_key
 
     other = generate_key(tmp_path / "b.key")
     a = make_stream(tmp_path / "a.sqlite", signer, device="gw-1", windows=12, per_window=3)

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from agent.store import OutboxItem
-from agent.transport import BrokerURL, MqttPublisher, Topics
+from agent.evidence.store import OutboxItem
+from agent.transport.publisher import BrokerURL, MqttPublisher, Topics
 from tests.conftest import ROOT
 from tests.evidence_util import make_stream
 

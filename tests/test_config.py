@@ -17,8 +17,8 @@ import yaml
 
 from agent.config import load_config
 from agent.errors import ConfigError
-from agent.keys import generate_key
-from agent.store import EvidenceStore
+from agent.evidence.store import EvidenceStore
+from agent.identity.keys import generate_key
 from tests.conftest import ROOT
 from tests.pki import TestPKI
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import cbor2
 import pytest
 
-from agent.cose import MAX_MESSAGE_BYTES, decode_sign1, encode_sign1
 from agent.errors import VerificationError
-from agent.keys import ALG_EDDSA, ALG_ES256, generate_key
+from agent.evidence.cose import MAX_MESSAGE_BYTES, decode_sign1, encode_sign1
+from agent.identity.keys import ALG_EDDSA, ALG_ES256, generate_key
 from tests.conftest import cose_oracle
 
 PAYLOAD = cbor2.dumps({6: 1700000000, -70001: {1: 0}}, canonical=True)

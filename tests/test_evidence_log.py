@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.attestation import parse_claims
 from agent.audit import verify_paths
 from agent.audit.prove import check_proof, make_proof
-from agent.cose import decode_sign1
 from agent.errors import StorageError, VerificationError
-from agent.leaves import decode_record, encode_records
-from agent.merkle import (
+from agent.evidence.claims import parse_claims
+from agent.evidence.cose import decode_sign1
+from agent.evidence.leaves import decode_record, encode_records
+from agent.evidence.merkle import (
     CompactRange,
     ProofError,
     RangeHasher,
@@ -29,7 +29,7 @@ from agent.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from agent.store import EvidenceStore
+from agent.evidence.store import EvidenceStore
 from tests.evidence_util import make_stream, readings, write
 
 # transparency-dev/merkle testonly/constants.go: leaf inputs and roots for sizes 1..8
@@ -256,7 +256,7 @@ def test_edgegov_pure_forces_the_pure_cbor_scanner():
 
 
 def test_a_deeply_nested_signed_payload_is_refused_before_decoding(signer):
-    from agent.cose import encode_sign1
+    from agent.evidence.cose import encode_sign1
 
     bomb = b"\x81" * 200 + b"\x00"
     msg = decode_sign1(encode_sign1(bomb, signer))

@@ -1,7 +1,7 @@
 """The fault suite (issue 12, "a fault suite anyone can re-run"): faults injected into the
 real agent, counted the way ``edgegov bench faults`` counts them.
 
-Every scenario runs real processes (``agent/bench/faults``): a Mosquitto with persistence,
+Every scenario runs real processes (``agent/tools/bench/faults``): a Mosquitto with persistence,
 an emulated device writing the framed protocol at 20 Hz to a pty and keeping a ledger of
 every frame it numbers, the agent as a subprocess with 1 s windows, and a subscriber of
 our own keeping every delivery. The short versions run in the default suite (one run of
@@ -19,24 +19,24 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.attestation import ConfigInForce
-from agent.attester import Attester
-from agent.bench.faults import SCENARIOS, FaultRow, format_table, run_faults
-from agent.bench.faults.harness import attestation_problems, reading_problems
-from agent.bench.faults.measure import (
+from agent.evidence.attester import Attester
+from agent.evidence.claims import ConfigInForce
+from agent.evidence.leaves import LeafRecord
+from agent.evidence.store import EvidenceStore
+from agent.identity.keys import generate_key, public_key_path
+from agent.pipeline.window import Reading
+from agent.tools.bench.faults import SCENARIOS, FaultRow, format_table, run_faults
+from agent.tools.bench.faults.harness import attestation_problems, reading_problems
+from agent.tools.bench.faults.measure import (
     account_readings,
     audit_verify,
     count_attestations,
     read_store,
     write_copies,
 )
-from agent.bench.faults.parts import Delivery
-from agent.bench.faults.storage import CORRUPTIONS
-from agent.broker import find_mosquitto
-from agent.keys import generate_key, public_key_path
-from agent.leaves import LeafRecord
-from agent.store import EvidenceStore
-from agent.window import Reading
+from agent.tools.bench.faults.parts import Delivery
+from agent.tools.bench.faults.storage import CORRUPTIONS
+from agent.tools.broker import find_mosquitto
 from firmware_bridge import MsgType
 from firmware_bridge.emulator import SentFrame
 

@@ -78,7 +78,7 @@ def test_kill_9_during_activation_leaves_old_or_new_never_a_mix(tmp_path):
 
 
 def test_activating_a_config_with_a_1mb_model_takes_under_a_second():
-    from agent.bench.fleet import _activation
+    from agent.tools.bench.fleet import _activation
 
     _best, median = _activation(2)  # real broker, python-tuf, policy compiler, onnxruntime
     assert median <= 1.0, f"median {median:.3f} s"

@@ -16,13 +16,13 @@ from typing import Any
 
 import yaml
 
-from agent.attestation import parse_claims
 from agent.audit import verify_paths
 from agent.audit.collector import FileCollector
 from agent.config import load_config
-from agent.cose import decode_sign1
-from agent.keys import generate_key, load_signer
-from agent.runner import Agent
+from agent.evidence.claims import parse_claims
+from agent.evidence.cose import decode_sign1
+from agent.identity.keys import generate_key, load_signer
+from agent.pipeline.runner import Agent
 from tests.conftest import ROOT, Listener
 from tests.fleet_util import MODEL, MODEL_NAME, POLICY_NAME, Fleet, policy_bytes
 from tests.test_agent_e2e import Device, wait_for

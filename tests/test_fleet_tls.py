@@ -9,7 +9,7 @@ from agent.errors import TransportError
 from agent.fleet._mqtt import FleetSession, TlsFiles
 from agent.fleet.client import FleetClient, FleetClientConfig
 from agent.fleet.repository import FleetRepository
-from agent.transport import BrokerURL
+from agent.transport.publisher import BrokerURL
 from tests.fleet_util import MODEL, MODEL_NAME, POLICY_NAME, policy_bytes
 from tests.test_transport_tls import TlsBroker
 

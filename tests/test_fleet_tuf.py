@@ -19,7 +19,7 @@ from securesystemslib.signer import CryptoSigner, Signature
 from tuf.api.metadata import Metadata, MetaFile
 from tuf.api.serialization.json import JSONSerializer
 
-from agent.fleet.errors import FleetError
+from agent.errors import FleetError
 from tests.fleet_util import MODEL, MODEL_NAME, POLICY_NAME, Fleet, policy_bytes, state_snapshot
 
 COMPACT = JSONSerializer(compact=True)

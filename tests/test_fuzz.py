@@ -15,7 +15,8 @@ import cbor2
 import pytest
 
 from agent.audit.verify import Message, verify_messages
-from agent.bench.fuzz import (
+from agent.cli import main
+from agent.tools.bench.fuzz import (
     BOMB_MAX_BYTES,
     BOMB_MAX_S,
     BOMBS,
@@ -29,10 +30,9 @@ from agent.bench.fuzz import (
     run_differential,
     run_fuzz,
 )
-from agent.bench.fuzz.corpus import split_envelope
-from agent.bench.fuzz.envelope import ENVELOPE_VARIANTS, build, signed_parts
-from agent.bench.fuzz.rawcbor import Int, Map, encode, head
-from agent.cli import main
+from agent.tools.bench.fuzz.corpus import split_envelope
+from agent.tools.bench.fuzz.envelope import ENVELOPE_VARIANTS, build, signed_parts
+from agent.tools.bench.fuzz.rawcbor import Int, Map, encode, head
 
 SEED = 12
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from agent import __version__
-from agent.broker import find_mosquitto
+from agent.tools.broker import find_mosquitto
 from native import COMPILED_MODULES
 from native._select import FALLBACK_WARNING
 from tests.conftest import ROOT

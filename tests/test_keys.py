@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from agent.errors import KeyFileError
-from agent.keys import generate_key, load_public_key, load_signer, public_key_path
+from agent.identity.keys import generate_key, load_public_key, load_signer, public_key_path
 
 
 def test_new_key_is_0600_and_loads_back_with_the_same_kid(tmp_path):

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.attestation import parse_claims
-from agent.broker import free_port
 from agent.config import load_config
-from agent.cose import decode_sign1
 from agent.errors import Error
-from agent.local_status import local_status
+from agent.evidence.claims import parse_claims
+from agent.evidence.cose import decode_sign1
+from agent.pipeline.local_status import local_status
+from agent.tools.broker import free_port
 from tests.conftest import ROOT
 from tests.test_agent_e2e import Device, make_site, wait_for
 

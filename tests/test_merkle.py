@@ -7,7 +7,7 @@ import hashlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.merkle import CompactRange, leaf_hash, node_hash, root_of
+from agent.evidence.merkle import CompactRange, leaf_hash, node_hash, root_of
 
 
 def test_empty_and_small_trees_match_rfc9162_definitions():

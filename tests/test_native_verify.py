@@ -16,7 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.attestation import (
+from agent.errors import VerificationError
+from agent.evidence.cbor_limits import check_cbor
+from agent.evidence.claims import (
     Checkpoint,
     ConfigInForce,
     Evidence,
@@ -27,10 +29,8 @@ from agent.attestation import (
     encode_claims,
     parse_claims,
 )
-from agent.cbor_limits import check_cbor
-from agent.cose import sig_structure
-from agent.errors import VerificationError
-from agent.merkle import CompactRange, RangeHasher, leaf_hash
+from agent.evidence.cose import sig_structure
+from agent.evidence.merkle import CompactRange, RangeHasher, leaf_hash
 
 IMPLS = ["native._verify_py", "native._verify"]
 
@@ -215,7 +215,7 @@ def test_parsed_evidence_round_trips_through_the_claims_encoder():
 
 
 def _evidence() -> Evidence:
-    from agent.bench.evidence import _evidence as bench_evidence
+    from agent.tools.bench.evidence import _evidence as bench_evidence
 
     ev = bench_evidence()
     assert isinstance(ev, Evidence)
@@ -363,8 +363,8 @@ def _sign1_mutants(raw: bytes, data: Any) -> bytes:
 def test_split_sign1_twins_agree_and_match_cbor2(data):
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from agent.cose import encode_sign1
-    from agent.keys import Signer
+    from agent.evidence.cose import encode_sign1
+    from agent.identity.keys import Signer
 
     signer = Signer(ed25519.Ed25519PrivateKey.from_private_bytes(b"k" * 32))
     payload = data.draw(st.binary(max_size=300))
@@ -439,7 +439,7 @@ def test_merkle_nodes_are_hashed_by_libcrypto_or_hashlib_alike():
 
 
 def test_protected_header_cache_keeps_rejecting_bad_headers():
-    from agent.cose import decode_sign1
+    from agent.evidence.cose import decode_sign1
 
     bad = cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: -8}), {}, b"p", b"s" * 64]))
     for _ in range(2):
@@ -467,7 +467,7 @@ def test_claims_fields_twins_return_the_same_field_dicts(rich):
 
 
 def test_restart_claim_round_trips_and_is_absent_otherwise():
-    from agent.attestation import Restart, SourceDowntime
+    from agent.evidence.claims import Restart, SourceDowntime
 
     ev = _evidence()
     assert parse_claims(cbor2.loads(encode_claims(ev))).restart is None
@@ -500,7 +500,7 @@ def test_restart_claim_round_trips_and_is_absent_otherwise():
     ],
 )
 def test_a_malformed_restart_claim_is_named(claim, what):
-    from agent.attestation import EDGEGOV, RESTART
+    from agent.evidence.claims import EDGEGOV, RESTART
 
     claims = cbor2.loads(encode_claims(_evidence()))
     claims[EDGEGOV][RESTART] = claim

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from agent.store import EvidenceStore
-from agent.transport import BrokerURL, MqttPublisher, Topics
+from agent.evidence.store import EvidenceStore
+from agent.transport.publisher import BrokerURL, MqttPublisher, Topics
 from tests.conftest import Listener
 
 N = 3000

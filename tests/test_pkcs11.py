@@ -59,7 +59,7 @@ def token(tmp_path_factory):
 
 @pytest.mark.parametrize(("label", "alg"), [("ed25519", -8), ("p256", -7)])
 def test_attestations_signed_inside_softhsm_verify_with_us_and_pycose(token, tmp_path, label, alg):
-    from agent.pkcs11_signer import Pkcs11Signer
+    from agent.identity.pkcs11 import Pkcs11Signer
 
     signer = Pkcs11Signer(token, "edgegov", "1234", label)
     assert signer.alg == alg
@@ -70,7 +70,7 @@ def test_attestations_signed_inside_softhsm_verify_with_us_and_pycose(token, tmp
 
 
 def test_a_missing_key_label_is_a_clear_key_error(token):
-    from agent.pkcs11_signer import Pkcs11Signer
+    from agent.identity.pkcs11 import Pkcs11Signer
 
     with pytest.raises(KeyFileError, match="no-such-key"):
         Pkcs11Signer(token, "edgegov", "1234", "no-such-key")
@@ -82,7 +82,7 @@ def test_the_agent_signs_inside_the_token_when_configured(token, tmp_path, monke
 
     from agent.audit import verify_paths
     from agent.config import load_config
-    from agent.pkcs11_signer import Pkcs11Signer
+    from agent.identity.pkcs11 import Pkcs11Signer
     from tests.test_agent_e2e import Device, make_site, run_agent
 
     monkeypatch.setenv("TEST_TOKEN_PIN", "1234")
@@ -113,7 +113,7 @@ def test_a_missing_pin_variable_is_named(token, tmp_path, monkeypatch):
 
     from agent.config import load_config
     from agent.errors import KeyFileError
-    from agent.runner import Agent
+    from agent.pipeline.runner import Agent
     from tests.test_agent_e2e import make_site
 
     monkeypatch.delenv("NO_SUCH_PIN", raising=False)
@@ -163,7 +163,7 @@ def test_fleet_targets_signed_inside_the_token_are_applied_by_a_gateway(
 def test_fleet_key_reference_without_its_pin_is_named(tmp_path, monkeypatch):
     import json
 
-    from agent.fleet.errors import FleetError
+    from agent.errors import FleetError
     from agent.fleet.hsm import load_pkcs11_reference
 
     monkeypatch.delenv("NOPE_PIN", raising=False)
@@ -200,8 +200,8 @@ def test_key_create_makes_a_token_key_whose_exported_public_key_verifies_its_att
 ):
     from pkcs11 import Attribute, ObjectClass
 
-    from agent.keys import load_public_key
-    from agent.pkcs11_signer import Pkcs11Signer
+    from agent.identity.keys import load_public_key
+    from agent.identity.pkcs11 import Pkcs11Signer
 
     label, pub = f"made-{key_type}", tmp_path / "device.pub.pem"
     r = _key_cli(run_cli, token, "key", "create", "--label", label, "--pin-env",

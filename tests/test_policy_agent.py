@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agent.config import load_config
-from agent.runner import Agent
+from agent.pipeline.runner import Agent
 from tests.test_agent_e2e import make_site
 
 BAD_LAYERS = [
@@ -71,7 +71,8 @@ def test_window_and_duration_state_survive_an_agent_restart(tmp_path: Path) -> N
 def test_rule_episodes_round_trip_through_the_claims() -> None:
     import cbor2
 
-    from agent.attestation import (
+    from agent.errors import VerificationError
+    from agent.evidence.claims import (
         Checkpoint,
         ConfigInForce,
         Evidence,
@@ -80,7 +81,6 @@ def test_rule_episodes_round_trip_through_the_claims() -> None:
         encode_claims,
         parse_claims,
     )
-    from agent.errors import VerificationError
 
     rules = (
         RuleResult(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker import MosquittoBroker, find_mosquitto
+from agent.tools.broker import MosquittoBroker, find_mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -11,11 +11,11 @@ import yaml
 
 from agent.audit import verify_paths
 from agent.audit.collector import FileCollector
-from agent.broker import free_port
 from agent.config import SerialSettings, load_config
-from agent.keys import load_public_key
+from agent.identity.keys import load_public_key
+from agent.pipeline.reload import plan_reload
 from agent.policy import load_policy
-from agent.reload import plan_reload
+from agent.tools.broker import free_port
 from tests.agent_process import AgentProcess, agent_env, spool_evidence
 from tests.test_agent_e2e import Device, make_site, wait_for
 

@@ -17,17 +17,17 @@ import onnx
 import pytest
 import yaml
 
-from agent.attestation import parse_claims
 from agent.audit.replay import replay
 from agent.audit.trust import TrustedKey, TrustStore
 from agent.cli import main
 from agent.config import load_config
-from agent.cose import decode_sign1
 from agent.errors import Error
-from agent.keys import generate_key, load_public_key
+from agent.evidence.claims import parse_claims
+from agent.evidence.cose import decode_sign1
+from agent.identity.keys import generate_key, load_public_key
+from agent.pipeline.runner import Agent
+from agent.pipeline.window import Reading, Window
 from agent.policy import load_policy
-from agent.runner import Agent
-from agent.window import Reading, Window
 from tests import onnx_util
 from tests.conftest import ROOT
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.keys import generate_key
+from agent.identity.keys import generate_key
 from tests.evidence_util import make_stream, write
 from tests.test_agent_e2e import Device, make_site, run_agent
 

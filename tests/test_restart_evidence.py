@@ -23,19 +23,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.attestation import Evidence
 from agent.audit import verify_paths
 from agent.audit.replay import replay
 from agent.audit.trust import TrustedKey, TrustStore
-from agent.journal import FLUSH_S, Journal, SourceMark
-from agent.keys import load_public_key
-from agent.leaves import LeafRecord, decode_record, record_leaf_hashes
-from agent.merkle import CompactRange
+from agent.evidence.claims import Evidence
+from agent.evidence.journal import FLUSH_S, Journal, SourceMark
+from agent.evidence.leaves import LeafRecord, decode_record, record_leaf_hashes
+from agent.evidence.merkle import CompactRange
+from agent.evidence.store import EvidenceStore
+from agent.identity.keys import load_public_key
+from agent.pipeline.window import Reading
 from agent.policy import load_policy
 from agent.sources.framed import REBOOTED_UNSEEN, WENT_BACK_UNSEEN
 from agent.sources.quality import QualityLedger
-from agent.store import EvidenceStore
-from agent.window import Reading
 from firmware_bridge import Emulator, open_pty
 from tests.agent_process import AgentProcess, agent_env, spool_evidence
 from tests.test_agent_e2e import make_site
@@ -399,7 +399,7 @@ _SLOW_COMMIT = """
 # state of its window was saved (the marker file says when), so the test can kill -9 the
 # agent exactly between evaluating a window and signing it.
 import pathlib, time
-import agent.attester as a
+import agent.evidence.attester as a
 _attest = a.Attester.attest
 def attest(self, *args, **kw):
     if self.store.state.next_seq >= 1:

@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper, numpy_helper
 
-from agent import risk
 from agent.errors import ModelError
-from agent.features import FeaturePlan, parse_feature
-from agent.risk import load_model
+from agent.risk import engine as risk
+from agent.risk.engine import load_model
+from agent.risk.features import FeaturePlan, parse_feature
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "configs" / "models"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from agent.audit import verify_paths
-from agent.keys import load_public_key
-from agent.service import Notifier
+from agent.identity.keys import load_public_key
+from agent.pipeline.service import Notifier
 from tests.agent_process import AgentProcess, NotifySocket, agent_env, spool_evidence
 from tests.conftest import ROOT
 from tests.test_agent_e2e import Device, make_site

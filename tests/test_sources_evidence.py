@@ -8,9 +8,9 @@ import time
 
 import yaml
 
-from agent.attestation import parse_claims
 from agent.audit import verify_paths
-from agent.cose import decode_sign1
+from agent.evidence.claims import parse_claims
+from agent.evidence.cose import decode_sign1
 from firmware_bridge import open_pty
 from tests.test_agent_e2e import Device, make_site, run_agent
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.attestation import ConfigInForce, RiskResult, RuleResult
-from agent.attester import Attester
 from agent.audit import verify_paths
-from agent.cose import decode_sign1
 from agent.errors import VerificationError
-from agent.keys import generate_key
-from agent.store import EvidenceStore
-from agent.window import Reading
+from agent.evidence.attester import Attester
+from agent.evidence.claims import ConfigInForce, RiskResult, RuleResult
+from agent.evidence.cose import decode_sign1
+from agent.evidence.store import EvidenceStore
+from agent.identity.keys import generate_key
+from agent.pipeline.window import Reading
 
 CONFIG = ConfigInForce("p", 1, "ab" * 32, {"m": "cd" * 32})
 
@@ -156,7 +156,7 @@ def test_no_trust_anchor_fails_closed(tmp_path, chain):
 
 def test_prev_links_hash_the_exact_bytes(chain):
     for before, after in zip(chain, chain[1:]):
-        from agent.attestation import parse_claims
+        from agent.evidence.claims import parse_claims
 
         ev = parse_claims(decode_sign1(after).claims())
         assert ev.prev == hashlib.sha256(before).digest()

@@ -28,25 +28,25 @@ import numpy as np
 import pytest
 import yaml
 
-from agent.attestation import ConfigInForce
-from agent.attester import Attester
 from agent.audit import verify_paths
 from agent.audit.replay import replay
 from agent.audit.trust import TrustedKey, TrustStore
 from agent.audit.verify import verify_messages
-from agent.bench.faults.storage import fill_filesystem
 from agent.config import load_config
 from agent.errors import EvidenceAtRiskError, StorageError, StoreCorruptError
-from agent.held_windows import FILE as HELD
-from agent.held_windows import RESERVE, HeldWindows, decode_held, encode_held
-from agent.keys import Signer, generate_key, load_public_key
-from agent.leaves import decode_record
-from agent.log_head import read_log_head
+from agent.evidence.attester import Attester
+from agent.evidence.claims import ConfigInForce
+from agent.evidence.held_windows import FILE as HELD
+from agent.evidence.held_windows import RESERVE, HeldWindows, decode_held, encode_held
+from agent.evidence.leaves import decode_record
+from agent.evidence.log_head import read_log_head
+from agent.evidence.store import EvidenceStore
+from agent.identity.keys import Signer, generate_key, load_public_key
+from agent.pipeline.runner import Agent
+from agent.pipeline.window import Reading, Window
 from agent.policy import load_policy
 from agent.policy.evaluator import BatchResult, Episode
-from agent.runner import Agent
-from agent.store import EvidenceStore
-from agent.window import Reading, Window
+from agent.tools.bench.faults.storage import fill_filesystem
 from tests.agent_process import AgentProcess, agent_env, spool_evidence
 from tests.test_agent_e2e import Device, make_site
 

@@ -13,10 +13,10 @@ import nacl.signing
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from agent.attestation import EDGEGOV
 from agent.audit import verify_paths
-from agent.cose import decode_sign1, encode_sign1, sig_structure
-from agent.keys import generate_key
+from agent.evidence.claims import EDGEGOV
+from agent.evidence.cose import decode_sign1, encode_sign1, sig_structure
+from agent.identity.keys import generate_key
 from tests.conftest import cose_oracle
 from tests.evidence_util import make_stream, write
 

@@ -15,9 +15,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.broker import MosquittoBroker, find_mosquitto
-from agent.store import OutboxItem
-from agent.transport import BrokerURL, MqttPublisher, Topics
+from agent.evidence.store import OutboxItem
+from agent.tools.broker import MosquittoBroker, find_mosquitto
+from agent.transport.publisher import BrokerURL, MqttPublisher, Topics
 from tests.conftest import ROOT, Listener
 from tests.pki import TestPKI
 
@@ -126,7 +126,7 @@ def test_a_client_without_a_fleet_certificate_is_refused(tls, tmp_path):
 _STATUS_CHILD = r"""
 import sys, time
 from pathlib import Path
-from agent.transport import BrokerURL, MqttPublisher, Topics
+from agent.transport.publisher import BrokerURL, MqttPublisher, Topics
 ca, cert, key = (Path(p) for p in sys.argv[2:5])
 pub = MqttPublisher(BrokerURL.parse(sys.argv[1]), Topics("edgegov", "f", "gw-1"), print,
                     ca_file=ca, cert_file=cert, key_file=key)

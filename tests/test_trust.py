@@ -11,11 +11,11 @@ from cryptography.hazmat.primitives import serialization
 
 from agent.audit import verify_paths
 from agent.audit.trust import load_trust
-from agent.cose import decode_sign1
 from agent.errors import ConfigError
-from agent.fleet_ca import init_ca, issue_certificate, make_csr, revoke_certificate
-from agent.keys import generate_key, load_signer
-from agent.rotation import make_rotation
+from agent.evidence.cose import decode_sign1
+from agent.evidence.rotation import make_rotation
+from agent.identity.fleet_ca import init_ca, issue_certificate, make_csr, revoke_certificate
+from agent.identity.keys import generate_key, load_signer
 from tests.evidence_util import MODEL_DIGEST, POLICY_DIGEST, make_stream, write
 
 

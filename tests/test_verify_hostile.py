@@ -23,13 +23,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.attestation import EDGEGOV
 from agent.audit import verify_paths
 from agent.audit.verify import Finding
-from agent.cbor_limits import check_cbor
-from agent.cose import decode_sign1, sig_structure
 from agent.errors import VerificationError
-from agent.keys import P256_N, ecdsa_high_s, generate_key
+from agent.evidence.cbor_limits import check_cbor
+from agent.evidence.claims import EDGEGOV
+from agent.evidence.cose import decode_sign1, sig_structure
+from agent.identity.keys import P256_N, ecdsa_high_s, generate_key
 from native.verify import split_sign1
 from tests.evidence_util import make_stream, write
 

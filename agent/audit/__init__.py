@@ -7,7 +7,7 @@
 """
 
 from agent.audit.analysis import Analysis, DeviceAnalysis, PolicyMismatch, analyze
-from agent.audit.text import format_result
+from agent.audit.text_report import format_result
 from agent.audit.verify import AuditResult, Finding, Message, collect_files, verify_paths
 
 __all__ = [

@@ -21,11 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from agent.attestation import Evidence
 from agent.audit.completeness import Completeness, WindowSources, measure
 from agent.audit.compliance import ComplianceItem, judge_goals, judge_rules
 from agent.audit.verify import AuditResult, Finding, VerifiedLog
 from agent.errors import Error
+from agent.evidence.claims import Evidence
 
 if TYPE_CHECKING:
     from agent.policy.bundle import PolicyBundle

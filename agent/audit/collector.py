@@ -30,12 +30,12 @@ import cbor2
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.attestation import EDGEGOV, SEQ
 from agent.audit.evidence_db import EvidenceDB, open_db
-from agent.cose import decode_sign1
 from agent.errors import Error, TransportError
-from agent.mqtt_tls import TlsFiles, client_context, explain_tls_failure
-from agent.transport import BrokerURL
+from agent.evidence.claims import EDGEGOV, SEQ
+from agent.evidence.cose import decode_sign1
+from agent.transport.mqtt_tls import TlsFiles, client_context, explain_tls_failure
+from agent.transport.publisher import BrokerURL
 
 __all__ = ["Collector", "FileCollector", "StoreCollector", "peek_seq"]
 

@@ -8,7 +8,7 @@ report the fork. device comes from the MQTT topic and seq from the unverified
 payload; they only organise storage, ``audit verify`` decides what is true.
 
 :func:`read_messages` is the auditor's side: it reads a collector store, or a
-gateway's own evidence store (``state_dir/evidence.sqlite``, ``agent.store``), without
+gateway's own evidence store (``state_dir/evidence.sqlite``, ``agent.evidence.store``), without
 creating or changing anything.
 """
 
@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 from agent.audit.verify import Message
 from agent.errors import StorageError
+from agent.evidence.store import read_only  # leaves no -wal/-shm behind (edgegov status)
 from agent.logs import redact
-from agent.store import read_only  # leaves no -wal/-shm behind (edgegov status)
 
 __all__ = ["EvidenceDB", "open_db", "read_messages"]
 
@@ -184,7 +184,7 @@ def _read_sqlite(db: sqlite3.Connection, url: str) -> list[Message]:
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if "collected" in tables:
         return [_collected(url, *row) for row in db.execute(_SELECT)]
-    if {"state", "attestations"} <= tables:  # the gateway's own store (agent/store.py)
+    if {"state", "attestations"} <= tables:  # the gateway's own store (agent/evidence/store.py)
         state = db.execute("SELECT origin FROM state").fetchone()
         origin = state[0] if state else ""
         parts = origin.split("/")  # edgegov/{device}/{hex}: names the log, signs nothing

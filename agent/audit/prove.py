@@ -2,7 +2,7 @@
 
 A proof file is self-contained CBOR::
 
-    proof = { 1: record bstr,            ; the salted leaf record (agent.leaves)
+    proof = { 1: record bstr,            ; the salted leaf record (agent.evidence.leaves)
               2: leaf index uint,
               3: tree size uint,         ; = the checkpoint size of the window's attestation
               4: [* bstr(32)],           ; RFC 9162 §2.1.3 inclusion path, ceil(log2 N) hashes
@@ -22,14 +22,14 @@ from pathlib import Path
 
 import cbor2
 
-from agent.attestation import Evidence
 from agent.audit.trust import TrustStore
-from agent.cbor_limits import check_cbor
 from agent.errors import VerificationError
-from agent.keys import PublicKey
-from agent.leaves import LeafRecord, decode_record
-from agent.merkle import ProofError, leaf_hash, verify_inclusion
-from agent.store import read_retained
+from agent.evidence.cbor_limits import check_cbor
+from agent.evidence.claims import Evidence
+from agent.evidence.leaves import LeafRecord, decode_record
+from agent.evidence.merkle import ProofError, leaf_hash, verify_inclusion
+from agent.evidence.store import read_retained
+from agent.identity.keys import PublicKey
 
 __all__ = ["ProvenReading", "check_proof", "make_proof"]
 

@@ -35,15 +35,15 @@ from typing import Any
 import cbor2
 import numpy as np
 
-from agent.attestation import Evidence, RiskResult, RuleResult
 from agent.audit.trust import TrustStore
 from agent.errors import Error, ModelError, VerificationError
-from agent.leaves import record_leaf_hashes, records_to_columns
-from agent.merkle import CompactRange
+from agent.evidence.claims import Evidence, RiskResult, RuleResult
+from agent.evidence.leaves import record_leaf_hashes, records_to_columns
+from agent.evidence.merkle import CompactRange
+from agent.evidence.store import records_before
+from agent.pipeline.window import summarise_rules
 from agent.policy import PolicyBundle
-from agent.risk import RiskEngine, RiskModel, load_declared
-from agent.store import records_before
-from agent.window import summarise_rules
+from agent.risk.engine import RiskEngine, RiskModel, load_declared
 
 __all__ = ["GPU_TOLERANCE", "ReplayResult", "WindowReplay", "replay"]
 

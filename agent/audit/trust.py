@@ -33,11 +33,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
-from agent.attestation import Evidence, parse_claims
-from agent.cose import Sign1, decode_sign1
 from agent.errors import ConfigError, KeyFileError, VerificationError
-from agent.keys import PublicKey, load_public_key
-from agent.rotation import RotationStatement, verify_rotation
+from agent.evidence.claims import Evidence, parse_claims
+from agent.evidence.cose import Sign1, decode_sign1
+from agent.evidence.rotation import RotationStatement, verify_rotation
+from agent.identity.keys import PublicKey, load_public_key
 
 __all__ = ["TrustStore", "TrustedKey", "UnknownKey", "load_trust"]
 
@@ -242,7 +242,7 @@ def load_trust(path: Path) -> TrustStore:
         except (OSError, ValueError) as e:
             raise ConfigError(f"{path}: fleet_ca[{i}]: cannot load {ca}: {e}") from e
     for i, rot in enumerate(_list(data, "rotations", path)):
-        from agent.rotation import load_rotation
+        from agent.evidence.rotation import load_rotation
 
         try:
             t.rotations.append(load_rotation((base / str(rot)).read_bytes()))

@@ -4,7 +4,7 @@ Everything a device signed is untrusted input: the device may be buggy or an att
 Nothing in a message may raise out of here; every problem is a :class:`Finding`.
 
 Checks, per device log (PRODUCT.md §6, docs/attestation-profile.md):
-1. every message is the profile's COSE_Sign1 in its one byte form (``agent.cose``:
+1. every message is the profile's COSE_Sign1 in its one byte form (``agent.evidence.cose``:
    exact envelope, deterministic CBOR, every claim's type and range) within the size
    and CBOR limits; its ``kid`` selects a trusted key (a listed key, a key a rotation statement
    hands over to, or the key of an ``x5chain`` certificate that chains to a fleet
@@ -41,13 +41,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import cbor2
 
-from agent.attestation import EDGEGOV, ConfigInForce, Evidence, parse_claims
 from agent.audit.trust import CertificateError, RevokedKey, TrustStore, UnknownKey
-from agent.cbor_limits import check_cbor
-from agent.cose import AlgorithmMismatch, HighS, Sign1, decode_sign1
 from agent.errors import Error, VerificationError
-from agent.keys import PublicKey
-from agent.merkle import ProofError, verify_consistency
+from agent.evidence.cbor_limits import check_cbor
+from agent.evidence.claims import EDGEGOV, ConfigInForce, Evidence, parse_claims
+from agent.evidence.cose import AlgorithmMismatch, HighS, Sign1, decode_sign1
+from agent.evidence.merkle import ProofError, verify_consistency
+from agent.identity.keys import PublicKey
 from native.cbor_scan import scan
 
 if TYPE_CHECKING:

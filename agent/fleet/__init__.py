@@ -37,10 +37,6 @@ _WHERE = {
     "TufVersions": "activation",
     "Assignment": "repository",
     "FleetRepository": "repository",
-    "ConfigRejected": "errors",
-    "FleetError": "errors",
-    "RepositoryInvalid": "errors",
-    "TrustRootError": "errors",
     "FleetClient": "client",
     "FleetClientConfig": "client",
     "UpdateOutcome": "client",
@@ -50,7 +46,12 @@ _WHERE = {
 }
 
 
+_ERRORS = ("ConfigRejected", "FleetError", "RepositoryInvalid", "TrustRootError")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _ERRORS:  # the fleet's branch of the one error tree
+        return getattr(importlib.import_module("agent.errors"), name)
     if name in _WHERE:
         return getattr(importlib.import_module(f"agent.fleet.{_WHERE[name]}"), name)
     raise AttributeError(f"module 'agent.fleet' has no attribute {name!r}")

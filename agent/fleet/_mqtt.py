@@ -29,8 +29,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.errors import TransportError
-from agent.mqtt_tls import TlsFiles, client_context, explain_tls_failure
-from agent.transport import BrokerURL
+from agent.transport.mqtt_tls import TlsFiles, client_context, explain_tls_failure
+from agent.transport.publisher import BrokerURL
 
 __all__ = ["FleetSession", "TlsFiles"]
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.fleet.errors import FleetError
+from agent.errors import FleetError
 
 if TYPE_CHECKING:
     from agent.policy import PolicyBundle

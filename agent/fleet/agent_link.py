@@ -17,15 +17,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agent.attestation import ConfigInForce
 from agent.config import AgentConfig
-from agent.errors import ConfigError, Error
+from agent.errors import ConfigError, Error, TrustRootError
+from agent.evidence.claims import ConfigInForce
 from agent.fleet._mqtt import TlsFiles
 from agent.fleet.activation import ActiveConfig
 from agent.fleet.client import FleetClient, FleetClientConfig
-from agent.fleet.errors import TrustRootError
 from agent.policy import PolicyBundle
-from agent.transport import BrokerURL
+from agent.transport.publisher import BrokerURL
 
 __all__ = ["FleetLink"]
 

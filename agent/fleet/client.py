@@ -41,7 +41,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Root, TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
-from agent.errors import Error, TransportError
+from agent.errors import ConfigRejected, Error, FleetError, TransportError, TrustRootError
 from agent.fleet._mqtt import FleetSession, TlsFiles
 from agent.fleet.activation import (
     ActiveConfig,
@@ -52,11 +52,10 @@ from agent.fleet.activation import (
     staged_path,
     unassigned_models,
 )
-from agent.fleet.errors import ConfigRejected, FleetError, TrustRootError
 from agent.fleet.fetcher import MqttFetcher
 from agent.fleet.repository import Assignment, assignment_name
 from agent.fleet.topics import METADATA_URL, TARGETS_URL, FleetTopics
-from agent.transport import BrokerURL
+from agent.transport.publisher import BrokerURL
 
 __all__ = ["FleetClient", "FleetClientConfig", "UpdateOutcome"]
 
@@ -382,7 +381,7 @@ class FleetClient:
     def _check_staged(self, cfg: ActiveConfig, a: Assignment) -> None:
         """The policy loads, and references only the assigned models, by digest."""
         from agent.policy import load_policy  # the policy compiler is heavy; load lazily
-        from agent.risk import load_declared
+        from agent.risk.engine import load_declared
 
         try:
             bundle = load_policy(cfg.policy_path)

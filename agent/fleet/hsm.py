@@ -21,9 +21,8 @@ from typing import Any
 import yaml
 from securesystemslib.signer import Signature, Signer, SSlibKey
 
-from agent.errors import KeyFileError
-from agent.fleet.errors import FleetError
-from agent.keys import ALG_EDDSA
+from agent.errors import FleetError, KeyFileError
+from agent.identity.keys import ALG_EDDSA
 
 __all__ = ["Pkcs11TufSigner", "load_pkcs11_reference"]
 
@@ -32,7 +31,7 @@ class Pkcs11TufSigner(Signer):
     """A securesystemslib signer whose Ed25519 private key never leaves the token."""
 
     def __init__(self, module: str, token: str, label: str, pin: str) -> None:
-        from agent.pkcs11_signer import Pkcs11Signer
+        from agent.identity.pkcs11 import Pkcs11Signer
 
         self._token = Pkcs11Signer(module, token, pin, label)
         if self._token.alg != ALG_EDDSA:

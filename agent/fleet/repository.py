@@ -66,9 +66,8 @@ from tuf.api.serialization.json import JSONSerializer
 from tuf.ngclient import FetcherInterface, Updater
 from tuf.repository import Repository
 
-from agent.errors import Error
+from agent.errors import Error, FleetError, RepositoryInvalid
 from agent.fleet.activation import staged_path, unassigned_models
-from agent.fleet.errors import FleetError, RepositoryInvalid
 from agent.fleet.topics import METADATA_URL, TARGETS_URL, FleetTopics, check_target_name
 
 __all__ = [

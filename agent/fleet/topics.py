@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from agent.fleet.errors import FleetError
+from agent.errors import FleetError
 
 __all__ = ["METADATA_URL", "TARGETS_URL", "FleetTopics", "check_target_name"]
 

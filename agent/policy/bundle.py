@@ -50,11 +50,11 @@ import numpy.typing as npt
 import yaml
 
 from agent.errors import ModelError, PolicyError, PolicySyntaxError
-from agent.features import parse_feature
 from agent.policy.compiler import DurationNode, PlanBuilder, offset_to_line_col
 from agent.policy.evaluator import ChannelSpec, Evaluator, Plan, RuleSpec, mask_invalid
 from agent.policy.layering import check_override
 from agent.policy.parser import RESERVED, ConditionError, parse_duration
+from agent.risk.features import parse_feature
 from native import _policy_py as _ops
 from native.policy import Program
 

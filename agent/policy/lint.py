@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.features import parse_feature
 from agent.policy.bundle import PolicyBundle
+from agent.risk.features import parse_feature
 from native import _policy_py as _ops
 from native.policy import Program
 
@@ -112,7 +112,7 @@ def check_models(bundle: PolicyBundle) -> list[Finding]:
     training ranges (its scores would never be flagged as out of distribution).
     """
     from agent.errors import ModelError
-    from agent.risk import load_declared  # onnxruntime: only when there are models to check
+    from agent.risk.engine import load_declared  # onnxruntime: only when there are models to check
 
     out: list[Finding] = []
     for ref in bundle.models:

@@ -36,8 +36,8 @@ import numpy as np
 import serial
 
 from agent.config import SourceConfig
+from agent.pipeline.window import Reading
 from agent.sources.link import Deliver, PolicyChannel, PortSource, now_ms
-from agent.window import Reading
 from firmware_bridge import Command, CommandCode, Data, Frame, Hello, encode_frame
 from native.frames import Batch, BatchDecoder
 

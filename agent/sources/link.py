@@ -21,8 +21,8 @@ import serial
 
 from agent.config import SourceConfig
 from agent.errors import ConfigError
+from agent.pipeline.window import Reading
 from agent.sources.quality import QualityLedger
-from agent.window import Reading
 
 __all__ = ["Deliver", "PolicyChannel", "PortSource", "now_ms"]
 
@@ -77,7 +77,7 @@ class PortSource:
         # Held by the reader thread while one chunk's ledger updates and readings go out,
         # and by the agent around a ledger snapshot and the queue drain that goes with
         # it: every reading delivered before a snapshot is in the agent's window, none
-        # after (agent.journal). Modbus polls do not take it (they block on the bus).
+        # after (agent.evidence.journal). Modbus polls do not take it (they block on the bus).
         self.stream_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"source-{cfg.name}", daemon=True)

@@ -12,7 +12,7 @@ The snapshot is a plain mapping for the attestation's health claim
 (``docs/attestation-profile.md``, claim -70001/8). :meth:`QualityLedger.peek` reads it
 without resetting, so the agent can keep what a window has counted so far in the
 evidence store's journal; after a crash the next agent process hands it back with
-:meth:`QualityLedger.restore` and signs it (``agent.journal``).
+:meth:`QualityLedger.restore` and signs it (``agent.evidence.journal``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Code shared by the training scripts in configs/models (not a model of its own).
 
-* the inputs themselves come from ``agent.features.FeaturePlan`` (spec parsing and
+* the inputs themselves come from ``agent.risk.features.FeaturePlan`` (spec parsing and
   ``native.features.window_features``), so a training script computes them with the very
   code the agent scores with;
 * :func:`feature_ranges`: the per-input training ranges stored as ONNX metadata

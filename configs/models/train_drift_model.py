@@ -68,7 +68,7 @@ from _training import (  # noqa: E402
     train_mlp,
 )
 
-from agent.features import FeaturePlan  # noqa: E402
+from agent.risk.features import FeaturePlan  # noqa: E402
 
 MODEL_ID = "drift-anomaly"
 MODEL_VERSION = 1

@@ -66,7 +66,7 @@ from _training import (  # noqa: E402
     train_mlp,
 )
 
-from agent.features import FeaturePlan  # noqa: E402
+from agent.risk.features import FeaturePlan  # noqa: E402
 
 MODEL_ID = "excursion-risk"
 MODEL_VERSION = 1
@@ -180,8 +180,8 @@ class Dataset:
 def windows(temp: np.ndarray, hum: np.ndarray, kinds: np.ndarray) -> Dataset:
     """Cut traces into 5 s windows; features per window, label from the next 60 s.
 
-    The features are exactly those ``agent.features.FeaturePlan.compute`` computes: NaN readings
-    are ignored and ``stddev`` is the population standard deviation (ddof=0).
+    The features are exactly those ``agent.risk.features.FeaturePlan.compute`` computes: NaN
+    readings are ignored and ``stddev`` is the population standard deviation (ddof=0).
     """
     n_traces = temp.shape[0]
     tw = temp.reshape(n_traces, WINDOWS_PER_TRACE, WINDOW)

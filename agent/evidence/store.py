@@ -1,0 +1,725 @@
+"""The gateway's durable evidence store: chain state, attestations, outbox (SQLite, WAL).
+
+One transaction commits a signed attestation, its outbox entry, the window's
+readings (the salted leaf records, so any of them can later be proven included)
+and the new chain state (next seq, prev hash, Merkle log state) together, with
+``synchronous=FULL`` so it is on disk (fsync) before anything is published.
+An outbox row is deleted only when the broker has acknowledged it (PUBACK).
+
+If the database is lost, the next start declares a *new* log (fresh origin,
+seq 0, no prev): the chain never silently restarts under the old name. When state of an
+earlier log is found beside it (``log-head.json``, rewritten after every commit, and the
+files the caller names), :attr:`EvidenceStore.new_log_reason` says so and
+:attr:`EvidenceStore.previous_log` names that log, for the new log's first attestation.
+
+Faults are found, never carried on with: at open, SQLite's ``quick_check`` runs and the
+chain state is checked against the stored attestations (``agent.evidence.chain_check``: agree,
+rebuilt from verified attestations, or refused); while running, ``quick_check`` runs again
+every :data:`INTEGRITY_CHECK_S` seconds before a commit. A store found corrupt raises
+:class:`agent.errors.StoreCorruptError` and is not written again.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import cbor2
+
+from agent.errors import StorageError, StoreCorruptError
+from agent.evidence.chain_check import check_chain_state, new_log_steps
+from agent.evidence.leaves import decode_record, record_leaf_hashes
+from agent.evidence.log_head import FILE as LOG_HEAD_FILE
+from agent.evidence.log_head import LogHead, read_log_head, write_log_head
+from agent.evidence.merkle import CompactRange, RangeHasher
+
+if TYPE_CHECKING:
+    from agent.identity.keys import PublicKey
+
+__all__ = [
+    "INTEGRITY_CHECK_S",
+    "ChainState",
+    "EvidenceStore",
+    "OutboxItem",
+    "RetainedReading",
+    "StoreSummary",
+    "StoredAttestation",
+    "read_only",
+    "read_retained",
+    "read_summary",
+    "records_before",
+    "store_path",
+]
+
+_T = TypeVar("_T")
+
+log = logging.getLogger("edgegov.store")
+
+INTEGRITY_CHECK_S = 3600.0  # quick_check while running: ~20 ms for 100k readings (13 MB)
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+# How long a write waits for another process's lock (an operator's sqlite3 shell, a backup)
+# before it fails and the window is held: the main loop, which feeds the watchdog, waits it.
+_BUSY_S = 1.0
+
+_ACK_BATCH = 64  # outbox deletions per transaction
+_FILE = "evidence.sqlite"
+
+# The open window's journal keeps its own tables (journal, journal_sources, journal_run) in
+# this database, written through transact() and commit(also=...): agent/evidence/journal.py.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    origin TEXT NOT NULL,
+    next_seq INTEGER NOT NULL,
+    prev BLOB,
+    log_size INTEGER NOT NULL,
+    log_nodes BLOB NOT NULL,
+    bootcount INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attestations (
+    seq INTEGER PRIMARY KEY,
+    window_start_ms INTEGER NOT NULL,
+    window_end_ms INTEGER NOT NULL,
+    cose BLOB NOT NULL,
+    log_size_before INTEGER NOT NULL DEFAULT 0,
+    log_before BLOB NOT NULL DEFAULT x'80'
+);
+CREATE TABLE IF NOT EXISTS readings (
+    idx INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS readings_by_seq ON readings (seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+
+
+def store_path(state_dir: Path) -> Path:
+    """The evidence store in an agent's ``state_dir``."""
+    return Path(state_dir) / _FILE
+
+
+@dataclass
+class ChainState:
+    """What must survive a restart for the chain to continue."""
+
+    origin: str
+    next_seq: int
+    prev: bytes | None
+    log: CompactRange
+    bootcount: int
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    seq: int
+    topic: str
+    payload: bytes
+
+
+class EvidenceStore:
+    """SQLite-backed store; safe to call from the agent and the MQTT thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        device_id: str,
+        *,
+        public_key: PublicKey | None = None,
+        earlier: Sequence[Path] = (),
+    ) -> None:
+        """Open (or create) the store, check it, and count a boot.
+
+        Args:
+            public_key: the device key, to verify stored attestations before the chain
+                state is rebuilt from them (None: a disagreeing state is refused).
+            earlier: files of the caller that exist only once a log has run here (policy
+                state, held windows, spooled attestations): found beside a missing or
+                empty store, they make the new log say so (:attr:`new_log_reason`).
+
+        Raises:
+            StoreCorruptError: SQLite's quick_check fails, or the file is not a database.
+            StorageError: it cannot be opened, or its chain state disagrees with its
+                attestations in a way they do not resolve (``agent.evidence.chain_check``).
+        """
+        self.path = path
+        self._lock = threading.Lock()
+        self.new_log = False
+        # A new log began while state of an earlier log was there: why, and which log
+        # ("origin seq N head sha256:HEX", or "unknown"); for claim -70001/12 keys 7 and 8.
+        self.new_log_reason: str | None = None
+        self.previous_log: str | None = None
+        self.rebuilt: str | None = None  # the chain state was rebuilt from attestations: how
+        self.head_note: str | None = None  # log-head.json: unreadable, or of another log
+        self.corrupt: str | None = None  # set once the store is found corrupt: never written
+        self.integrity_check_s = INTEGRITY_CHECK_S
+        existed = path.is_file()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, timeout=_BUSY_S, check_same_thread=False, isolation_level=None
+            )
+        except (sqlite3.Error, OSError) as e:
+            raise StorageError(f"{path}: cannot open the evidence store: {e}") from e
+        self._acked: list[int] = []  # PUBACKed seqs whose outbox rows are not yet deleted
+        try:
+            with self._wrap("open the evidence store"):
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+            self.check_integrity()
+            with self._wrap("open the evidence store"):
+                self._db.executescript(_SCHEMA)
+            self.state = self._load_or_create(device_id, public_key, existed, earlier)
+        except BaseException:
+            self._db.close()  # refused (corrupt, state disagrees): leave nothing open
+            raise
+
+    def _load_or_create(
+        self, device_id: str, key: PublicKey | None, existed: bool, earlier: Sequence[Path]
+    ) -> ChainState:
+        head = self._read_head()
+        with self._lock, self._wrap("read chain state"):
+            row = self._db.execute(
+                "SELECT origin, next_seq, prev, log_size, log_nodes, bootcount FROM state"
+            ).fetchone()
+            stored, log_problem = None, None
+            if row is not None:
+                origin, next_seq, prev, size, nodes, boots = row
+                try:
+                    log_state = CompactRange(size, cbor2.loads(nodes))
+                except (ValueError, TypeError, cbor2.CBORDecodeError) as e:
+                    log_state, log_problem = CompactRange(), str(e)
+                stored = ChainState(origin, next_seq, prev, log_state, boots)
+            checked = check_chain_state(self._db, self.path, stored, head, key, log_problem)
+            if checked is None:
+                if self._db.execute("SELECT 1 FROM readings UNION SELECT 1 FROM outbox").fetchone():
+                    raise StorageError(
+                        f"{self.path}: the store has readings or outbox rows but no chain state "
+                        f"and no attestation: it is not a store a log can start in. Nothing was "
+                        f"written. To recover: {new_log_steps(self.path)}."
+                    )
+                # New (or lost) state: declare a new log, never reuse an old origin.
+                origin = f"edgegov/{device_id}/{secrets.token_hex(8)}"
+                state = ChainState(origin, 0, None, CompactRange(), 1)
+                self.new_log = True
+                self._say_why_new(existed, earlier, head)
+            else:
+                state = replace(checked.state, bootcount=checked.state.bootcount + 1)
+                self.rebuilt = checked.rebuilt
+                if head is not None and head.origin != state.origin:
+                    self.head_note = (
+                        f"{LOG_HEAD_FILE} names log {head.describe()}, the store continues "
+                        f"log {state.origin} (the store was swapped?)"
+                    )
+            self._write_state(state)
+            return state
+
+    def _read_head(self) -> LogHead | None:
+        try:
+            return read_log_head(self.path.parent)
+        except ValueError as e:
+            self.head_note = str(e)
+            return None
+
+    def _say_why_new(self, existed: bool, earlier: Sequence[Path], head: LogHead | None) -> None:
+        """A new log: if state of an earlier log is here, say why and name that log."""
+        found = [p.name for p in earlier if p.exists()]
+        if head is not None or self.head_note is not None:
+            found.insert(0, LOG_HEAD_FILE)
+        if not found and not existed:
+            return  # a first start
+        what = "was empty (no chain state)" if existed else "was missing"
+        self.new_log_reason = f"evidence store {self.path.name} {what}" + (
+            f" while state of an earlier log was there: {', '.join(found)}" if found else ""
+        )
+        self.previous_log = head.describe() if head is not None else "unknown"
+
+    def _wrap(self, what: str) -> _SqliteGuard:
+        return _SqliteGuard(self.path, what, self._found_corrupt)
+
+    def _found_corrupt(self, reason: str) -> None:
+        self.corrupt = reason
+
+    def check_integrity(self) -> None:
+        """SQLite's ``quick_check`` over what is on disk (a fresh connection, not this one's
+        page cache): b-tree structure, page and record format, NOT NULL and free lists.
+
+        Raises:
+            StoreCorruptError: it found problems (the first 10 are named), with the steps
+                to recover; the store is not written again by this process.
+        """
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        try:
+            db = sqlite3.connect(uri, uri=True)
+            try:
+                rows = db.execute("PRAGMA quick_check(10)").fetchall()
+            finally:
+                db.close()
+            problems = [str(r[0]) for r in rows if r[0] != "ok"]
+        except sqlite3.DatabaseError as e:
+            problems = [str(e)]
+        self._checked_at = time.monotonic()
+        if problems:
+            err = _corrupt_error(self.path, "; ".join(problems))
+            self.corrupt = str(err)
+            raise err
+
+    def _write_state(self, s: ChainState) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO state VALUES (1, ?, ?, ?, ?, ?, ?)",
+            (s.origin, s.next_seq, s.prev, s.log.size, cbor2.dumps(list(s.log.nodes)), s.bootcount),
+        )
+
+    def commit(
+        self,
+        seq: int,
+        window: tuple[int, int],
+        cose: bytes,
+        topic: str,
+        new_state: ChainState,
+        records: list[bytes] | None = None,
+        *,
+        also: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """Atomically persist an attestation, its readings, its outbox entry and the chain state.
+
+        ``also`` runs inside the same transaction, after those writes (``agent.evidence.journal``:
+        the signed window leaves the journal in the very commit that signs it).
+
+        Then ``log-head.json`` names it (a failure there is logged, the commit stands).
+
+        Raises:
+            StoreCorruptError: the store is corrupt (found now, by the scheduled
+                quick_check, or before): nothing is written.
+            StorageError: the write failed (disk full, I/O error); nothing was written.
+        """
+        if seq != self.state.next_seq:
+            raise RuntimeError(f"commit out of order: seq {seq}, expected {self.state.next_seq}")
+        if self.corrupt is not None:
+            raise StoreCorruptError(self.corrupt)
+        if time.monotonic() - self._checked_at >= self.integrity_check_s:
+            self.check_integrity()
+        before = self.state.log
+        records = records or []
+        with self._lock, self._wrap(f"store attestation seq {seq}"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO attestations VALUES (?, ?, ?, ?, ?, ?)",
+                    (seq, window[0], window[1], cose, before.size, cbor2.dumps(list(before.nodes))),
+                )
+                self._db.executemany(
+                    "INSERT INTO readings VALUES (?, ?, ?)",
+                    [(before.size + i, seq, r) for i, r in enumerate(records)],
+                )
+                self._db.execute("INSERT INTO outbox VALUES (?, ?, ?)", (seq, topic, cose))
+                self._write_state(new_state)
+                if also is not None:
+                    also(self._db)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        self.state = new_state
+        self._write_head(LogHead(new_state.origin, seq, hashlib.sha256(cose).digest()))
+
+    def _write_head(self, head: LogHead) -> None:
+        try:
+            write_log_head(self.path.parent, head)
+        except OSError as e:  # advisory: the store has the attestation
+            log.warning("cannot update %s beside the evidence store: %s", LOG_HEAD_FILE, e)
+
+    def prune(self, older_than_ms: int) -> int:
+        """Retention: drop the readings of windows that ended before ``older_than_ms``.
+
+        Attestations are kept (they are small and the chain needs them); only the
+        raw readings go, after which they can no longer be proven.
+        """
+        with self._lock, self._wrap("apply the retention setting"):
+            cur = self._db.execute(
+                "DELETE FROM readings WHERE seq IN "
+                "(SELECT seq FROM attestations WHERE window_end_ms < ?)",
+                (older_than_ms,),
+            )
+            return cur.rowcount
+
+    def used_bytes(self) -> int:
+        """Bytes in use by the database (freed pages are reused, so this is what grows)."""
+        with self._lock, self._wrap("measure the evidence store"):
+            pages, free, size = (
+                self._db.execute(f"PRAGMA {p}").fetchone()[0]
+                for p in ("page_count", "freelist_count", "page_size")
+            )
+        return int((pages - free) * size)
+
+    def shed_readings(self, target_bytes: int, batch: int = 2000) -> int:
+        """Disk quota: delete the oldest raw readings until ``used_bytes() <= target_bytes``.
+
+        Only readings go: attestations, outbox and chain state are never shed. Returns
+        how many readings were deleted (the caller records that in the evidence).
+        """
+        shed = 0
+        while self.used_bytes() > target_bytes:
+            with self._lock, self._wrap("shed raw readings for the disk quota"):
+                n = self._db.execute(
+                    "DELETE FROM readings WHERE rowid IN "
+                    "(SELECT rowid FROM readings ORDER BY rowid LIMIT ?)",
+                    (batch,),
+                ).rowcount
+            if n <= 0:
+                break
+            shed += n
+        return shed
+
+    def pending(self) -> list[OutboxItem]:
+        """Outbox entries not yet acknowledged by the broker, in seq order."""
+        with self._lock, self._wrap("read outbox"):
+            self._flush_acks_locked()
+            rows = self._db.execute(
+                "SELECT seq, topic, payload FROM outbox ORDER BY seq"
+            ).fetchall()
+        return [OutboxItem(*r) for r in rows]
+
+    def acknowledge(self, seq: int) -> None:
+        """The broker has the attestation (PUBACK): drop it from the outbox.
+
+        Deletions are batched (64 at a time, and at every :meth:`flush_acks`) and not
+        fsynced: after a crash at most that many rows come back and are sent once more,
+        which collectors and the verifier treat as the same attestation (same bytes).
+        Evidence itself is always fsynced before it is published.
+        """
+        with self._lock:
+            self._acked.append(seq)
+            if len(self._acked) >= _ACK_BATCH:
+                self._flush_acks_locked()
+
+    def flush_acks(self) -> None:
+        with self._lock:
+            self._flush_acks_locked()
+
+    def _flush_acks_locked(self) -> None:
+        if not self._acked:
+            return
+        acked, self._acked = self._acked, []
+        with self._wrap(f"acknowledge {len(acked)} attestation(s)"):
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in acked])
+                self._db.execute("COMMIT")
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._db.execute("PRAGMA synchronous=FULL")
+
+    def transact(
+        self, what: str, work: Callable[[sqlite3.Connection], _T], *, durable: bool = True
+    ) -> _T:
+        """``work(connection)`` in one transaction of its own, under the store's lock.
+
+        ``durable=False`` commits without an fsync (``synchronous=NORMAL``; in WAL mode the
+        commit is still atomic): it survives the agent being killed, not a power cut, and
+        a later fsynced commit makes it durable too. For ``agent.evidence.journal``'s
+        frequent writes.
+
+        Raises:
+            StoreCorruptError: the store is corrupt; nothing is written.
+            StorageError: the write failed; nothing was written.
+        """
+        if self.corrupt is not None:
+            raise StoreCorruptError(self.corrupt)
+        with self._lock, self._wrap(what):
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                result = work(self._db)
+                self._db.execute("COMMIT")
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
+        return result
+
+    def last_window_end(self) -> int | None:
+        """End (ms) of the newest attested window, so a restart never overlaps it."""
+        with self._lock, self._wrap("read attestations"):
+            row = self._db.execute("SELECT MAX(window_end_ms) FROM attestations").fetchone()
+        return row[0] if row else None
+
+    def attestations(self) -> list[tuple[int, bytes]]:
+        with self._lock, self._wrap("read attestations"):
+            return self._db.execute("SELECT seq, cose FROM attestations ORDER BY seq").fetchall()
+
+    def records_before(self, seq: int | None, keep_ms: int, keep_rows: int) -> list[bytes]:
+        """See :func:`records_before`."""
+        with self._lock, self._wrap("read readings"):
+            return records_before(self._db, seq, keep_ms, keep_rows)
+
+    def close(self) -> None:
+        """Flush the acknowledgements (if that fails, the rows are sent again) and close."""
+        with self._lock:
+            try:
+                self._flush_acks_locked()
+            except StorageError as e:
+                log.warning("%s; those attestations may be delivered again", e)
+            finally:
+                self._db.close()
+
+
+@dataclass(frozen=True)
+class RetainedReading:
+    """One retained reading with what proves it: the attestation of its window."""
+
+    index: int
+    record: bytes
+    tree_size: int
+    proof: tuple[bytes, ...]
+    attestation: bytes
+
+
+def records_before(
+    db: sqlite3.Connection, seq: int | None, keep_ms: int, keep_rows: int
+) -> list[bytes]:
+    """The stored records a feature history needs before window ``seq`` (None: the next).
+
+    Every record of the windows that end after (the last stored reading before ``seq``
+    minus ``keep_ms``), and of earlier windows until there are at least ``keep_rows``
+    records, in log order: a superset of what :class:`agent.risk.features.History` keeps.
+    Shed or pruned records are simply not there.
+    """
+    if not keep_ms and not keep_rows:
+        return []
+    bound = seq if seq is not None else (1 << 62)
+    row = db.execute(
+        "SELECT idx, record FROM readings WHERE seq < ? ORDER BY idx DESC LIMIT 1", (bound,)
+    ).fetchone()
+    if row is None:
+        return []
+    last_idx, t_last = row[0], decode_record(row[1]).received_ms
+    first = db.execute(
+        "SELECT MIN(seq) FROM attestations WHERE seq < ? AND window_end_ms > ?",
+        (bound, t_last - keep_ms),
+    ).fetchone()[0]
+    if keep_rows:  # and the whole windows that hold the last keep_rows readings
+        by_rows = db.execute(
+            "SELECT MIN(seq) FROM readings WHERE seq < ? AND idx > ?",
+            (bound, last_idx - keep_rows),
+        ).fetchone()[0]
+        first = by_rows if first is None else min(first, by_rows)
+    if first is None:
+        return []
+    rows = db.execute(
+        "SELECT record FROM readings WHERE seq >= ? AND seq < ? ORDER BY idx", (first, bound)
+    ).fetchall()
+    return [bytes(r[0]) for r in rows]
+
+
+def read_retained(path: Path, index: int) -> RetainedReading:
+    """Inclusion proof for reading ``index`` from a store, opened read-only.
+
+    The proof is against the checkpoint of the reading's own window: the
+    window's leaves plus the compact range stored before it are all it needs.
+    """
+
+    def read(db: sqlite3.Connection) -> tuple[int, bytes, int, bytes, list[tuple[int, bytes]]]:
+        row = db.execute("SELECT seq FROM readings WHERE idx = ?", (index,)).fetchone()
+        if row is None:
+            raise StorageError(
+                f"{path}: reading {index} is not retained (never recorded, or removed "
+                "by the retention setting)"
+            )
+        seq = row[0]
+        cose, size_before, nodes = db.execute(
+            "SELECT cose, log_size_before, log_before FROM attestations WHERE seq = ?", (seq,)
+        ).fetchone()
+        rows = db.execute(
+            "SELECT idx, record FROM readings WHERE seq = ? ORDER BY idx", (seq,)
+        ).fetchall()
+        return seq, cose, size_before, nodes, rows
+
+    seq, cose, size_before, nodes, rows = read_only(path, f"read reading {index}", read)
+    if [r[0] for r in rows] != list(range(size_before, size_before + len(rows))):
+        raise StorageError(f"{path}: the readings of window seq {seq} are incomplete")
+    records = [r[1] for r in rows]
+    hasher = RangeHasher(CompactRange(size_before, cbor2.loads(nodes)), record_leaf_hashes(records))
+    return RetainedReading(
+        index,
+        records[index - size_before],
+        hasher.size,
+        tuple(hasher.inclusion_proof(index)),
+        cose,
+    )
+
+
+@dataclass(frozen=True)
+class StoredAttestation:
+    """One stored attestation as the store holds it (the COSE bytes are not verified here)."""
+
+    seq: int
+    window_start_ms: int
+    window_end_ms: int
+    cose: bytes
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    """What the store says about the agent, read without changing anything (``edgegov status``).
+
+    ``window_ms`` is the longest of the last few windows: the policy's window length
+    (the first window after a start and the last before a stop are shorter).
+    """
+
+    origin: str
+    next_seq: int
+    bootcount: int  # starts so far (the store counts one at each open)
+    attestations: int
+    last: StoredAttestation | None
+    window_ms: int | None
+    outbox: int  # attestations not yet acknowledged by the broker (or written to the spool)
+    oldest_undelivered: StoredAttestation | None
+    readings: int  # raw readings retained
+
+
+def read_summary(path: Path) -> StoreSummary:
+    """The chain state, newest attestation and outbox of a store, opened read-only.
+
+    Raises:
+        StorageError: no store at ``path``, or not an edgegov evidence store.
+    """
+
+    def read(db: sqlite3.Connection) -> StoreSummary:
+        state = db.execute("SELECT origin, next_seq, bootcount FROM state").fetchone()
+        if state is None:
+            raise StorageError(f"{path}: no chain state (not an edgegov evidence store?)")
+        recent = db.execute(
+            "SELECT seq, window_start_ms, window_end_ms, cose FROM attestations "
+            "ORDER BY seq DESC LIMIT 8"
+        ).fetchall()
+        oldest = db.execute(
+            "SELECT a.seq, a.window_start_ms, a.window_end_ms, o.payload "
+            "FROM outbox o JOIN attestations a ON a.seq = o.seq ORDER BY o.seq LIMIT 1"
+        ).fetchone()
+        count = db.execute("SELECT COUNT(*) FROM attestations").fetchone()[0]
+        outbox = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        readings = db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        return StoreSummary(
+            origin=state[0],
+            next_seq=state[1],
+            bootcount=state[2],
+            attestations=count,
+            last=_stored(recent[0]) if recent else None,
+            window_ms=max(r[2] - r[1] for r in recent) if recent else None,
+            outbox=outbox,
+            oldest_undelivered=_stored(oldest) if oldest else None,
+            readings=readings,
+        )
+
+    return read_only(path, "read the store's state", read)
+
+
+def _stored(row: tuple[int, int, int, bytes]) -> StoredAttestation:
+    return StoredAttestation(row[0], row[1], row[2], bytes(row[3]))
+
+
+def read_only(path: Path, what: str, read: Callable[[sqlite3.Connection], _T]) -> _T:
+    """``read(db)`` on a read-only connection that creates and changes nothing beside the store.
+
+    SQLite opening a WAL database with ``mode=ro`` creates its ``-wal`` and ``-shm`` files
+    when they are missing, and leaves them behind. Without them the store was closed
+    cleanly and all of it is in the main file, so it is read as ``immutable`` (no locks,
+    no side files); if a writer appears meanwhile (its ``-wal`` shows up), the read is
+    done again through the writer's files, which are there now. (One case still creates
+    a file: a ``-wal`` left by a crash without its ``-shm``; SQLite needs one to read it.)
+    """
+    if not path.is_file():
+        raise StorageError(f"{path}: no evidence store there")
+    uri = path.resolve().as_uri()
+    immutable = not _has_side_files(path)
+    for _ in range(2):
+        with _SqliteGuard(path, what):
+            db = sqlite3.connect(uri + "?mode=ro" + "&immutable=1" * immutable, uri=True)
+            try:
+                result = read(db)
+            finally:
+                db.close()
+        if not immutable or not _has_side_files(path):
+            break
+        immutable = False
+    return result
+
+
+def _has_side_files(path: Path) -> bool:
+    return any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
+
+
+def _corrupt_error(path: Path, problems: str) -> StoreCorruptError:
+    return StoreCorruptError(
+        f"{path}: the evidence store is corrupt (SQLite: {problems}); nothing more is written "
+        f"to it. To recover: stop the agent and keep a copy of {path.name} and its -wal and "
+        "-shm files; salvage what SQLite can read with `sqlite3 "
+        f"{path.name} .recover | sqlite3 recovered.sqlite` and put recovered.sqlite in its "
+        "place (the agent checks it against its attestations at start and continues the log "
+        f"if they agree), or {new_log_steps(path)}"
+    )
+
+
+def _is_full(e: BaseException) -> bool:
+    """SQLITE_FULL (SQLite's ENOSPC), or ENOSPC/EDQUOT from the OS."""
+    if isinstance(e, sqlite3.Error):
+        return (getattr(e, "sqlite_errorcode", 0) & 0xFF) == _SQLITE_FULL
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _free_space(path: Path) -> str:
+    """`` (N KiB free on that filesystem)`` for the directory of ``path`` ("" if unknown)."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    return f" ({st.f_bavail * st.f_frsize // 1024} KiB free on that filesystem)"
+
+
+class _SqliteGuard:
+    """Translate sqlite3 errors into StorageError with the file and the operation.
+
+    A full disk gets the free space appended (only then: it is noise on other errors);
+    corruption (SQLITE_CORRUPT, SQLITE_NOTADB) is a :class:`StoreCorruptError` with the
+    recovery steps, and ``on_corrupt`` is told so the store is not written again.
+    """
+
+    def __init__(
+        self, path: Path, what: str, on_corrupt: Callable[[str], None] | None = None
+    ) -> None:
+        self.path, self.what, self.on_corrupt = path, what, on_corrupt
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: type | None, e: BaseException | None, tb: object) -> None:
+        if not isinstance(e, sqlite3.Error):
+            return
+        code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            err = _corrupt_error(self.path, f"{e}, while trying to {self.what}")
+            if self.on_corrupt is not None:
+                self.on_corrupt(str(err))
+            raise err from e
+        note = _free_space(self.path) if _is_full(e) else ""
+        raise StorageError(f"{self.path}: cannot {self.what}: {e}{note}") from e

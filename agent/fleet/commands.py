@@ -1,0 +1,183 @@
+"""``edgegov fleet …``: the TUF repository and the fleet view (registered by agent/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.errors import Error
+
+__all__ = ["add_commands"]
+
+_ROLES = ("root", "targets", "snapshot", "timestamp", "director")
+
+
+def _pairs(text: str | None, cast: Callable[[str], Any], what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in (text or "").split(","):
+        if not item:
+            continue
+        role, sep, value = item.partition("=")
+        if not sep or role not in _ROLES:
+            raise Error(f"{what}: {item!r} must be ROLE=VALUE with ROLE one of {', '.join(_ROLES)}")
+        try:
+            out[role] = cast(value)
+        except ValueError as e:
+            raise Error(f"{what}: {item!r}: {e}") from e
+    return out
+
+
+def _repo(a: argparse.Namespace) -> Any:
+    from agent.fleet.repository import FleetRepository
+
+    return FleetRepository(Path(a.repo))
+
+
+def _session(a: argparse.Namespace, client_id: str) -> Any:
+    from agent.fleet._mqtt import FleetSession, TlsFiles
+    from agent.transport.publisher import BrokerURL
+
+    tls = TlsFiles.given(a.ca, a.cert, a.key)
+    return FleetSession(BrokerURL.parse(a.broker, "--broker"), client_id, tls=tls)
+
+
+def _init(a: argparse.Namespace) -> int:
+    from agent.fleet.repository import FleetRepository
+
+    repo = FleetRepository.init(
+        Path(a.repo),
+        a.fleet,
+        prefix=a.prefix,
+        keys=_pairs(a.keys, int, "--keys"),
+        thresholds=_pairs(a.threshold, int, "--threshold"),
+        expiry_days=_pairs(a.expiry, float, "--expiry"),
+    )
+    root = repo.dir / "metadata" / "1.root.json"
+    print(
+        f"fleet repository {repo.dir} for fleet {a.fleet}: give {root} to each gateway (tuf.root)"
+    )
+    return 0
+
+
+def _add(a: argparse.Namespace) -> int:
+    path = Path(a.file)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise Error(f"{path}: cannot read: {e.strerror}") from e
+    kind = a.kind or ("model" if path.suffix == ".onnx" else "policy")
+    if kind == "policy":
+        from agent.policy import load_policy
+
+        load_policy(path)  # lint before signing: a broken policy is never published
+    tf = _repo(a).add_target(a.name, data, kind)
+    print(f"target {a.name}: {kind}, sha256 {tf.hashes['sha256']}, {tf.length} bytes")
+    return 0
+
+
+def _assign(a: argparse.Namespace) -> int:
+    if (a.device is None) == (a.group is None):
+        raise Error("fleet assign: give exactly one of --device or --group")
+    repo = _repo(a)
+    repo.check_assignment(a.policy, a.model or ())  # as the gateway will, before signing
+    asg = repo.assign(a.policy, a.model or (), device=a.device, group=a.group)
+    who = a.device or f"group {a.group}"
+    models = ", ".join(asg.models) or "no models"
+    print(f"assignment for {who}: config version {asg.config_version}: {asg.policy} + {models}")
+    return 0
+
+
+def _rotate(a: argparse.Namespace) -> int:
+    v = _repo(a).rotate(a.role, a.add or (), a.remove or (), a.threshold)
+    print(f"root v{v}: {a.role} keys rotated (threshold {a.threshold})")
+    return 0
+
+
+def _sign(a: argparse.Namespace) -> int:
+    snap, ts = _repo(a).release()
+    print(f"signed: snapshot v{snap}, timestamp v{ts}")
+    return 0
+
+
+def _publish(a: argparse.Namespace) -> int:
+    repo = _repo(a)
+    msgs = repo.verified_messages()  # RepositoryInvalid (exit 1) before any connection
+    with _session(a, f"edgegov-fleet-{repo.topics.fleet}-publisher") as s:
+        s.publish_many(msgs, retain=True, content_type="application/octet-stream")
+    size = sum(len(p) for _, p in msgs)
+    print(f"published {len(msgs)} retained messages ({size} bytes) under {repo.topics.tuf}/")
+    return 0
+
+
+def _status(a: argparse.Namespace) -> int:
+    from agent.fleet.status import fleet_status, format_status
+    from agent.fleet.topics import FleetTopics
+
+    with _session(a, f"edgegov-fleet-{a.fleet}-status") as s:
+        rows = fleet_status(s, FleetTopics(a.prefix, a.fleet))
+    print(json.dumps([r.to_json() for r in rows], indent=2) if a.json else format_status(rows))
+    return 1 if any(r.rejected for r in rows) else 0
+
+
+def add_commands(fsub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register ``init add assign rotate sign publish status`` under ``edgegov fleet``."""
+
+    def repo_arg(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--repo", default="fleet-repo", help="repository directory (fleet-repo)")
+        return p
+
+    def broker_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://…")
+        p.add_argument("--ca", help="CA certificate (mqtts)")
+        p.add_argument("--cert", help="client certificate (mutual TLS)")
+        p.add_argument("--key", help="client key (mutual TLS)")
+
+    p = repo_arg(cmd("init", _init, "create a TUF repository: keys, root, first release",
+                     "edgegov fleet init --repo fleet-repo --fleet site-a --keys root=3 "
+                     "--threshold root=2 --expiry timestamp=1", fsub))  # fmt: skip
+    p.add_argument("--fleet", required=True, help="fleet name (topic level)")
+    p.add_argument("--prefix", default="edgegov", help="topic prefix (edgegov)")
+    p.add_argument("--keys", help="keys per role, e.g. root=3,targets=2 (1 each)")
+    p.add_argument("--threshold", help="threshold per role, e.g. root=2 (1 each)")
+    p.add_argument("--expiry", help="expiry in days per role, e.g. timestamp=0.5")
+
+    p = repo_arg(cmd("add", _add, "add a policy bundle or ONNX model as a signed target",
+                     "edgegov fleet add policies/cold-chain.yaml configs/policies/cold-chain.yaml",
+                     fsub))  # fmt: skip
+    p.add_argument("name", help="target name, e.g. policies/cold-chain.yaml")
+    p.add_argument("file", help="the file")
+    p.add_argument("--kind", choices=["policy", "model"], help="(from the file name)")
+
+    p = repo_arg(cmd("assign", _assign, "sign what a device or a group must run",
+                     "edgegov fleet assign --group cold-stores --policy policies/cold-chain.yaml "
+                     "--model models/excursion-v1.onnx", fsub))  # fmt: skip
+    p.add_argument("--device")
+    p.add_argument("--group")
+    p.add_argument("--policy", required=True, help="policy target name")
+    p.add_argument("--model", action="append", help="model target name (repeat)")
+
+    p = repo_arg(cmd("rotate", _rotate, "rotate a role's keys (new root, signed by old and new)",
+                     "edgegov fleet rotate --role timestamp --add timestamp-2 "
+                     "--remove timestamp-1 --threshold 1", fsub))  # fmt: skip
+    p.add_argument("--role", required=True, choices=["root", "targets", "snapshot", "timestamp"])
+    p.add_argument("--add", action="append", help="key file name to add (created if new)")
+    p.add_argument("--remove", action="append", help="key file name to remove")
+    p.add_argument("--threshold", type=int, required=True)
+
+    repo_arg(cmd("sign", _sign, "sign a release: new snapshot and timestamp",
+                 "edgegov fleet sign --repo fleet-repo", fsub))  # fmt: skip
+
+    p = repo_arg(cmd("publish", _publish, "publish metadata and targets as retained messages",
+                     "edgegov fleet publish --repo fleet-repo --broker mqtt://localhost:1883",
+                     fsub))  # fmt: skip
+    broker_args(p)
+
+    p = cmd("status", _status, "every gateway: online, config version, last ack, last attestation",
+            "edgegov fleet status --broker mqtt://localhost:1883 --fleet site-a", fsub)  # fmt: skip
+    broker_args(p)
+    p.add_argument("--fleet", required=True)
+    p.add_argument("--prefix", default="edgegov")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
