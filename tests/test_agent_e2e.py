@@ -159,9 +159,7 @@ def test_broker_outage_loses_nothing_and_delivers_in_order(tmp_path):
                 collector.start()
                 # paho reconnects with backoff; the outbox drains once it is back.
                 drained = wait_for(lambda: not agent.store.pending(), timeout=20)
-                assert drained, (
-                    f"{len(agent.store.pending())} still in the outbox after 20 s"
-                )
+                assert drained, f"{len(agent.store.pending())} still in the outbox after 20 s"
                 # and a few more windows with the broker up (1 s windows: at least 5 in all)
                 assert wait_for(lambda: agent.stats.attestations >= 5, timeout=10)
                 agent.stop()
