@@ -273,7 +273,7 @@ def _readable(f: _Fields, key: str, path: Path | None, what: str, hint: str = ""
 
 def _broker_url(m: _Fields) -> tuple[str, bool]:
     """``output.mqtt.url``, parsed as the publisher will parse it; returns (url, tls)."""
-    from agent.transport.publisher import BrokerURL  # paho: only once a config names a broker
+    from agent.transport.mqtt import BrokerURL  # paho: only once a config names a broker
 
     url: str = m.get("url", str)
     parsed = BrokerURL.parse(url, f"{m.file}: {m._name('url')}")

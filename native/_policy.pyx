@@ -3,8 +3,9 @@
 """Compiled, block-wise evaluator for policy programs.
 
 Same programs, same semantics and same results as the pure-Python twin
-``native._policy_py`` (read its docstring for the value model and opcode
-table); this module only changes *how* a program is run.
+``native._policy_py`` (read its docstring for the value model, and
+``native.policy_format`` for the opcode table); this module only changes
+*how* a program is run.
 
 Instead of running the whole program once per reading, it runs each
 instruction over a block of up to ``BLOCK`` readings with a tight C loop, so
@@ -32,12 +33,16 @@ from libc.stdint cimport int64_t
 
 import numpy as np
 
-from native._policy_py import OPCODES as _PY_OPCODES
-from native._policy_py import Program, prepare
+from native.policy_format import AGG_KINDS as _FORMAT_AGG_KINDS
+from native.policy_format import OPCODES as _FORMAT_OPCODES
+from native.policy_format import PHASES as _FORMAT_PHASES
+from native.policy_format import Program, prepare
 
 __all__ = [
+    "AGG_KINDS",
     "BLOCK",
     "OPCODES",
+    "PHASES",
     "Program",
     "agg_update",
     "duration_update",
@@ -46,6 +51,9 @@ __all__ = [
     "rule_update",
 ]
 
+# The program format (native.policy_format) as C constants, so that the dispatch
+# compiles to a switch; checked against that module on import (below) and by
+# tests/test_policy_eval.py.
 cdef enum:
     BLOCK_ = 256
 
@@ -101,8 +109,47 @@ OPCODES = {
     "SELECT": SELECT,
 }
 
-if OPCODES != _PY_OPCODES:  # a build out of step with the twin must not run
-    raise ImportError("native._policy opcode table differs from native._policy_py")
+# the stateful kernels' constants (native.policy_format: aggregate kinds, rule phases)
+cdef enum:
+    AGG_MEAN = 1
+    AGG_MIN = 2
+    AGG_MAX = 3
+    AGG_STDDEV = 4
+    AGG_COUNT = 5
+    AGG_RATE = 6
+    AGG_DELTA = 7
+    AGG_COMPLETENESS = 8
+
+    PHASE_OK = 0
+    PHASE_PENDING = 1
+    PHASE_VIOLATED = 2
+    PHASE_CLEARING = 3
+
+AGG_KINDS = {
+    "mean": AGG_MEAN,
+    "min": AGG_MIN,
+    "max": AGG_MAX,
+    "stddev": AGG_STDDEV,
+    "count": AGG_COUNT,
+    "rate": AGG_RATE,
+    "delta": AGG_DELTA,
+    "completeness": AGG_COMPLETENESS,
+}
+
+PHASES = {
+    "PHASE_OK": PHASE_OK,
+    "PHASE_PENDING": PHASE_PENDING,
+    "PHASE_VIOLATED": PHASE_VIOLATED,
+    "PHASE_CLEARING": PHASE_CLEARING,
+}
+
+# a build out of step with the program format must not run
+if OPCODES != _FORMAT_OPCODES:
+    raise ImportError("native._policy opcode table differs from native.policy_format")
+if AGG_KINDS != _FORMAT_AGG_KINDS:
+    raise ImportError("native._policy aggregate kinds differ from native.policy_format")
+if PHASES != _FORMAT_PHASES:
+    raise ImportError("native._policy rule phases differ from native.policy_format")
 
 
 # -- kernels -------------------------------------------------------------------------
@@ -121,6 +168,12 @@ cdef extern from *:
     #else
     #define EG_CLONES
     #endif
+    #define EG_NEG 0x10
+    #define EG_ADD 0x11
+    #define EG_SUB 0x12
+    #define EG_MUL 0x13
+    #define EG_DIV 0x14
+    #define EG_MIN 0x16
     #define EG_LT 0x20
     #define EG_LE 0x21
     #define EG_GT 0x22
@@ -216,11 +269,11 @@ cdef extern from *:
                                    Py_ssize_t n) {
         Py_ssize_t i;
         switch (op) {
-        case 0x11: for (i = 0; i < n; i++) r[i] = a[i] + b[i]; break;
-        case 0x12: for (i = 0; i < n; i++) r[i] = a[i] - b[i]; break;
-        case 0x13: for (i = 0; i < n; i++) r[i] = a[i] * b[i]; break;
-        case 0x14: for (i = 0; i < n; i++) r[i] = a[i] / b[i]; break;
-        case 0x16:
+        case EG_ADD: for (i = 0; i < n; i++) r[i] = a[i] + b[i]; break;
+        case EG_SUB: for (i = 0; i < n; i++) r[i] = a[i] - b[i]; break;
+        case EG_MUL: for (i = 0; i < n; i++) r[i] = a[i] * b[i]; break;
+        case EG_DIV: for (i = 0; i < n; i++) r[i] = a[i] / b[i]; break;
+        case EG_MIN:
             for (i = 0; i < n; i++) {
                 double x = a[i], y = b[i], v = x <= y ? x : y;
                 r[i] = ((x == x) & (y == y)) ? v : NAN;
@@ -235,7 +288,7 @@ cdef extern from *:
     }
     EG_CLONES static void eg_neg(int op, double *r, const double *a, Py_ssize_t n) {
         Py_ssize_t i;
-        if (op == 0x10) { for (i = 0; i < n; i++) r[i] = -a[i]; }
+        if (op == EG_NEG) { for (i = 0; i < n; i++) r[i] = -a[i]; }
         else { for (i = 0; i < n; i++) r[i] = fabs(a[i]); }
     }
     """
@@ -258,6 +311,23 @@ cdef extern from *:
     void eg_arith(int op, double* r, const double* a, const double* b,
                   Py_ssize_t n) noexcept nogil
     void eg_neg(int op, double* r, const double* a, Py_ssize_t n) noexcept nogil
+    enum:
+        EG_NEG
+        EG_ADD
+        EG_SUB
+        EG_MUL
+        EG_DIV
+        EG_MIN
+        EG_LT
+        EG_LE
+        EG_GT
+        EG_GE
+        EG_EQ
+        EG_NE
+
+if (EG_NEG, EG_ADD, EG_SUB, EG_MUL, EG_DIV, EG_MIN, EG_LT, EG_LE, EG_GT, EG_GE, EG_EQ,
+        EG_NE) != (NEG, ADD, SUB, MUL, DIV, MIN, LT, LE, GT, GE, EQ, NE):
+    raise ImportError("native._policy C kernels' opcodes differ from its opcode table")
 
 
 # Internal instruction set: the verified program rewritten with its static types
@@ -516,16 +586,6 @@ def evaluate(program, columns):
 
 # -- stateful kernels (same algorithms and arithmetic as native._policy_py) --------
 
-cdef enum:
-    AGG_MEAN = 1
-    AGG_MIN = 2
-    AGG_MAX = 3
-    AGG_STDDEV = 4
-    AGG_COUNT = 5
-    AGG_RATE = 6
-    AGG_DELTA = 7
-    AGG_COMPLETENESS = 8
-
 
 def agg_update(int kind, int64_t dur_ms, const int64_t[::1] ts, const double[::1] x,
                double[::1] out, int64_t[::1] rt, double[::1] rx, int64_t[::1] dq,
@@ -693,32 +753,32 @@ def rule_update(const int64_t[::1] ts, const unsigned char[::1] cond,
             c = cond[j]
             cc = clear[j]
             m = measure[j]
-            if phase == 0 and c == 0:
-                phase = 1
+            if phase == PHASE_OK and c == 0:
+                phase = PHASE_PENDING
                 t0 = t
                 peak = NAN
-            elif phase == 1 and c == 1:
-                phase = 0
-            if c == 0 and phase != 0 and m == m:
+            elif phase == PHASE_PENDING and c == 1:
+                phase = PHASE_OK
+            if c == 0 and phase != PHASE_OK and m == m:
                 if peak != peak or ((m > peak) if peak_max else (m < peak)):
                     peak = m
-            if phase == 1 and c == 0 and t - t0 >= for_ms:
-                phase = 2
+            if phase == PHASE_PENDING and c == 0 and t - t0 >= for_ms:
+                phase = PHASE_VIOLATED
                 start = t0
-            elif phase == 2 or phase == 3:
+            elif phase == PHASE_VIOLATED or phase == PHASE_CLEARING:
                 if cc == 1:
-                    if phase == 2:
-                        phase = 3
+                    if phase == PHASE_VIOLATED:
+                        phase = PHASE_CLEARING
                         t1 = t
                     if t - t1 >= clear_ms:
                         ep_start[closed] = start
                         ep_end[closed] = t
                         ep_peak[closed] = peak
                         closed += 1
-                        phase = 0
+                        phase = PHASE_OK
                 elif cc == 0:
-                    phase = 2
-            if phase == 2 or phase == 3:
+                    phase = PHASE_VIOLATED
+            if phase == PHASE_VIOLATED or phase == PHASE_CLEARING:
                 out[j] = 0
             else:
                 out[j] = 2 if c == 2 else 1

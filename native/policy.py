@@ -6,13 +6,14 @@ environment variable ``EDGEGOV_PURE`` is unset (or ``0``); otherwise
 ``native._policy_py``: the stateless program evaluator (``evaluate``,
 ``evaluate_many``) and the stateful kernels (``agg_update``,
 ``duration_update``, ``rule_update``). ``IMPLEMENTATION`` says which one is
-in use.
+in use. The program format both run (``Program``, opcodes, the kernels'
+state layout) is ``native.policy_format``.
 """
 
 from __future__ import annotations
 
-from native._policy_py import Program
 from native._select import compiled_available
+from native.policy_format import Program
 
 __all__ = [
     "IMPLEMENTATION",

@@ -16,7 +16,7 @@ __all__ = [
 IMPLEMENTATION: str  # "cython" or "python"
 
 class Program:
-    """A verified, immutable stack program for one condition (see native._policy_py)."""
+    """A verified, immutable stack program for one condition (see native.policy_format)."""
 
     opcodes: npt.NDArray[np.uint8]
     operands: npt.NDArray[np.int32]

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.identity.keys import Signer, generate_key
 from agent.tools.broker import MosquittoBroker, find_mosquitto
-from agent.transport.publisher import BrokerURL
+from agent.transport.mqtt import BrokerURL
 
 ROOT = Path(__file__).resolve().parent.parent
 ORACLE_PYTHON = Path(

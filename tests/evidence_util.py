@@ -8,7 +8,7 @@ from agent.evidence.attester import Attester
 from agent.evidence.claims import ConfigInForce, RiskResult, RuleResult
 from agent.evidence.store import EvidenceStore
 from agent.identity.keys import SigningKey
-from agent.pipeline.window import Reading
+from agent.sources.reading import Reading
 
 POLICY_DIGEST = "ab" * 32
 MODEL_DIGEST = "cd" * 32

@@ -14,7 +14,7 @@ from agent.fleet._mqtt import FleetSession
 from agent.fleet.client import FleetClient, FleetClientConfig
 from agent.fleet.repository import FleetRepository
 from agent.tools.broker import MosquittoBroker
-from agent.transport.publisher import BrokerURL
+from agent.transport.mqtt import BrokerURL
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "configs" / "policies" / "cold-chain.yaml"

@@ -13,7 +13,9 @@ import time
 import pytest
 
 from agent.evidence.store import OutboxItem
-from agent.transport.publisher import BrokerURL, MqttPublisher, Topics
+from agent.transport.mqtt import BrokerURL
+from agent.transport.publisher import MqttPublisher
+from agent.transport.topics import DeviceTopics
 from tests.conftest import ROOT
 from tests.evidence_util import make_stream
 
@@ -37,7 +39,8 @@ def test_collect_over_mutual_tls_stores_what_a_device_published(tls, tmp_path, s
         line = proc.stderr.readline()  # printed once subscribed
         assert line.startswith("collecting edgegov/f/+/attestation from mqtts://"), line
         acks: list[int] = []
-        pub = MqttPublisher(BrokerURL.parse(tls.url), Topics("edgegov", "f", "gw-1"), acks.append,
+        topics = DeviceTopics("edgegov", "f", "gw-1")
+        pub = MqttPublisher(BrokerURL.parse(tls.url), topics, acks.append,
                             client_id="gw-1", **tls.client_files("gw-1"))  # fmt: skip
         pub.start([OutboxItem(i, "edgegov/f/gw-1/attestation", m) for i, m in enumerate(msgs)])
         deadline = time.monotonic() + 10

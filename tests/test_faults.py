@@ -24,7 +24,7 @@ from agent.evidence.claims import ConfigInForce
 from agent.evidence.leaves import LeafRecord
 from agent.evidence.store import EvidenceStore
 from agent.identity.keys import generate_key, public_key_path
-from agent.pipeline.window import Reading
+from agent.sources.reading import Reading
 from agent.tools.bench.faults import SCENARIOS, FaultRow, format_table, run_faults
 from agent.tools.bench.faults.harness import attestation_problems, reading_problems
 from agent.tools.bench.faults.measure import (

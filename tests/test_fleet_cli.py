@@ -11,7 +11,7 @@ from tuf.api.serialization.json import JSONSerializer
 from agent.fleet._mqtt import FleetSession
 from agent.fleet.client import FleetClient, FleetClientConfig
 from agent.fleet.repository import FleetRepository
-from agent.transport.publisher import BrokerURL
+from agent.transport.mqtt import BrokerURL
 from tests.fleet_util import MODEL, MODEL_NAME, POLICY, POLICY_NAME, policy_bytes
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 from agent.errors import TransportError
-from agent.fleet._mqtt import FleetSession, TlsFiles
+from agent.fleet._mqtt import FleetSession
 from agent.fleet.client import FleetClient, FleetClientConfig
 from agent.fleet.repository import FleetRepository
-from agent.transport.publisher import BrokerURL
+from agent.transport.mqtt import BrokerURL, TlsFiles
 from tests.fleet_util import MODEL, MODEL_NAME, POLICY_NAME, policy_bytes
 from tests.test_transport_tls import TlsBroker
 

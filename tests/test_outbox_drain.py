@@ -10,7 +10,9 @@ import sqlite3
 import time
 
 from agent.evidence.store import EvidenceStore
-from agent.transport.publisher import BrokerURL, MqttPublisher, Topics
+from agent.transport.mqtt import BrokerURL
+from agent.transport.publisher import MqttPublisher
+from agent.transport.topics import DeviceTopics
 from tests.conftest import Listener
 
 N = 3000
@@ -31,7 +33,7 @@ def test_backlog_drains_in_order_and_empties_the_outbox(tmp_path, broker):
     u = BrokerURL.parse(broker.url)
 
     store = EvidenceStore(path, "gw")
-    pub = MqttPublisher(u, Topics("edgegov", "f", "gw"), store.acknowledge)
+    pub = MqttPublisher(u, DeviceTopics("edgegov", "f", "gw"), store.acknowledge)
     pub.start(store.pending())
     deadline = time.monotonic() + 60
     while (pub.unacknowledged() or len(listener.messages) < N) and time.monotonic() < deadline:

@@ -40,8 +40,8 @@ from agent.policy.parser import (
     Unary,
     parse,
 )
-from native import _policy_py
-from native._policy_py import Program
+from native import _policy_py, policy_format
+from native.policy_format import Program
 
 REPO = Path(__file__).resolve().parents[1]
 CHANNELS = ("a", "b", "c")
@@ -461,7 +461,7 @@ def test_rejects_non_programs(impl: ModuleType) -> None:
 
 # -- Program: verified and immutable ----------------------------------------------
 
-OP = _policy_py.OPCODES
+OP = policy_format.OPCODES
 
 
 @pytest.mark.parametrize(
@@ -518,7 +518,22 @@ def test_opcode_tables_match() -> None:
     compiled = _compiled()
     if compiled is None:
         pytest.fail(BUILD_HINT)
-    assert compiled.OPCODES == _policy_py.OPCODES
+    assert compiled.OPCODES == policy_format.OPCODES
+
+
+def test_compiled_kernel_constants_match_the_program_format() -> None:
+    # the .pyx repeats the format's constants as C enums; they must not drift
+    compiled = _compiled()
+    if compiled is None:
+        pytest.fail(BUILD_HINT)
+    assert compiled.AGG_KINDS == policy_format.AGG_KINDS
+    assert compiled.PHASES == policy_format.PHASES
+    assert policy_format.PHASES == {
+        "PHASE_OK": policy_format.PHASE_OK,
+        "PHASE_PENDING": policy_format.PHASE_PENDING,
+        "PHASE_VIOLATED": policy_format.PHASE_VIOLATED,
+        "PHASE_CLEARING": policy_format.PHASE_CLEARING,
+    }
 
 
 def _implementation(env_pure: str | None) -> str:

@@ -14,7 +14,8 @@ from agent.errors import PolicyError, PolicySyntaxError
 from agent.policy import load_policy
 from agent.policy.csv_eval import replay
 from agent.policy.lint import lint
-from agent.risk.engine import RiskEngine, load_declared
+from agent.risk.engine import RiskEngine
+from agent.risk.onnx_model import load_declared
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "configs" / "policies"

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from agent.errors import PolicyError
 from agent.policy import load_policy
 from agent.policy.evaluator import Evaluator
-from native import _policy_py
+from native import _policy_py, policy_format
 
-AGGS = sorted(_policy_py.AGG_KINDS.items())
+AGGS = sorted(policy_format.AGG_KINDS.items())
 
 
 def compiled() -> ModuleType:
@@ -158,7 +158,7 @@ def test_rule_durations_match_reference(data, for_ms, codes) -> None:
     expected = ref_rule(ts.tolist(), cond.tolist(), for_ms)
     results = []
     for mod in (_policy_py, compiled()):
-        ist = np.array([0, 0, 0, 0, _policy_py.NO_TIME], dtype=np.int64)
+        ist = np.array([0, 0, 0, 0, policy_format.NO_TIME], dtype=np.int64)
         fst = np.full(1, np.nan)
         out = np.empty(ts.size, dtype=np.uint8)
         measure = np.arange(ts.size, dtype=np.float64)
@@ -197,7 +197,7 @@ def test_duration_true_matches_reference(data, codes) -> None:
             first_true = next(i for i in range(k, j + 1) if cond[i] == 1)
             expected.append((tc[j] - tc[first_true]) / 1000)
     for mod in (_policy_py, compiled()):
-        ist = np.array([0, 0, _policy_py.NO_TIME], dtype=np.int64)
+        ist = np.array([0, 0, policy_format.NO_TIME], dtype=np.int64)
         out = np.empty(ts.size)
         for a, b in zip([0, *cuts], [*cuts, ts.size]):
             mod.duration_update(ts[a:b], cond[a:b], out[a:b], ist)
@@ -210,7 +210,7 @@ def test_clear_hysteresis_holds_a_violation_until_the_clear_condition_lasts(impl
     ts = np.arange(cond.size, dtype=np.int64) * 1000
     measure = np.array([5, 9, 11, 7, 10, 7, 6, 5, 5], dtype=np.float64)
     out = np.empty(cond.size, dtype=np.uint8)
-    ist = np.array([0, 0, 0, 0, _policy_py.NO_TIME], dtype=np.int64)
+    ist = np.array([0, 0, 0, 0, policy_format.NO_TIME], dtype=np.int64)
     fst = np.full(1, np.nan)
     es, ee, ep = np.empty(9, np.int64), np.empty(9, np.int64), np.empty(9)
     k = impl.rule_update(ts, cond, cond, measure, 0, 2000, 1, out, ist, fst, es, ee, ep)
@@ -266,7 +266,7 @@ def test_window_memory_stays_bounded_by_the_window() -> None:
     for a in range(0, ts.size, 10_000):
         ring.reserve(10_000)
         compiled().agg_update(
-            _policy_py.AGG_MEAN, 60_000, ts[a : a + 10_000], xs[a : a + 10_000], out,
+            policy_format.AGG_MEAN, 60_000, ts[a : a + 10_000], xs[a : a + 10_000], out,
             ring.rt, ring.rx, ring.dq, ring.ist, ring.fst,
         )  # fmt: skip
     # one minute at 100 Hz is 6000 readings; the ring holds that plus one batch

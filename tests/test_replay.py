@@ -26,8 +26,9 @@ from agent.evidence.claims import parse_claims
 from agent.evidence.cose import decode_sign1
 from agent.identity.keys import generate_key, load_public_key
 from agent.pipeline.runner import Agent
-from agent.pipeline.window import Reading, Window
+from agent.pipeline.window import Window
 from agent.policy import load_policy
+from agent.sources.reading import Reading
 from tests import onnx_util
 from tests.conftest import ROOT
 

@@ -32,10 +32,10 @@ from agent.evidence.leaves import LeafRecord, decode_record, record_leaf_hashes
 from agent.evidence.merkle import CompactRange
 from agent.evidence.store import EvidenceStore
 from agent.identity.keys import load_public_key
-from agent.pipeline.window import Reading
 from agent.policy import load_policy
 from agent.sources.framed import REBOOTED_UNSEEN, WENT_BACK_UNSEEN
 from agent.sources.quality import QualityLedger
+from agent.sources.reading import Reading
 from firmware_bridge import Emulator, open_pty
 from tests.agent_process import AgentProcess, agent_env, spool_evidence
 from tests.test_agent_e2e import make_site

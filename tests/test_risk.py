@@ -24,9 +24,9 @@ from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.errors import ModelError
-from agent.risk import engine as risk
-from agent.risk.engine import load_model
+from agent.risk import onnx_model as risk
 from agent.risk.features import FeaturePlan, parse_feature
+from agent.risk.onnx_model import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "configs" / "models"

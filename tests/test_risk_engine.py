@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from agent.errors import ModelError
-from agent.risk.engine import RiskEngine, load_declared, load_model, model_opset
+from agent.risk.engine import RiskEngine
 from agent.risk.features import FeaturePlan, History, parse_feature
+from agent.risk.onnx_model import load_declared, load_model, model_opset
 from tests import onnx_util
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import ExpectedChannel, SerialSettings, SourceConfig
-from agent.pipeline.window import Reading
-from agent.policy.bundle import Channel
+from agent.policy.model import Channel
 from agent.sources import FramedSource, make_source, sum_counters, window_problems
+from agent.sources.reading import Reading
 from firmware_bridge import (
     ChannelKind,
     ChannelSpec,

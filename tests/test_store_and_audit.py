@@ -15,7 +15,7 @@ from agent.evidence.claims import ConfigInForce, RiskResult, RuleResult
 from agent.evidence.cose import decode_sign1
 from agent.evidence.store import EvidenceStore
 from agent.identity.keys import generate_key
-from agent.pipeline.window import Reading
+from agent.sources.reading import Reading
 
 CONFIG = ConfigInForce("p", 1, "ab" * 32, {"m": "cd" * 32})
 

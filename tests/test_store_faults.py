@@ -36,16 +36,18 @@ from agent.config import load_config
 from agent.errors import EvidenceAtRiskError, StorageError, StoreCorruptError
 from agent.evidence.attester import Attester
 from agent.evidence.claims import ConfigInForce
-from agent.evidence.held_windows import FILE as HELD
-from agent.evidence.held_windows import RESERVE, HeldWindows, decode_held, encode_held
 from agent.evidence.leaves import decode_record
 from agent.evidence.log_head import read_log_head
 from agent.evidence.store import EvidenceStore
 from agent.identity.keys import Signer, generate_key, load_public_key
+from agent.pipeline.evaluate import WindowVerdicts
+from agent.pipeline.held_windows import FILE as HELD
+from agent.pipeline.held_windows import RESERVE, HeldWindows, decode_held, encode_held
 from agent.pipeline.runner import Agent
-from agent.pipeline.window import Reading, Window
+from agent.pipeline.window import Window
 from agent.policy import load_policy
 from agent.policy.evaluator import BatchResult, Episode
+from agent.sources.reading import Reading
 from agent.tools.bench.faults.storage import fill_filesystem
 from tests.agent_process import AgentProcess, agent_env, spool_evidence
 from tests.test_agent_e2e import Device, make_site
@@ -344,7 +346,9 @@ def test_corruption_found_while_running_alerts_saves_the_held_windows_and_stops(
     corrupt = [a for a in alerts if a["event"] == "storage_corrupt"]
     assert len(corrupt) == 1 and "is corrupt (SQLite: " in corrupt[0]["reason"]
     assert (state / HELD).is_file()
-    held = decode_held((state / HELD).read_bytes(), agent.signer.public, 3)
+    held = decode_held(
+        (state / HELD).read_bytes(), agent.signer.public, 3, [r.id for r in agent.policy.rules]
+    )
     assert held.windows and held.readings > 0
 
     restart = AgentProcess(cfg, env=agent_env())
@@ -613,20 +617,27 @@ def test_a_held_windows_file_only_decodes_signed_by_this_device(tmp_path):
     w = Window(1000, 2000, 3)
     w.add(Reading(1000, 7, 0, 1, (4.0, float("nan"), 1.0)))
     codes = np.array([[1], [0]], dtype=np.uint8)
-    w.results = (BatchResult(codes, [[], [Episode(900, None, 9.5)]]), (), 0, "ab" * 32)
+    batch = BatchResult(codes, [[], [Episode(900, None, 9.5)]])
+    w.results = WindowVerdicts(batch, (), (), 0, "ab" * 32, None)
     data = encode_held(HeldWindows("gw", "edgegov/gw/1", "cd" * 32, "{}", [(w, {"x": 1})]), signer)
-    back = decode_held(data, signer.public, 3)
+    back = decode_held(data, signer.public, 3, ["ok", "hot"])
     ((w2, health),) = back.windows
     assert (w2.start_ms, w2.end_ms, w2.n, health) == (1000, 2000, 1, {"x": 1})
     assert w2.records[0].values[0] == 4.0 and w2.records[0].values[1] != w2.records[0].values[1]
-    batch = w2.results[0]
+    batch = w2.results.batch
     assert batch.codes.tolist() == [[1], [0]] and batch.episodes[1][0].peak == 9.5
+    # the rules are summarised again from the held per-reading results
+    assert [(r.rule_id, r.evaluated, r.violated) for r in w2.results.rules] == [
+        ("ok", 1, 0),
+        ("hot", 1, 1),
+    ]
+    assert w2.results.rules[1].episodes[0].peak == 9.5 and w2.results.state_in == "ab" * 32
     tampered = bytearray(data)
     tampered[-70] ^= 1
     with pytest.raises(StorageError):
-        decode_held(bytes(tampered), signer.public, 3)
+        decode_held(bytes(tampered), signer.public, 3, ["ok", "hot"])
     with pytest.raises(StorageError, match="does not verify with the device key"):
-        decode_held(data, generate_key(tmp_path / "o.key").public, 3)
+        decode_held(data, generate_key(tmp_path / "o.key").public, 3, ["ok", "hot"])
 
 
 def test_corruption_is_its_own_error(tmp_path):

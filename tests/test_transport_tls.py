@@ -17,7 +17,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.evidence.store import OutboxItem
 from agent.tools.broker import MosquittoBroker, find_mosquitto
-from agent.transport.publisher import BrokerURL, MqttPublisher, Topics
+from agent.transport.mqtt import BrokerURL
+from agent.transport.publisher import MqttPublisher
+from agent.transport.topics import DeviceTopics
 from tests.conftest import ROOT, Listener
 from tests.pki import TestPKI
 
@@ -60,7 +62,7 @@ class TlsBroker:
 def _publisher(tls: TlsBroker, cn: str, device: str, acks: list[int]) -> MqttPublisher:
     return MqttPublisher(
         BrokerURL.parse(tls.url),
-        Topics("edgegov", "f", device),
+        DeviceTopics("edgegov", "f", device),
         acks.append,
         client_id=f"pub-{cn}-{device}",
         **tls.client_files(cn),
@@ -126,9 +128,11 @@ def test_a_client_without_a_fleet_certificate_is_refused(tls, tmp_path):
 _STATUS_CHILD = r"""
 import sys, time
 from pathlib import Path
-from agent.transport.publisher import BrokerURL, MqttPublisher, Topics
+from agent.transport.mqtt import BrokerURL
+from agent.transport.publisher import MqttPublisher
+from agent.transport.topics import DeviceTopics
 ca, cert, key = (Path(p) for p in sys.argv[2:5])
-pub = MqttPublisher(BrokerURL.parse(sys.argv[1]), Topics("edgegov", "f", "gw-1"), print,
+pub = MqttPublisher(BrokerURL.parse(sys.argv[1]), DeviceTopics("edgegov", "f", "gw-1"), print,
                     ca_file=ca, cert_file=cert, key_file=key)
 pub.publish_status({"state": "online", "device": "gw-1"})
 pub.start([])
@@ -195,7 +199,7 @@ def test_username_and_password_from_the_broker_url(tmp_path):
         acks: list[int] = []
         good = MqttPublisher(
             BrokerURL.parse(f"mqtt://gw-1:s3cret@127.0.0.1:{port}"),
-            Topics("edgegov", "f", "gw-1"),
+            DeviceTopics("edgegov", "f", "gw-1"),
             acks.append,
         )
         good.start([OutboxItem(0, "edgegov/f/gw-1/attestation", b"x")])
@@ -207,7 +211,7 @@ def test_username_and_password_from_the_broker_url(tmp_path):
         assert acks == [0]
         bad = MqttPublisher(
             BrokerURL.parse(f"mqtt://gw-1:wrong@127.0.0.1:{port}"),
-            Topics("edgegov", "f", "gw-1"),
+            DeviceTopics("edgegov", "f", "gw-1"),
             acks.append,
         )
         bad.start([])

@@ -1,9 +1,13 @@
 """The auditor's tools: verify attestation streams offline and say what they show.
 
-``verify`` checks integrity (signatures, chains, Merkle logs) and yields an
-:class:`AuditResult`; ``analyze`` turns it, with the policy when given, into the one
-:class:`Analysis` that the text (``format_result``), the JSON and the HTML report
-(``agent.audit.report``) render.
+In: attestations (files, a collector's store, a gateway's evidence store) and trust
+anchors (``trust``). Out: two verdicts and the numbers behind them. ``verify`` checks
+integrity (signatures, chains, Merkle logs) and yields an :class:`AuditResult`;
+``analyze`` turns it, with the policy when given, into the one :class:`Analysis` that the
+text (``format_result``, ``text_report``), the JSON and the HTML report (``report``)
+render. ``collector`` keeps a fleet's attestations from MQTT (``evidence_db``), ``prove``
+makes and checks inclusion proofs, ``replay`` re-runs windows from a gateway's store, and
+``commands`` holds the ``edgegov audit`` handlers.
 """
 
 from agent.audit.analysis import Analysis, DeviceAnalysis, PolicyMismatch, analyze

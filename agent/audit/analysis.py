@@ -28,7 +28,7 @@ from agent.errors import Error
 from agent.evidence.claims import Evidence
 
 if TYPE_CHECKING:
-    from agent.policy.bundle import PolicyBundle
+    from agent.policy.model import PolicyBundle
 
 __all__ = [
     "Analysis",

@@ -18,28 +18,22 @@ store each attestation once.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import cbor2
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.audit.evidence_db import EvidenceDB, open_db
 from agent.errors import Error, TransportError
 from agent.evidence.claims import EDGEGOV, SEQ
 from agent.evidence.cose import decode_sign1
-from agent.transport.mqtt_tls import TlsFiles, client_context, explain_tls_failure
-from agent.transport.publisher import BrokerURL
+from agent.transport.mqtt import BrokerURL, MqttClient, ReasonCode, TlsFiles
+from agent.transport.topics import attestations, device_of
 
 __all__ = ["Collector", "FileCollector", "StoreCollector", "peek_seq"]
-
-log = logging.getLogger("edgegov.collector")
 
 
 def peek_seq(payload: bytes) -> int:
@@ -68,20 +62,15 @@ class Collector:
     ) -> None:
         self.url = BrokerURL.parse(url, "broker URL")
         self.tls = tls
-        topic = f"{prefix}/{fleet}/+/attestation"
-        self.topic = f"$share/{share}/{topic}" if share else topic
+        self.topic = attestations(prefix, fleet, share)
         self.name = f"edgegov-collector-{os.getpid()}-{secrets.token_hex(3)}"
         self.received = 0
         self.stored: set[str] = set()
         self.errors: list[str] = []
         self._subscribed = threading.Event()
-        self._refused: str | None = None  # why the broker refused or dropped us before SUBACK
+        self._refused: str | None = None  # why the broker refused the subscription
         self._lock = threading.Lock()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=self.name)
-        if self.url.username:
-            c.username_pw_set(self.url.username, self.url.password)
-        if self.url.tls:
-            c.tls_set_context(client_context(tls))
+        c = MqttClient(self.url, self.name, tls=tls)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
@@ -90,13 +79,11 @@ class Collector:
 
     def start(self, timeout: float = 5.0) -> None:
         """Connect and subscribe; TransportError says why not (TLS: what to pass)."""
-        try:
-            self._client.connect(self.url.host, self.url.port, keepalive=30)
-        except OSError as e:  # ssl.SSLError too: TLS 1.2 fails in the handshake
-            why = explain_tls_failure(e, self.tls) or str(e)
-            raise TransportError(f"collector cannot reach broker {self.url}: {why}") from e
-        self._client.loop_start()
         deadline = time.monotonic() + timeout
+        try:
+            self._client.connect(timeout)
+        except TransportError as e:
+            raise TransportError(f"collector {e}") from e
         while not self._subscribed.wait(0.05):
             refused = self._refused
             if refused is not None or time.monotonic() > deadline:
@@ -112,41 +99,25 @@ class Collector:
         Every message is stored as it arrives, so nothing is lost by not waiting longer;
         one the broker had not seen acknowledged is redelivered to the next collector.
         """
-        self._client.disconnect()
-        stopper = threading.Thread(target=self._client.loop_stop, daemon=True)
-        stopper.start()
-        stopper.join(timeout)
-        if stopper.is_alive():
-            log.warning(
-                "the MQTT network thread did not stop within %.0f s; exiting anyway", timeout
-            )
+        self._client.close(timeout)
 
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
-    ) -> None:
-        if not rc.is_failure:
-            client.subscribe(self.topic, qos=1)
-        elif not self._subscribed.is_set():
-            self._refused = f"the broker refused the connection: {rc}"
+    # -- MqttClient callbacks (paho's network thread) ----------------------------------
+    def _on_connect(self, rc: ReasonCode) -> None:
+        if not rc.is_failure:  # each (re)connect: a clean session, so subscribe again
+            self._client.subscribe(str(self.topic), qos=1)
 
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
-    ) -> None:
+    def _on_disconnect(self, rc: ReasonCode) -> None:
         if not self._subscribed.is_set() and self._refused is None:
-            # TLS 1.3: a broker that wants a client certificate drops us after the handshake
-            no_cert = self.url.tls and (self.tls is None or self.tls.cert is None)
-            hint = "; a broker with mutual TLS needs a client certificate and key" * no_cert
-            self._refused = f"the broker closed the connection ({rc}){hint}"
+            self._refused = f"the broker closed the connection ({rc})"
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, p: Any) -> None:
-        if rcs and not rcs[0].is_failure:
+    def _on_subscribe(self, mid: int, codes: list[ReasonCode]) -> None:
+        if codes and not codes[0].is_failure:
             self._subscribed.set()
-        elif rcs:
-            self._refused = f"the broker refused the subscription to {self.topic}: {rcs[0]}"
+        elif codes:
+            self._refused = f"the broker refused the subscription to {self.topic}: {codes[0]}"
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        device = msg.topic.split("/")[-2]
-        payload = bytes(msg.payload)
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        device = device_of(topic)
         digest = hashlib.sha256(payload).digest()
         try:
             new = self.store(device, peek_seq(payload), digest, payload)

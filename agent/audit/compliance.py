@@ -28,7 +28,7 @@ from agent.audit.completeness import measure
 
 if TYPE_CHECKING:
     from agent.audit.analysis import DeviceAnalysis
-    from agent.policy.bundle import PolicyBundle
+    from agent.policy.model import PolicyBundle
 
 __all__ = [
     "STATUSES",

@@ -40,10 +40,11 @@ from agent.errors import Error, ModelError, VerificationError
 from agent.evidence.claims import Evidence, RiskResult, RuleResult
 from agent.evidence.leaves import record_leaf_hashes, records_to_columns
 from agent.evidence.merkle import CompactRange
-from agent.evidence.store import records_before
-from agent.pipeline.window import summarise_rules
+from agent.evidence.store import StoredWindow, StoreReader
+from agent.pipeline.evaluate import evaluate_windows
 from agent.policy import PolicyBundle
-from agent.risk.engine import RiskEngine, RiskModel, load_declared
+from agent.risk.engine import RiskEngine
+from agent.risk.onnx_model import RiskModel, load_declared
 
 __all__ = ["GPU_TOLERANCE", "ReplayResult", "WindowReplay", "replay"]
 
@@ -174,64 +175,13 @@ class ReplayResult:
         return "\n".join(lines)
 
 
-@dataclass
-class _Row:
-    seq: int
-    start_ms: int
-    end_ms: int
-    size_before: int
-    log_before: bytes
-    cose: bytes
-
-
-class _Store:
-    """The gateway's evidence store, read-only; rows are read when a window needs them."""
-
-    def __init__(self, path: Path) -> None:
-        if not path.is_file():
-            raise Error(f"{path}: no evidence store there (the agent's state/evidence.sqlite)")
-        self.path = path
-        try:
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        except sqlite3.Error as e:
-            raise Error(f"{path}: cannot read the evidence store: {e}") from e
-
-    def bounds(self) -> tuple[int | None, int | None]:
-        """The first and last seq stored (None, None: no attestations)."""
-        first, last = self.db.execute("SELECT MIN(seq), MAX(seq) FROM attestations").fetchone()
-        return first, last
-
-    def has(self, seq: int) -> bool:
-        return (
-            self.db.execute("SELECT 1 FROM attestations WHERE seq = ?", (seq,)).fetchone()
-            is not None
-        )
-
-    def row(self, seq: int) -> _Row | None:
-        r = self.db.execute(
-            "SELECT window_start_ms, window_end_ms, log_size_before, log_before, cose "
-            "FROM attestations WHERE seq = ?",
-            (seq,),
-        ).fetchone()
-        return None if r is None else _Row(seq, r[0], r[1], r[2], bytes(r[3]), bytes(r[4]))
-
-    def records(self, seq: int) -> list[bytes]:
-        rows = self.db.execute(
-            "SELECT record FROM readings WHERE seq = ? ORDER BY idx", (seq,)
-        ).fetchall()
-        return [bytes(r[0]) for r in rows]
-
-    def close(self) -> None:
-        self.db.close()
-
-
 def _verified(
-    store: _Store, seq: int, trust: TrustStore, cache: dict[int, tuple[_Row, Evidence]]
-) -> tuple[_Row, Evidence] | None:
+    store: StoreReader, seq: int, trust: TrustStore, cache: dict[int, tuple[StoredWindow, Evidence]]
+) -> tuple[StoredWindow, Evidence] | None:
     """Window ``seq``'s row and its verified attestation; None if the store lacks it."""
     hit = cache.get(seq)
     if hit is None:
-        row = store.row(seq)
+        row = store.window(seq)
         if row is None:
             return None
         ev = trust.evidence(row.cose)
@@ -260,11 +210,11 @@ def _check_config(ev: Evidence, bundle: PolicyBundle) -> None:
 
 
 def _start(
-    store: _Store,
+    store: StoreReader,
     first_target: int,
     bundle: PolicyBundle,
     trust: TrustStore,
-    cache: dict[int, tuple[_Row, Evidence]],
+    cache: dict[int, tuple[StoredWindow, Evidence]],
     fresh: str,
 ) -> int:
     """The latest seq <= first_target under the same policy that began from a fresh state."""
@@ -301,9 +251,10 @@ def _load_models(bundle: PolicyBundle, providers: Sequence[str]) -> list[RiskMod
 
 
 def _window_input(
-    store: _Store, row: _Row, ev: Evidence, bundle: PolicyBundle
+    store: StoreReader, row: StoredWindow, ev: Evidence, bundle: PolicyBundle
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The window's readings, checked against its signed checkpoint, masked as the agent did."""
+    """The window's readings as columns, checked against its signed checkpoint (masked,
+    like everything else the agent did with them, by ``evaluate_windows``)."""
     records = store.records(row.seq)
     problems = []
     if len(records) != ev.readings:
@@ -321,7 +272,6 @@ def _window_input(
                 "(altered or reordered readings)"
             )
     ts, cols = records_to_columns(records, len(bundle.channels))
-    bundle.mask_invalid(cols)
     return ts, cols, problems
 
 
@@ -379,7 +329,7 @@ def replay(
             not the one in force, or the starting state cannot be rebuilt.
         VerificationError: an attestation needed does not verify with ``trust``.
     """
-    store = _Store(store_path)
+    store = StoreReader(store_path)
     try:
         first, last = store.bounds()
         if last is None:
@@ -388,14 +338,14 @@ def replay(
         for s in targets:
             if not store.has(s):
                 raise Error(f"seq {s} is not in {store_path} (it holds seq {first} to {last})")
-        cache: dict[int, tuple[_Row, Evidence]] = {}
+        cache: dict[int, tuple[StoredWindow, Evidence]] = {}
         evaluator = bundle.evaluator()
         fresh = evaluator.state_digest()
         start = _start(store, targets[0], bundle, trust, cache, fresh)
         first_ev = cache[start][1]
         models = _load_models(bundle, providers)
         engine = RiskEngine(models, [c.name for c in bundle.channels])
-        engine.prime(records_before(store.db, start, *engine.lookback), bundle)
+        engine.prime(store.records_before(start, *engine.lookback), bundle)
         wanted = set(targets)
         windows: list[WindowReplay] = []
         replayed = range(start, targets[-1] + 1)
@@ -408,17 +358,19 @@ def replay(
                 row, ev = hit
                 _check_config(ev, bundle)
                 inputs.append((row, ev, *_window_input(store, row, ev, bundle)))
-            risks = engine.score([(ts, cols) for _row, _ev, ts, cols, _p in inputs])
-            for (row, ev, ts, cols, problems), risk in zip(inputs, risks):
-                state_ok = evaluator.state_digest() == ev.config.state_in
+            verdicts = evaluate_windows(
+                bundle,
+                evaluator,
+                engine,
+                [(ts, cols) for _row, _ev, ts, cols, _p in inputs],
                 # a model the agent had refused (no result in the attestation) did not run
-                ran = {r.model_id for r in ev.risk}
-                risk = tuple(r for r in risk if r.model_id in ran)
-                batch = evaluator.run(ts, cols, {r.model_id: r.score for r in risk})
-                rules = summarise_rules([r.id for r in bundle.rules], batch, ts)
+                ran=[{r.model_id for r in ev.risk} for _row, ev, _ts, _cols, _p in inputs],
+            )
+            for (row, ev, ts, _cols, problems), v in zip(inputs, verdicts):
+                state_ok = v.state_in == ev.config.state_in
                 w = WindowReplay(
                     row.seq, row.start_ms, row.end_ms, len(ts), row.seq in wanted, state_ok,
-                    list(rules), list(risk), list(problems),
+                    list(v.rules), list(v.risk), list(problems),
                 )  # fmt: skip
                 _compare(w, ev)
                 windows.append(w)

@@ -3,7 +3,7 @@
 Everything a device signed is untrusted input: the device may be buggy or an attacker's.
 Nothing in a message may raise out of here; every problem is a :class:`Finding`.
 
-Checks, per device log (PRODUCT.md §6, docs/attestation-profile.md):
+Checks, per device log (docs/attestation-profile.md):
 1. every message is the profile's COSE_Sign1 in its one byte form (``agent.evidence.cose``:
    exact envelope, deterministic CBOR, every claim's type and range) within the size
    and CBOR limits; its ``kid`` selects a trusted key (a listed key, a key a rotation statement

@@ -5,9 +5,10 @@ In: closed windows of readings with their verdicts (``agent.pipeline``), the dev
 ``claims``: ``docs/attestation-profile.md``) stored with the raw readings, the Merkle log
 (``leaves``, ``merkle``) and the chain state in one SQLite file (``store``, the only owner
 of its schema), handed to ``agent.transport`` to publish. Also what keeps that store
-honest across crashes and faults: the open window's ``journal``, windows ``held_windows``
-when the store refuses writes, ``chain_check`` and ``log_head`` at start, and key
-``rotation`` statements. The auditor's side reads the same modules (``agent.audit``).
+honest across crashes and faults: the open window's ``journal``, ``chain_check`` and
+``log_head`` at start, and key ``rotation`` statements. The auditor's side reads the
+same modules (``agent.audit``; ``edgegov audit replay`` reads the store through
+``store.StoreReader``).
 """
 
 __all__ = [
@@ -16,7 +17,6 @@ __all__ = [
     "chain_check",
     "claims",
     "cose",
-    "held_windows",
     "journal",
     "leaves",
     "log_head",

@@ -1,6 +1,6 @@
 """Turn a closed window into a signed, chained, durably stored attestation.
 
-Order matters (PRODUCT.md §5, §7): salt and hash the readings into the device
+Order matters (docs/attestation-profile.md): salt and hash the readings into the device
 log -> build claims with the checkpoint and the consistency proof from the
 previous one -> sign -> commit attestation, readings, outbox row and new chain
 state in one fsynced transaction -> only then hand it to the publisher. A crash
@@ -38,7 +38,7 @@ from agent.evidence.leaves import encode_records, record_leaf_hashes
 from agent.evidence.merkle import RangeHasher
 from agent.evidence.store import ChainState, EvidenceStore, OutboxItem
 from agent.identity.keys import SigningKey
-from agent.pipeline.window import Reading
+from agent.sources.reading import Reading
 
 __all__ = ["Attester", "agent_code_digest"]
 

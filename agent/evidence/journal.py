@@ -40,7 +40,7 @@ import numpy as np
 
 from agent.evidence.claims import Restart, SourceDowntime
 from agent.evidence.store import EvidenceStore
-from agent.pipeline.window import Reading
+from agent.sources.reading import Reading
 
 __all__ = ["FLUSH_S", "Journal", "Recovered", "SourceMark", "pack_readings", "unpack_readings"]
 
@@ -188,7 +188,7 @@ class Journal:
         the records and frame counters that count them, are dropped, logged, and the
         readings declared not recorded (count unknown).
 
-        ``held``: the end of the last window the caller signs from ``agent.evidence.held_windows``
+        ``held``: the end of the last window the caller signs from ``agent.pipeline.held_windows``
         before anything else, and the last reading of each source (by name) in those
         windows. A journal its writer could not mark at its stop (the store refused that
         too) and that began before that end is superseded by them, and dropped the same
@@ -333,7 +333,7 @@ class Journal:
 
     def clean_stop(self, at_ms: int, marks: Sequence[SourceMark]) -> None:
         """The agent stops with everything it received signed, or saved with the windows
-        the store refused (``agent.evidence.held_windows``, which the next start signs): nothing is
+        the store refused (``agent.pipeline.held_windows``, which the next start signs): nothing is
         left in the journal, ``marks`` say up to where, and the next start is told."""
         write = self._writer([], marks)
 

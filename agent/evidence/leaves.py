@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.pipeline.window import Reading
+from agent.sources.reading import Reading
 
 __all__ = [
     "LeafRecord",

@@ -1,9 +1,14 @@
-"""Fleet configuration with TUF over retained MQTT (PRODUCT.md §8).
+"""Fleet configuration with TUF over retained MQTT (README.md, Fleet configuration).
 
 Repository side: :class:`FleetRepository` (``edgegov fleet init/add/assign/
 rotate/sign/publish``) and :func:`fleet_status` (``edgegov fleet status``).
 Gateway side: :class:`FleetClient` (python-tuf ngclient over
 :class:`MqttFetcher`) activating configs atomically through :class:`ConfigStore`.
+
+In: a broker (retained TUF metadata and targets, status and acks) and the fleet's
+signing keys. Out: activated configs handed to the agent, ``config/ack`` messages, the
+published repository. MQTT goes through :mod:`agent.transport.mqtt` (``_mqtt.FleetSession``
+is a synchronous session on it) and every topic comes from :mod:`agent.transport.topics`.
 
 Names are imported lazily so that ``edgegov --help`` does not load python-tuf.
 """
@@ -40,7 +45,7 @@ _WHERE = {
     "FleetClient": "client",
     "FleetClientConfig": "client",
     "UpdateOutcome": "client",
-    "FleetTopics": "topics",
+    "FleetTopics": "agent.transport.topics",  # the one topic tree
     "MqttFetcher": "fetcher",
     "fleet_status": "status",
 }
@@ -53,5 +58,7 @@ def __getattr__(name: str) -> Any:
     if name in _ERRORS:  # the fleet's branch of the one error tree
         return getattr(importlib.import_module("agent.errors"), name)
     if name in _WHERE:
-        return getattr(importlib.import_module(f"agent.fleet.{_WHERE[name]}"), name)
+        where = _WHERE[name]
+        module = where if "." in where else f"agent.fleet.{where}"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'agent.fleet' has no attribute {name!r}")

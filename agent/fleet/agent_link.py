@@ -20,11 +20,10 @@ from typing import Any
 from agent.config import AgentConfig
 from agent.errors import ConfigError, Error, TrustRootError
 from agent.evidence.claims import ConfigInForce
-from agent.fleet._mqtt import TlsFiles
 from agent.fleet.activation import ActiveConfig
 from agent.fleet.client import FleetClient, FleetClientConfig
 from agent.policy import PolicyBundle
-from agent.transport.publisher import BrokerURL
+from agent.transport.mqtt import BrokerURL, TlsFiles
 
 __all__ = ["FleetLink"]
 

@@ -42,7 +42,7 @@ from tuf.api.metadata import Metadata, Root, TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
 from agent.errors import ConfigRejected, Error, FleetError, TransportError, TrustRootError
-from agent.fleet._mqtt import FleetSession, TlsFiles
+from agent.fleet._mqtt import FleetSession
 from agent.fleet.activation import (
     ActiveConfig,
     ConfigStore,
@@ -54,8 +54,8 @@ from agent.fleet.activation import (
 )
 from agent.fleet.fetcher import MqttFetcher
 from agent.fleet.repository import Assignment, assignment_name
-from agent.fleet.topics import METADATA_URL, TARGETS_URL, FleetTopics
-from agent.transport.publisher import BrokerURL
+from agent.transport.mqtt import BrokerURL, TlsFiles
+from agent.transport.topics import METADATA_URL, TARGETS_URL, FleetTopics
 
 __all__ = ["FleetClient", "FleetClientConfig", "UpdateOutcome"]
 
@@ -381,7 +381,7 @@ class FleetClient:
     def _check_staged(self, cfg: ActiveConfig, a: Assignment) -> None:
         """The policy loads, and references only the assigned models, by digest."""
         from agent.policy import load_policy  # the policy compiler is heavy; load lazily
-        from agent.risk.engine import load_declared
+        from agent.risk.onnx_model import load_declared
 
         try:
             bundle = load_policy(cfg.policy_path)

@@ -37,8 +37,9 @@ def _repo(a: argparse.Namespace) -> Any:
 
 
 def _session(a: argparse.Namespace, client_id: str) -> Any:
-    from agent.fleet._mqtt import FleetSession, TlsFiles
-    from agent.transport.publisher import BrokerURL
+    from agent.fleet._mqtt import FleetSession
+    from agent.transport.mqtt import BrokerURL
+    from agent.transport.mqtt_tls import TlsFiles
 
     tls = TlsFiles.given(a.ca, a.cert, a.key)
     return FleetSession(BrokerURL.parse(a.broker, "--broker"), client_id, tls=tls)
@@ -114,7 +115,7 @@ def _publish(a: argparse.Namespace) -> int:
 
 def _status(a: argparse.Namespace) -> int:
     from agent.fleet.status import fleet_status, format_status
-    from agent.fleet.topics import FleetTopics
+    from agent.transport.topics import FleetTopics
 
     with _session(a, f"edgegov-fleet-{a.fleet}-status") as s:
         rows = fleet_status(s, FleetTopics(a.prefix, a.fleet))

@@ -15,7 +15,7 @@ from tuf.api import exceptions
 from tuf.ngclient import FetcherInterface
 
 from agent.fleet._mqtt import FleetSession
-from agent.fleet.topics import TARGETS_URL, FleetTopics
+from agent.transport.topics import TARGETS_URL, FleetTopics
 
 __all__ = ["MqttFetcher"]
 

@@ -68,7 +68,7 @@ from tuf.repository import Repository
 
 from agent.errors import Error, FleetError, RepositoryInvalid
 from agent.fleet.activation import staged_path, unassigned_models
-from agent.fleet.topics import METADATA_URL, TARGETS_URL, FleetTopics, check_target_name
+from agent.transport.topics import METADATA_URL, TARGETS_URL, FleetTopics, check_target_name
 
 __all__ = [
     "DEFAULT_EXPIRY_DAYS",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.fleet._mqtt import FleetSession
-from agent.fleet.topics import FleetTopics
+from agent.transport.topics import FleetTopics, device_of
 
 __all__ = ["GatewayStatus", "fleet_status", "format_status"]
 
@@ -54,10 +54,9 @@ def _json(raw: bytes | None) -> dict[str, Any] | None:
 
 def fleet_status(session: FleetSession, topics: FleetTopics) -> list[GatewayStatus]:
     """Read every retained status and ack of the fleet (untrusted JSON: shown, not believed)."""
-    base = f"{topics.prefix}/{topics.fleet}/"
-    statuses = session.read_retained_all(f"{base}+/status")
-    acks = session.read_retained_all(f"{base}+/config/ack")
-    devices = {t[len(base) :].split("/", 1)[0] for t in (*statuses, *acks)} - {"tuf"}
+    statuses = session.read_retained_all(str(topics.statuses))
+    acks = session.read_retained_all(str(topics.acks))
+    devices = {device_of(t) for t in (*statuses, *acks)} - {"tuf"}
     out = []
     for dev in sorted(devices):
         st = _json(statuses.get(topics.status(dev)))

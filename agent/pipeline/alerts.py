@@ -1,6 +1,7 @@
 """Alerts for people on call: violation episodes starting and ending, evidence degraded
 and cleared. Each names the attestation that proves it; the signed attestation is the
-record, an alert only points at it (PRODUCT.md: topic ``alert``, spool ``alerts.jsonl``).
+record, an alert only points at it (README.md, Running it on a gateway: topic ``alert``,
+spool ``alerts.jsonl``).
 
 The runner publishes what these functions return; they decide nothing else.
 """
@@ -11,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from agent.evidence.claims import RuleResult
-from agent.policy.bundle import Rule
+from agent.policy.model import Rule
 
 __all__ = ["degraded_alerts", "violation_alerts"]
 

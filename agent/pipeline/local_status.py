@@ -30,8 +30,8 @@ from agent.config import AgentConfig
 from agent.errors import VerificationError
 from agent.evidence.claims import Evidence, parse_claims
 from agent.evidence.cose import decode_sign1
-from agent.evidence.held_windows import FILE as HELD_FILE
 from agent.evidence.store import StoreSummary, read_summary, store_path
+from agent.pipeline.held_windows import FILE as HELD_FILE
 
 __all__ = ["LocalStatus", "SourceQuality", "Thresholds", "local_status"]
 

@@ -43,29 +43,34 @@ from agent.errors import (
 )
 from agent.evidence.attester import Attester
 from agent.evidence.claims import ConfigInForce, Restart, RuleResult
-from agent.evidence.held_windows import FILE as HELD_FILE
-from agent.evidence.held_windows import (
-    HeldWindows,
-    decode_held,
-    encode_held,
-    ensure_reserve,
-    save_held,
-)
 from agent.evidence.journal import FLUSH_S, Journal, SourceMark, last_rx_by_source
 from agent.evidence.store import EvidenceStore, OutboxItem, store_path
 from agent.identity.fleet_ca import load_x5chain
 from agent.identity.keys import Signer, load_signer
 from agent.logs import set_level as set_log_level
 from agent.pipeline.alerts import degraded_alerts, violation_alerts
+from agent.pipeline.evaluate import evaluate_windows
+from agent.pipeline.held_windows import FILE as HELD_FILE
+from agent.pipeline.held_windows import (
+    HeldWindows,
+    decode_held,
+    encode_held,
+    ensure_reserve,
+    save_held,
+)
 from agent.pipeline.reload import plan_reload
 from agent.pipeline.service import Notifier
-from agent.pipeline.window import Reading, Window, summarise_rules
+from agent.pipeline.window import Window
 from agent.policy import PolicyBundle, load_policy
-from agent.policy.evaluator import BatchResult, Evaluator, state_digest
-from agent.risk.engine import RiskEngine, RiskModel, load_declared
+from agent.policy.evaluator import Evaluator, state_digest
+from agent.risk.engine import RiskEngine
+from agent.risk.onnx_model import RiskModel, load_declared
 from agent.sources import PortSource, make_source, sum_counters, window_problems
 from agent.sources.quality import merge_records
-from agent.transport.publisher import BrokerURL, MqttPublisher, Publisher, SpoolPublisher, Topics
+from agent.sources.reading import Reading
+from agent.transport.mqtt import BrokerURL
+from agent.transport.publisher import MqttPublisher, Publisher, SpoolPublisher
+from agent.transport.topics import DeviceTopics
 
 if TYPE_CHECKING:
     from agent.fleet.activation import ActiveConfig
@@ -190,7 +195,7 @@ class Agent:
         self._waiting = self.fleet is not None and self.fleet.policy_path(local) is None
         bundle = None if self._waiting else self._load_first_policy()
         prefix = config.mqtt.topic_prefix if config.mqtt else "edgegov"
-        self.topics = Topics(prefix, config.fleet, config.device_id)
+        self.topics = DeviceTopics(prefix, config.fleet, config.device_id)
         try:
             x5chain = load_x5chain(config.device_cert) if config.device_cert else ()
         except KeyFileError as e:
@@ -326,7 +331,7 @@ class Agent:
         try:
             if self._state_after:  # held, unsigned: the file is still at the last signed one
                 ev.restore(json.loads(self._state_after[max(self._state_after)]))
-                return self._evaluator_from(ev)
+                return ev
             ev.restore(json.loads(path.read_text()))
             log.info("policy state restored from %s", path)
         except FileNotFoundError:
@@ -334,10 +339,6 @@ class Agent:
         except (OSError, ValueError, Error) as e:
             log.warning("policy state in %s not used (%s); windows and durations start empty",
                         path, e)  # fmt: skip
-        return self._evaluator_from(ev)
-
-    def _evaluator_from(self, ev: Evaluator) -> Evaluator:
-        self._state_in = ev.state_digest()
         return ev
 
     @property
@@ -381,7 +382,6 @@ class Agent:
             text = prev.read_text()
             if state_digest(text) == signed:
                 self.evaluator.restore(json.loads(text))
-                self._state_in = self.evaluator.state_digest()
                 self._save_policy_state(text)  # the next staging keeps it as the previous
                 log.warning(
                     "%s was one window ahead of the signed log (the agent was stopped between "
@@ -638,7 +638,7 @@ class Agent:
             return recovered
         held: HeldWindows | None = None
         try:
-            held = decode_held(data, self.signer.public, len(self.policy.channels))
+            held = decode_held(data, self.signer.public, *self._policy_shape())
             problem = self._held_problem(held)
             if problem is None:  # the evaluator continues from the state saved with them
                 self.evaluator.restore(json.loads(held.state_after))
@@ -663,7 +663,6 @@ class Agent:
             )
             return recovered
         assert held is not None
-        self._state_in = self.evaluator.state_digest()
         for w, _ in held.windows:  # the risk features' look-back, as if they had been stored
             cols = w.columns
             self.policy.mask_invalid(cols)
@@ -682,6 +681,10 @@ class Agent:
         self._unsigned[:0] = held.windows
         self._sign_held()
         return self._not_held(recovered, held)
+
+    def _policy_shape(self) -> tuple[int, list[str]]:
+        """What a held window's results are read with: the policy's channels and rules."""
+        return len(self.policy.channels), [r.id for r in self.policy.rules]
 
     def _not_held(self, recovered: list[Reading], held: HeldWindows) -> list[Reading]:
         """``recovered`` without the readings ``held`` has (the restart claim counts the rest)."""
@@ -782,7 +785,7 @@ class Agent:
         each source's last reading in them (None: no such file, or it will not be signed)."""
         try:
             data = (self.config.state_dir / HELD_FILE).read_bytes()
-            held = decode_held(data, self.signer.public, len(self.policy.channels))
+            held = decode_held(data, self.signer.public, *self._policy_shape())
             if not held.windows or self._held_problem(held) is not None:
                 return None
         except (OSError, StorageError):
@@ -975,38 +978,30 @@ class Agent:
         self.publisher.publish_status(self._status())
 
     def _evaluate(self, windows: list[Window]) -> None:
-        """Risk for all ``windows`` in one batch per model, then the rules, window by window.
+        """The verdicts of ``windows`` (``agent.pipeline.evaluate``: risk in one batch per
+        model, then the rules window by window).
 
         Runs once per window, even when signing is retried (the evaluator's state has moved
         on). Each window keeps the digest of the evaluator state it started from.
         """
         if not windows:
             return
-        p = self.policy
-        masked = []
-        for w in windows:
-            cols = w.columns  # a copy: masked in place
-            _missing, oor = p.mask_invalid(cols)
-            masked.append((cols, sum(oor.values())))
-        risks = self.risk.score([(w.timestamps, cols) for w, (cols, _) in zip(windows, masked)])
-        for w, (cols, out_of_range), risk in zip(windows, masked, risks):
-            scores = {r.model_id: r.score for r in risk}
-            batch = self.evaluator.run(w.timestamps, cols, scores)
-            w.results = (batch, risk, out_of_range, self._state_in)
-            text = self.evaluator.state_json()
-            self._state_after[w.start_ms] = text  # saved once w is signed
-            self._state_in = state_digest(text)
+        inputs = [(w.timestamps, w.columns) for w in windows]  # columns: a copy, masked
+        verdicts = evaluate_windows(self.policy, self.evaluator, self.risk, inputs)
+        for w, v in zip(windows, verdicts):
+            w.results = v
+            if v.state_after is not None:  # saved once w is signed
+                self._state_after[w.start_ms] = v.state_after
 
     def _attest(self, window: Window, health: dict[str, Any]) -> OutboxItem:
         p = self.policy
-        assert window.results is not None
-        batch, risk, out_of_range, state_in = window.results
-        assert isinstance(batch, BatchResult)
+        v = window.results
+        assert v is not None
+        rules, risk, out_of_range, state_in = v.rules, v.risk, v.out_of_range, v.state_in
         if out_of_range:
             health = {**health, "readings_out_of_range": out_of_range}
         if self._shed:
             health = {**health, "readings_shed": self._shed}
-        rules = summarise_rules([r.id for r in p.rules], batch, window.timestamps)
         for r in rules:
             if r.violated:
                 self.stats.violations[r.rule_id] = self.stats.violations.get(r.rule_id, 0) + 1

@@ -1,35 +1,23 @@
-"""One attestation window: readings in, columnar batch and per-rule summaries out.
+"""One attestation window: readings in, a columnar batch out.
 
 Readings arrive from the sources as small lists (one list per serial read);
 the window keeps them column-wise so the policy evaluator and the risk
-features run over typed arrays, never per reading in Python.
+features run over typed arrays, never per reading in Python. Its verdicts
+(``agent.pipeline.evaluate``) are set once the policy has run over it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agent.evidence.claims import RuleEpisode, RuleResult
+from agent.sources.reading import Reading
 
 if TYPE_CHECKING:
-    from agent.policy.evaluator import BatchResult
+    from agent.pipeline.evaluate import WindowVerdicts
 
-__all__ = ["Reading", "Window", "summarise_rules"]
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One sample as the agent received it. ``values`` follow the policy's channel order."""
-
-    received_ms: int  # agent clock, Unix ms: decides the window
-    device_ms: int  # device clock from the frame
-    source: int  # index of the serial source in the config
-    frame_seq: int
-    values: tuple[float, ...]
+__all__ = ["Window"]
 
 
 class Window:
@@ -48,7 +36,7 @@ class Window:
         )
         # Set once the policy has run over this window (a retried window is not re-run:
         # the evaluator's state has already advanced past it).
-        self.results: tuple[Any, Any, int, str | None] | None = None
+        self.results: WindowVerdicts | None = None
 
     def add(self, r: Reading) -> None:
         if self.n == self._ts.shape[0]:
@@ -74,29 +62,3 @@ class Window:
     def columns(self) -> np.ndarray:
         """A C-contiguous float64 copy, (n_channels, n_readings); NaN = missing."""
         return np.array(self._cols[:, : self.n], order="C")
-
-
-def summarise_rules(
-    rule_ids: Sequence[str], batch: BatchResult, timestamps: np.ndarray
-) -> tuple[RuleResult, ...]:
-    """Per-rule counts from the evaluator's result for one window.
-
-    ``batch.codes`` is (n_rules, n) uint8: 1 (condition holds), 0 (violated) or 2 (not
-    evaluable); ``batch.episodes`` per rule, the violation episodes (start_ms, end_ms or
-    None while open, peak) that the evaluator reported for this window.
-    """
-    results, episodes = batch.codes, batch.episodes
-    out = []
-    for i, rule_id in enumerate(rule_ids):
-        row = results[i] if results.size else np.empty(0, dtype=np.uint8)
-        violated_at = np.flatnonzero(row == 0)
-        errors = int(np.count_nonzero(row == 2))
-        first = int(timestamps[violated_at[0]]) if violated_at.size else None
-        last = int(timestamps[violated_at[-1]]) if violated_at.size else None
-        eps = tuple(RuleEpisode(e.start_ms, e.end_ms, e.peak) for e in episodes[i])
-        out.append(
-            RuleResult(
-                rule_id, int(row.size) - errors, int(violated_at.size), errors, first, last, eps
-            )
-        )
-    return tuple(out)

@@ -16,7 +16,7 @@ checks, each reported at the offending token:
   branches of one type; ``x in [..]`` needs list elements of ``x``'s type;
 * the whole condition must be a bool.
 
-Runtime values are doubles and bools (see ``native._policy_py``). Every
+Runtime values are doubles and bools (see ``native.policy_format``). Every
 ``int`` and ``string`` value is a constant (channels are doubles), so they
 are folded here with CEL's exact semantics: 64-bit overflow and division by
 zero give CEL's error value, which the program then carries (``LOAD_ERR``).
@@ -60,7 +60,7 @@ from agent.policy.parser import (
     parse,
     parse_duration,
 )
-from native import _policy_py as _ops
+from native import policy_format as fmt
 from native.policy import Program
 
 __all__ = [
@@ -76,18 +76,18 @@ DOUBLE, BOOL, INT, STRING, DURATION = "double", "bool", "int", "string", "durati
 NUMERIC = (DOUBLE, INT)
 
 _BINARY = {
-    "+": _ops.ADD,
-    "-": _ops.SUB,
-    "*": _ops.MUL,
-    "/": _ops.DIV,
-    "<": _ops.LT,
-    "<=": _ops.LE,
-    ">": _ops.GT,
-    ">=": _ops.GE,
-    "==": _ops.EQ,
-    "!=": _ops.NE,
-    "&&": _ops.AND,
-    "||": _ops.OR,
+    "+": fmt.ADD,
+    "-": fmt.SUB,
+    "*": fmt.MUL,
+    "/": fmt.DIV,
+    "<": fmt.LT,
+    "<=": fmt.LE,
+    ">": fmt.GT,
+    ">=": fmt.GE,
+    "==": fmt.EQ,
+    "!=": fmt.NE,
+    "&&": fmt.AND,
+    "||": fmt.OR,
 }
 _ARITHMETIC = {"+", "-", "*", "/"}
 _ORDERING = {"<", "<=", ">", ">="}
@@ -139,11 +139,11 @@ class DurationNode:
 
 def _const(type_: str, value: Any) -> _Code:
     if value is ERROR:
-        return _Code(type_, [(_ops.LOAD_ERR, 1 if type_ == BOOL else 0)], ERROR)
+        return _Code(type_, [(fmt.LOAD_ERR, 1 if type_ == BOOL else 0)], ERROR)
     if type_ == BOOL:
-        return _Code(BOOL, [(_ops.LOAD_BOOL, 1.0 if value else 0.0)], bool(value))
+        return _Code(BOOL, [(fmt.LOAD_BOOL, 1.0 if value else 0.0)], bool(value))
     if type_ == DOUBLE:
-        return _Code(DOUBLE, [(_ops.LOAD_CONST, float(value))], float(value))
+        return _Code(DOUBLE, [(fmt.LOAD_CONST, float(value))], float(value))
     return _Code(type_, [], value)  # int / string / duration: compile time only
 
 
@@ -235,7 +235,7 @@ class PlanBuilder:
         slot: dict[bytes, int] = {}
         opcodes, operands = [], []
         for op, arg in instrs:
-            if op == _ops.LOAD_CONST:
+            if op == fmt.LOAD_CONST:
                 key = struct.pack("<d", arg)  # by bits: keeps 0.0 and -0.0 apart
                 if key not in slot:
                     slot[key] = len(consts)
@@ -278,8 +278,8 @@ class PlanBuilder:
             raise ConditionError(self.unknown_channel(e.name), e.start)
         self.used_channels.add(e.name)
         if e.name in self.bool_channels:
-            return _Code(BOOL, [(_ops.LOAD_BCHAN, self.index[e.name])])
-        return _Code(DOUBLE, [(_ops.LOAD_CHAN, self.index[e.name])])
+            return _Code(BOOL, [(fmt.LOAD_BCHAN, self.index[e.name])])
+        return _Code(DOUBLE, [(fmt.LOAD_CHAN, self.index[e.name])])
 
     def unknown_channel(self, name: str) -> str:
         msg = f"unknown channel '{name}'"
@@ -299,12 +299,12 @@ class PlanBuilder:
                 raise ConditionError(
                     f"operator '-' needs a double operand, but got {operand.type}", e.operand.start
                 )
-            return self.apply(DOUBLE, _ops.NEG, [operand])
+            return self.apply(DOUBLE, fmt.NEG, [operand])
         if operand.type != BOOL:
             raise ConditionError(
                 f"operator '!' needs a bool operand, but got {operand.type}", e.operand.start
             )
-        return self.apply(BOOL, _ops.NOT, [operand])
+        return self.apply(BOOL, fmt.NOT, [operand])
 
     def binary(self, e: Binary) -> _Code:
         if e.op == "in":
@@ -384,7 +384,7 @@ class PlanBuilder:
             eq = Binary("==", e.left, node, start=e.start, op_pos=e.op_pos)
             code = self.binary_codes(eq, left, item)
             result = _simplify_logical("||", result, code) or self.apply(
-                BOOL, _ops.OR, [result, code]
+                BOOL, fmt.OR, [result, code]
             )
         # CEL evaluates the operands first: an error on the left, or in any list
         # element, makes the whole expression an error (even `x in []`).
@@ -392,8 +392,8 @@ class PlanBuilder:
             if code.const is ERROR:
                 return _const(BOOL, ERROR)
             if code.const is None:
-                is_error = self.apply(BOOL, _ops.NE, [code, code])  # error, else false
-                result = self.apply(BOOL, _ops.SELECT, [is_error, _const(BOOL, ERROR), result])
+                is_error = self.apply(BOOL, fmt.NE, [code, code])  # error, else false
+                result = self.apply(BOOL, fmt.SELECT, [is_error, _const(BOOL, ERROR), result])
         return result
 
     def binary_codes(self, e: Binary, left: _Code, right: _Code) -> _Code:
@@ -426,7 +426,7 @@ class PlanBuilder:
                 "supported (only double and bool values exist at run time; write 1.0, not 1)",
                 e.start,
             )
-        return self.apply(then.type, _ops.SELECT, [cond, then, otherwise])
+        return self.apply(then.type, fmt.SELECT, [cond, then, otherwise])
 
     # -- functions ----------------------------------------------------------------
     def call(self, e: Call) -> _Code:
@@ -500,11 +500,11 @@ class PlanBuilder:
             )
         ms = self._duration_ms(e.args[1])
         self._need_stateful(e)
-        kind = _ops.AGG_KINDS[e.name]
+        kind = fmt.AGG_KINDS[e.name]
         source = self.index[target.name]
         text = f"{e.name}({target.name}, {ms}ms)"
         row = self._derive(("agg", kind, source, ms), lambda r: AggNode(kind, source, ms, r, text))
-        return _Code(DOUBLE, [(_ops.LOAD_CHAN, row)])
+        return _Code(DOUBLE, [(fmt.LOAD_CHAN, row)])
 
     def scalar_function(self, e: Call) -> _Code:
         codes = [self.gen(a) for a in e.args]
@@ -516,7 +516,7 @@ class PlanBuilder:
                 return _const(INT, ERROR if c.const is ERROR else _int_result(abs(c.const)))
             if c.type != DOUBLE:
                 raise ConditionError(f"abs() needs a number, got {c.type}", e.args[0].start)
-            return self.apply(DOUBLE, _ops.ABS, [c])
+            return self.apply(DOUBLE, fmt.ABS, [c])
         if len(codes) < 2:
             raise ConditionError(
                 f"{e.name}() takes two or more numbers, or a channel and a duration "
@@ -534,7 +534,7 @@ class PlanBuilder:
                 return _const(INT, ERROR)
             pick = min if e.name == "min" else max
             return _const(INT, pick(c.const for c in codes))
-        op = _ops.MIN if e.name == "min" else _ops.MAX
+        op = fmt.MIN if e.name == "min" else fmt.MAX
         acc = codes[0]
         for c in codes[1:]:
             acc = self.apply(DOUBLE, op, [acc, c])
@@ -550,7 +550,7 @@ class PlanBuilder:
         instrs = tuple(c.instrs)
         text = _call_text(self.text, e.start) or "duration_true(...)"
         row = self._derive(("dur", instrs), lambda r: DurationNode(instrs, r, text))
-        return _Code(DOUBLE, [(_ops.LOAD_CHAN, row)])
+        return _Code(DOUBLE, [(fmt.LOAD_CHAN, row)])
 
     def risk(self, e: Call) -> _Code:
         if len(e.args) != 1 or not isinstance(e.args[0], Str):
@@ -560,14 +560,14 @@ class PlanBuilder:
             known = ", ".join(self.models) if self.models else "none declared"
             raise ConditionError(f"unknown risk model {mid!r}; models: {known}", e.args[0].start)
         self.used_models.add(mid)
-        return _Code(DOUBLE, [(_ops.LOAD_CHAN, len(self.channels) + self.models.index(mid))])
+        return _Code(DOUBLE, [(fmt.LOAD_CHAN, len(self.channels) + self.models.index(mid))])
 
     @staticmethod
     def apply(result: str, op: int, args: list[_Code]) -> _Code:
         if all(a.const is not None for a in args):
-            if any(a.const is ERROR for a in args) and op not in (_ops.AND, _ops.OR):
+            if any(a.const is ERROR for a in args) and op not in (fmt.AND, fmt.OR):
                 return _const(result, ERROR)
-            value = _ops.apply_op(op, [_ops.ERROR if a.const is ERROR else a.const for a in args])
+            value = fmt.apply_op(op, [fmt.ERROR if a.const is ERROR else a.const for a in args])
             if value == value:  # fold unless it is an error: keep errors visible as code
                 return _const(result, bool(value) if result == BOOL else value)
         instrs = [i for a in args for i in a.instrs]

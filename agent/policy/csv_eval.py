@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from agent.errors import PolicyError
-from agent.policy.bundle import PolicyBundle
 from agent.policy.evaluator import Episode
+from agent.policy.model import PolicyBundle
 
 __all__ = ["TIME_COLUMNS", "RuleReport", "read_readings", "replay"]
 

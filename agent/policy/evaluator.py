@@ -40,7 +40,7 @@ import numpy.typing as npt
 
 from agent.errors import PolicyError
 from agent.policy.compiler import AggNode, DurationNode
-from native import _policy_py
+from native import policy_format as fmt
 from native.policy import Program
 
 __all__ = [
@@ -116,7 +116,7 @@ class _Ring:
         self.rt = np.zeros(cap, dtype=_I64)
         self.rx = np.zeros(cap, dtype=np.float64)
         self.dq = np.zeros(cap, dtype=_I64)
-        self.ist = np.array([0, 0, 0, 0, 0, _policy_py.NO_TIME, 0], dtype=_I64)
+        self.ist = np.array([0, 0, 0, 0, 0, fmt.NO_TIME, 0], dtype=_I64)
         self.fst = np.zeros(2, dtype=np.float64)
 
     def reserve(self, extra: int) -> None:
@@ -190,10 +190,8 @@ class Evaluator:
             if isinstance(node, AggNode):
                 self._rings[node.row] = _Ring()
             else:
-                self._durations[node.row] = np.array([0, 0, _policy_py.NO_TIME], dtype=_I64)
-        self._rule_ist = [
-            np.array([0, 0, 0, 0, _policy_py.NO_TIME], dtype=_I64) for _ in plan.rules
-        ]
+                self._durations[node.row] = np.array([0, 0, fmt.NO_TIME], dtype=_I64)
+        self._rule_ist = [np.array([0, 0, 0, 0, fmt.NO_TIME], dtype=_I64) for _ in plan.rules]
         self._rule_fst = [np.full(1, np.nan) for _ in plan.rules]
         # every condition, then the clear conditions, in one evaluate_many call per batch
         self._programs = [r.condition for r in plan.rules]
@@ -281,7 +279,7 @@ class Evaluator:
                 Episode(int(ep_s[k]), int(ep_e[k]), _peak(float(ep_p[k]))) for k in range(closed)
             ]
             ist = self._rule_ist[i]
-            if ist[0] in (_policy_py.PHASE_VIOLATED, _policy_py.PHASE_CLEARING):
+            if ist[0] in (fmt.PHASE_VIOLATED, fmt.PHASE_CLEARING):
                 eps.append(Episode(int(ist[3]), None, _peak(float(self._rule_fst[i][0]))))
             res.episodes.append(eps)
         return res

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.policy.bundle import PolicyBundle
+from agent.policy.model import PolicyBundle
 from agent.risk.features import parse_feature
-from native import _policy_py as _ops
+from native import policy_format as fmt
 from native.policy import Program
 
 __all__ = ["Finding", "check_models", "lint"]
@@ -36,7 +36,7 @@ class Finding:
 
 
 def _constant(program: Program) -> bool | None:
-    if len(program) != 1 or int(program.opcodes[0]) != _ops.LOAD_BOOL:
+    if len(program) != 1 or int(program.opcodes[0]) != fmt.LOAD_BOOL:
         return None
     return bool(program.operands[0])
 
@@ -112,7 +112,7 @@ def check_models(bundle: PolicyBundle) -> list[Finding]:
     training ranges (its scores would never be flagged as out of distribution).
     """
     from agent.errors import ModelError
-    from agent.risk.engine import load_declared  # onnxruntime: only when there are models to check
+    from agent.risk.onnx_model import load_declared  # onnxruntime: only with models to check
 
     out: list[Finding] = []
     for ref in bundle.models:

@@ -36,8 +36,8 @@ import numpy as np
 import serial
 
 from agent.config import SourceConfig
-from agent.pipeline.window import Reading
 from agent.sources.link import Deliver, PolicyChannel, PortSource, now_ms
+from agent.sources.reading import Reading
 from firmware_bridge import Command, CommandCode, Data, Frame, Hello, encode_frame
 from native.frames import Batch, BatchDecoder
 
@@ -147,7 +147,8 @@ class FramedSource(PortSource):
                 continue
             if ser.in_waiting < _COALESCE_BYTES:
                 # A slow line: let a few frames gather, so that the per-read work
-                # (syscalls, one batch) is shared by many frames (PRODUCT.md §9: <= 2%).
+                # (syscalls, one batch) is shared by many frames (a 2 % budget: README.md,
+                # `edgegov bench`).
                 time.sleep(_COALESCE_S)
             waiting = ser.in_waiting
             if waiting:

@@ -21,8 +21,8 @@ import serial
 
 from agent.config import SourceConfig
 from agent.errors import ConfigError
-from agent.pipeline.window import Reading
 from agent.sources.quality import QualityLedger
+from agent.sources.reading import Reading
 
 __all__ = ["Deliver", "PolicyChannel", "PortSource", "now_ms"]
 

@@ -27,8 +27,8 @@ from pymodbus.client import ModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from agent.config import ModbusRegister, ModbusSlave, SourceConfig
-from agent.pipeline.window import Reading
 from agent.sources.link import Deliver, PolicyChannel, PortSource, now_ms
+from agent.sources.reading import Reading
 
 __all__ = ["SILENT_AFTER", "SILENT_RETRY_EVERY", "ModbusSource", "decode_register"]
 

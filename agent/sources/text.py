@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import serial
 
 from agent.config import SourceConfig
-from agent.pipeline.window import Reading
 from agent.sources.link import Deliver, PolicyChannel, PortSource, now_ms
+from agent.sources.reading import Reading
 
 __all__ = ["MAX_LINE", "LineParser", "TextSource"]
 

@@ -1,9 +1,15 @@
-"""Transport: MQTT out of the gateway.
+"""Transport: MQTT out of the gateway, and the one MQTT boundary of edgegov.
 
-In: signed attestations and status from ``agent.pipeline`` and ``agent.evidence``. Out:
-messages on the broker (``publisher``: the outbox-backed, at-least-once publisher, its
-topic tree and the broker URL), over TLS set up in one place (``mqtt_tls``, used by the
-fleet tools and the collector too).
+In: signed attestations, status and alerts from ``agent.pipeline`` and ``agent.evidence``
+(outbox rows). Out: messages on the broker, acknowledged back to the outbox on PUBACK.
+
+* ``mqtt``: the one paho-mqtt 2.x client (``MqttClient``): ``BrokerURL``, TLS, the MQTT v5
+  session, reason codes as ``TransportError``. The publisher, the fleet sessions
+  (``agent.fleet``) and the auditor's collector (``agent.audit``) all dial through it.
+* ``mqtt_tls``: the one client TLS context (a private CA, a client certificate and key).
+* ``topics``: the one topic tree as value objects (``DeviceTopics``, ``FleetTopics``,
+  subscription ``Filter``s): every topic on the wire is spelled there.
+* ``publisher``: the outbox-backed, at-least-once ``MqttPublisher`` and the ``SpoolPublisher``.
 """
 
-__all__ = ["mqtt_tls", "publisher"]
+__all__ = ["mqtt", "mqtt_tls", "publisher", "topics"]

@@ -24,7 +24,9 @@ class Row:
     rate: float
     unit: str = "items/s"
     baseline: str | None = None  # name of the row this one is compared with
-    target: float | None = None  # ratio against the baseline we promise (PRODUCT.md §9)
+    target: float | None = (
+        None  # ratio against the baseline we promise (README.md and `edgegov bench`)
+    )
     note: str = ""
 
     def to_json(self) -> dict[str, Any]:

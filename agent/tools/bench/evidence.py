@@ -65,7 +65,7 @@ def _stream(n: int) -> tuple[list[tuple[bytes, str, str | None]], Signer]:
     from agent.evidence.attester import Attester
     from agent.evidence.claims import ConfigInForce, RiskResult, RuleResult
     from agent.evidence.store import EvidenceStore
-    from agent.pipeline.window import Reading
+    from agent.sources.reading import Reading
 
     with tempfile.TemporaryDirectory() as d:
         signer = generate_key(Path(d) / "k.key")
@@ -95,8 +95,8 @@ def _journal_rows(quick: bool) -> list[Row]:
     (no fsync) with the source's mark, on a real store in a temporary directory."""
     from agent.evidence.journal import FLUSH_S, Journal, SourceMark
     from agent.evidence.store import EvidenceStore
-    from agent.pipeline.window import Reading
     from agent.sources.quality import QualityLedger
+    from agent.sources.reading import Reading
 
     rows = []
     ledger = QualityLedger("cold-room", "framed", "/dev/ttyUSB0")
@@ -142,7 +142,7 @@ def run(quick: bool) -> list[Row]:
         leaf_hashes,
         record_leaf_hashes,
     )
-    from agent.pipeline.window import Reading
+    from agent.sources.reading import Reading
 
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as d:

@@ -55,7 +55,7 @@ def _activation(rounds: int) -> tuple[float, float]:
     from agent.fleet.client import FleetClient, FleetClientConfig
     from agent.fleet.repository import FleetRepository
     from agent.tools.broker import MosquittoBroker
-    from agent.transport.publisher import BrokerURL
+    from agent.transport.mqtt import BrokerURL
 
     model = _model_1mb()
     with tempfile.TemporaryDirectory() as tmp, MosquittoBroker(Path(tmp) / "b") as broker:

@@ -1,7 +1,7 @@
 """Frame decoding: compiled vs pure twin from a buffer, from a real pty, and CPU at 115200 baud.
 
 * 32-byte DATA frames (2 channels, one sample) decoded into columnar batches
-  from one buffer: the Cython decoder and its pure-Python twin (PRODUCT.md §9:
+  from one buffer: the Cython decoder and its pure-Python twin (README.md and ``edgegov bench``:
   >= 2,000,000 frames/s compiled and >= 20x the twin).
 * The same frames written by a thread into a real pty and read with pyserial
   into columnar batches (>= 300,000 frames/s).
@@ -70,7 +70,7 @@ def _cpu_at_115200(seconds: float) -> tuple[float, int]:
     """% of one core this process spends reading an emulated 115200-baud device."""
     from agent.config import SerialSettings, SourceConfig
     from agent.pipeline.window import Window
-    from agent.policy.bundle import Channel
+    from agent.policy.model import Channel
     from agent.sources import FramedSource
 
     code = (

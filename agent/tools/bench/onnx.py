@@ -5,7 +5,8 @@ On the shipped cold-chain policy's models, over synthetic 5 s windows of 20 Hz r
 * ``RiskEngine.score`` (features assembled from the readings by ``native.features``, input
   and output guards, out-of-distribution flags) against ``session.run`` on a bare
   InferenceSession fed the same features already assembled, at batch 1 and batch 1024. The
-  target (PRODUCT.md §9) is at most 25 % overhead at batch 1024: our rate at least 0.8x raw.
+  target (README.md, `edgegov bench`) is at most 25 % overhead at batch 1024: our rate at
+  least 0.8x raw.
 * per-window latency p50/p99 at batch 1, ours and raw, and for all of the policy's models
   together (what the agent pays per window);
 * start-up cost and resident memory, measured in a fresh interpreter (this process has
@@ -36,7 +37,7 @@ import onnxruntime
 t1 = time.perf_counter()
 from pathlib import Path
 from agent.policy import load_policy
-from agent.risk.engine import load_declared
+from agent.risk.onnx_model import load_declared
 bundle = load_policy(Path(sys.argv[1]))
 t2 = time.perf_counter()
 models = [load_declared(r) for r in bundle.models]
@@ -113,8 +114,9 @@ def run(quick: bool) -> list[Row]:
     import onnxruntime as ort
 
     from agent.policy import load_policy
-    from agent.risk.engine import RiskEngine, load_declared
+    from agent.risk.engine import RiskEngine
     from agent.risk.features import FeaturePlan
+    from agent.risk.onnx_model import load_declared
     from native.features import IMPLEMENTATION as IMPL
 
     bundle = load_policy(_policy_path())

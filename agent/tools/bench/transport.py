@@ -21,7 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.evidence.store import EvidenceStore, OutboxItem
 from agent.tools.bench.core import Row
 from agent.tools.broker import MosquittoBroker, find_mosquitto
-from agent.transport.publisher import BrokerURL, MqttPublisher, Topics
+from agent.transport.mqtt import BrokerURL
+from agent.transport.publisher import MqttPublisher
+from agent.transport.topics import DeviceTopics
 
 _PAYLOAD = os.urandom(600)  # about the size of one attestation
 
@@ -71,7 +73,9 @@ def _drain(url: str, tmp: Path, n: int) -> float:
     EvidenceStore(path, "gw").close()
     _fill_outbox(path, n)
     store = EvidenceStore(path, "gw")
-    pub = MqttPublisher(BrokerURL.parse(url), Topics("edgegov", "bench", "gw"), store.acknowledge)
+    pub = MqttPublisher(
+        BrokerURL.parse(url), DeviceTopics("edgegov", "bench", "gw"), store.acknowledge
+    )
     t0 = time.perf_counter()
     pub.start(store.pending())
     while pub.unacknowledged() and time.perf_counter() - t0 < 300:
@@ -88,7 +92,9 @@ def _drain(url: str, tmp: Path, n: int) -> float:
 def _reconnect(tmp: Path) -> float:
     broker = MosquittoBroker(tmp / "reconnect").start()
     acks: list[int] = []
-    pub = MqttPublisher(BrokerURL.parse(broker.url), Topics("edgegov", "bench", "rc"), acks.append)
+    pub = MqttPublisher(
+        BrokerURL.parse(broker.url), DeviceTopics("edgegov", "bench", "rc"), acks.append
+    )
     pub.start([])
     pub.wait_connected(5)
     broker.stop()

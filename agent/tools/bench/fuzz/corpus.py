@@ -36,8 +36,8 @@ from agent.evidence.claims import (
 )
 from agent.evidence.store import EvidenceStore
 from agent.identity.keys import ALG_EDDSA, PublicKey, Signer
-from agent.pipeline.window import Reading
 from agent.sources.quality import QualityLedger
+from agent.sources.reading import Reading
 from agent.tools.bench.fuzz.rawcbor import encode
 
 __all__ = ["SeededSigner", "Stream", "make_corpus", "split_envelope"]

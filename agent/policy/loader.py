@@ -1,460 +1,66 @@
-"""Policy bundles: load a YAML bundle into frozen, typed, compiled objects.
-
-A bundle (PRODUCT.md §4) declares the *goals* (outcomes, who is accountable,
-which clause they come from), the *channels* (name, unit, valid range; their
-order is the row order of the ``columns`` input), the *rules* (the means: a
-CEL condition serving a goal), the *risk models* (pinned by SHA-256) and the
-attestation *window*. Example: ``configs/policies/cold-chain.yaml``.
+"""Load a policy bundle: YAML in, a validated, compiled :class:`PolicyBundle` out.
 
 Everything is validated at this boundary; a failure raises
 :class:`~agent.errors.PolicyError` naming the file, line, column, field path
 (``rules[2].goal``) and reason, or :class:`~agent.errors.PolicySyntaxError`
 (with a caret excerpt) when a condition does not parse or type-check. The
 YAML is read with the safe loader, duplicate keys and unknown keys are
-rejected.
+rejected (``yaml_cursor.py``). The content becomes the values of
+``model.py``; the rules' conditions are compiled into one evaluation
+:class:`~agent.policy.evaluator.Plan` (``compiler.py``).
 
 A bundle may ``extend`` a baseline (a path relative to it): it inherits the
 baseline's goals, channels, rules, models and window, may add its own, and
 may *override* an inherited rule only by tightening it (``layering.py``);
 a layer that would loosen one, redefine a goal or channel, or an ``extend``
 cycle is refused with an explanation.
-
-Rules may carry ``for`` (violated only once the condition has been false
-that long), ``clear`` (hysteresis: a ``condition`` and/or a ``for`` that
-must hold before a violation ends), ``measure``/``peak`` (what the peak of
-a violation episode is), and an ``explain`` template. Channels have a
-``type`` (double or bool) and a valid ``range``: readings outside it are
-data-quality findings, treated as missing.
-
-The *canonical form* (what gets signed) is deterministic JSON of the parsed
-content, so reformatting the YAML (comments, key order, quoting, block
-scalars, ``85`` vs ``85.0``) does not change ``digest``, while any change to
-the content does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import yaml
 
 from agent.errors import ModelError, PolicyError, PolicySyntaxError
-from agent.policy.compiler import DurationNode, PlanBuilder, offset_to_line_col
-from agent.policy.evaluator import ChannelSpec, Evaluator, Plan, RuleSpec, mask_invalid
+from agent.policy.compiler import DurationNode, PlanBuilder
+from agent.policy.evaluator import ChannelSpec, Plan, RuleSpec
 from agent.policy.layering import check_override
+from agent.policy.model import (
+    CHANNEL_TYPES,
+    EXPLAIN_FIELDS,
+    PLACEHOLDER,
+    SEVERITIES,
+    Channel,
+    Goal,
+    ModelCard,
+    ModelRef,
+    PolicyBundle,
+    Rule,
+)
 from agent.policy.parser import RESERVED, ConditionError, parse_duration
+from agent.policy.yaml_cursor import NUMERIC_TAGS, YamlCursor
 from agent.risk.features import parse_feature
-from native import _policy_py as _ops
-from native.policy import Program
+from native import policy_format as fmt
 
-__all__ = [
-    "Channel",
-    "Goal",
-    "ModelCard",
-    "ModelRef",
-    "PolicyBundle",
-    "Rule",
-    "evaluate_rules",
-    "load_policy",
-]
+__all__ = ["MAX_BUNDLE_BYTES", "MAX_LAYERS", "load_policy"]
 
-#: Identifies the canonical form; bump if its shape changes.
-CANONICAL_FORMAT = "edgegov-policy/4"  # 4: goals[].min_completeness
-SEVERITIES = ("info", "warning", "critical")
 MAX_BUNDLE_BYTES = 1 << 20
 #: deepest chain of ``extend`` layers
 MAX_LAYERS = 8
-CHANNEL_TYPES = ("double", "bool")
-#: placeholders an ``explain`` template may use
-EXPLAIN_FIELDS = ("rule", "goal", "severity", "start", "end", "duration", "peak")
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _CHANNEL = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]{0,63}")  # a CEL identifier
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")  # YAML's line breaks
-
-
-@dataclass(frozen=True)
-class Goal:
-    """A measurable outcome, who answers for it, and where it comes from.
-
-    ``min_completeness`` (0..1, optional) is the data availability below which the
-    goal cannot be judged: ``audit verify --policy`` reports it *not evaluable* when
-    fewer readings were received than that share of those expected
-    (``agent.audit.completeness``). None: only a goal with no evaluated reading is.
-    """
-
-    id: str
-    description: str
-    stakeholder: str
-    source: str
-    min_completeness: float | None = None
-
-
-@dataclass(frozen=True)
-class Channel:
-    """A sensor channel: CEL identifier, unit, valid range ``[low, high]``."""
-
-    name: str
-    unit: str
-    low: float
-    high: float
-    type: str = "double"
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A compiled rule; ``line`` is where the rule starts in the bundle file."""
-
-    id: str
-    goal: str
-    severity: str
-    condition: str
-    explain: str
-    line: int
-    program: Program = field(compare=False, repr=False)
-    for_ms: int = 0
-    clear_condition: str | None = None
-    clear_ms: int = 0
-    measure: str | None = None
-    peak: str = "max"
-    origin: str = ""  # file that defined (or last overrode) this rule
-
-    def explain_text(
-        self, start_ms: int, end_ms: int | None, peak: float | None, *, goal: str = ""
-    ) -> str:
-        """The ``explain`` template filled in for one violation episode."""
-        values = {
-            "rule": self.id,
-            "goal": goal or self.goal,
-            "severity": self.severity,
-            "start": _iso(start_ms),
-            "end": _iso(end_ms) if end_ms is not None else "ongoing",
-            "duration": _span(end_ms - start_ms) if end_ms is not None else "ongoing",
-            "peak": "n/a" if peak is None else f"{peak:g}",
-        }
-        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.explain)
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """The short model card a declaration carries (the full one is ``document``)."""
-
-    training_data: str
-    intended_use: str
-    limits: str
-    evaluation: str = ""
-    document: str = ""  # path of the full card, relative to the bundle, as written
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A risk model pinned by digest; ``path`` resolved relative to the bundle.
-
-    ``opset`` is the ai.onnx opset the file must import, ``input`` the name of its one
-    input (float32 [N, inputs]), ``output`` the name of the score and ``meaning`` what the
-    score means; ``threshold`` is the decision threshold on it.
-    """
-
-    id: str
-    path: Path
-    sha256: str
-    features: tuple[str, ...]
-    output: str
-    threshold: float
-    goal: str
-    opset: int = 17
-    input: str = "features"
-    meaning: str = ""
-    card: ModelCard | None = None
-
-
-@dataclass(frozen=True)
-class PolicyBundle:
-    id: str
-    version: int
-    description: str
-    goals: tuple[Goal, ...]
-    channels: tuple[Channel, ...]
-    rules: tuple[Rule, ...]
-    models: tuple[ModelRef, ...]
-    window_seconds: float
-    digest: str
-    source: Path
-    extends: tuple[dict[str, Any], ...] = ()
-    plan: Plan | None = field(default=None, compare=False, repr=False)
-    used_channels: frozenset[str] = frozenset()
-    used_models: frozenset[str] = frozenset()
-
-    def evaluator(self) -> Evaluator:
-        """A fresh stateful evaluator for this bundle."""
-        assert self.plan is not None
-        return Evaluator(self.plan)
-
-    def mask_invalid(
-        self, columns: npt.NDArray[np.float64]
-    ) -> tuple[dict[str, int], dict[str, int]]:
-        """Set readings outside their channel's valid range to NaN, in place (see
-        :func:`agent.policy.evaluator.mask_invalid`); returns (missing, out_of_range)."""
-        assert self.plan is not None
-        return mask_invalid(self.plan.channels, columns)
-
-    def channel_index(self, name: str) -> int:
-        """Row of channel ``name`` in the ``columns`` input; KeyError if undeclared."""
-        for i, ch in enumerate(self.channels):
-            if ch.name == name:
-                return i
-        raise KeyError(name)
-
-    def canonical_bytes(self) -> bytes:
-        """Deterministic UTF-8 JSON of the bundle content (what ``digest`` hashes)."""
-        doc = {
-            "format": CANONICAL_FORMAT,
-            "policy": {"id": self.id, "version": self.version, "description": self.description},
-            "goals": [
-                {
-                    "id": g.id,
-                    "description": g.description,
-                    "stakeholder": g.stakeholder,
-                    "source": g.source,
-                    "min_completeness": g.min_completeness,
-                }
-                for g in self.goals
-            ],
-            "channels": [
-                {"name": c.name, "unit": c.unit, "range": [c.low, c.high], "type": c.type}
-                for c in self.channels
-            ],
-            "rules": [
-                {
-                    "id": r.id,
-                    "goal": r.goal,
-                    "severity": r.severity,
-                    "condition": r.condition,
-                    "explain": r.explain,
-                    "for_ms": r.for_ms,
-                    "clear": {"condition": r.clear_condition, "for_ms": r.clear_ms},
-                    "measure": r.measure,
-                    "peak": r.peak,
-                }
-                for r in self.rules
-            ],
-            "extends": list(self.extends),
-            "models": [
-                {
-                    "id": m.id,
-                    "file": m.path.name,
-                    "sha256": m.sha256,
-                    "opset": m.opset,
-                    "input": m.input,
-                    "features": list(m.features),
-                    "output": m.output,
-                    "meaning": m.meaning,
-                    "threshold": m.threshold,
-                    "goal": m.goal,
-                    "card": dataclasses.asdict(m.card) if m.card else None,
-                }
-                for m in self.models
-            ],
-            "window": {"seconds": self.window_seconds},
-        }
-        return json.dumps(
-            doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
-
-
-def evaluate_rules(
-    bundle: PolicyBundle,
-    columns: npt.ArrayLike,
-    timestamps: npt.ArrayLike | None = None,
-    scores: dict[str, float | None] | None = None,
-) -> npt.NDArray[np.uint8]:
-    """Evaluate every rule over one batch from a fresh state: uint8 (n_rules, n).
-
-    1 holds, 0 violated, 2 error. ``columns`` is float64 (n_channels, n) in
-    ``bundle.channels`` order, NaN where a value is missing; ``timestamps``
-    (Unix ms) default to one reading per second. For a stream, keep one
-    :meth:`PolicyBundle.evaluator` and feed it batch after batch.
-    """
-    cols = np.asarray(columns, dtype=np.float64)
-    n = cols.shape[1] if cols.ndim == 2 else 0
-    ts = np.arange(n, dtype=np.int64) * 1000 if timestamps is None else timestamps
-    return bundle.evaluator().run(ts, cols, scores).codes
 
 
 def _strip(text: str | None) -> str | None:
     return None if text is None else text.strip()
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
-
-
-def _span(ms: int) -> str:
-    s = ms / 1000
-    if s < 120:
-        return f"{s:g} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
-
-
-# -- YAML node access with positions ------------------------------------------
-
-_TAG_NAMES = {
-    "tag:yaml.org,2002:str": "a string",
-    "tag:yaml.org,2002:int": "an integer",
-    "tag:yaml.org,2002:float": "a number",
-    "tag:yaml.org,2002:bool": "a boolean",
-    "tag:yaml.org,2002:null": "null",
-    "tag:yaml.org,2002:timestamp": "a date",
-    "tag:yaml.org,2002:seq": "a list",
-    "tag:yaml.org,2002:map": "a mapping",
-}
-_STR = "tag:yaml.org,2002:str"
-_NUMERIC = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
-
-
-class _Doc:
-    """The bundle text plus helpers that read typed values out of YAML nodes."""
-
-    def __init__(self, label: str, text: str) -> None:
-        self.label = label
-        self.text = text
-        self._construct = yaml.constructor.SafeConstructor()
-
-    def error(self, node: yaml.Node, path: str, reason: str) -> PolicyError:
-        m = node.start_mark
-        return PolicyError(f"{self.label}:{m.line + 1}:{m.column + 1}: {path}: {reason}")
-
-    def kind(self, node: yaml.Node) -> str:
-        return _TAG_NAMES.get(node.tag, f"a value tagged {node.tag}")
-
-    def mapping(
-        self, node: yaml.Node, path: str, required: Sequence[str], optional: Sequence[str] = ()
-    ) -> dict[str, yaml.Node]:
-        if not isinstance(node, yaml.MappingNode) or node.tag != "tag:yaml.org,2002:map":
-            raise self.error(node, path, f"expected a mapping, got {self.kind(node)}")
-        allowed = list(required) + list(optional)
-        out: dict[str, yaml.Node] = {}
-        for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.tag != _STR:
-                raise self.error(key, path, f"keys must be strings, got {self.kind(key)}")
-            sub = f"{path}.{key.value}" if path else key.value
-            if key.value in out:
-                raise self.error(key, sub, "duplicate key")
-            if key.value not in allowed:
-                raise self.error(key, sub, f"unknown key (allowed: {', '.join(allowed)})")
-            out[key.value] = value
-        for name in required:
-            if name not in out:
-                raise self.error(node, path or "<top level>", f"missing required key '{name}'")
-        return out
-
-    def sequence(self, node: yaml.Node, path: str, *, nonempty: bool = False) -> list[yaml.Node]:
-        if not isinstance(node, yaml.SequenceNode) or node.tag != "tag:yaml.org,2002:seq":
-            raise self.error(node, path, f"expected a list, got {self.kind(node)}")
-        if nonempty and not node.value:
-            raise self.error(node, path, "must not be empty")
-        return list(node.value)
-
-    def string(self, node: yaml.Node, path: str) -> str:
-        if not isinstance(node, yaml.ScalarNode) or node.tag != _STR:
-            hint = " (quote it)" if isinstance(node, yaml.ScalarNode) else ""
-            raise self.error(node, path, f"expected a string, got {self.kind(node)}{hint}")
-        value = node.value.strip()
-        if not value:
-            raise self.error(node, path, "must not be empty")
-        return str(value)
-
-    def ident(self, node: yaml.Node, path: str) -> str:
-        value = self.string(node, path)
-        if not _ID.fullmatch(value):
-            raise self.error(
-                node,
-                path,
-                f"{value!r} is not a valid id (letters, digits, '.', '_', '-'; "
-                "starts with a letter or digit; at most 64 characters)",
-            )
-        return value
-
-    def number(self, node: yaml.Node, path: str) -> float:
-        if not isinstance(node, yaml.ScalarNode) or node.tag not in _NUMERIC:
-            raise self.error(node, path, f"expected a number, got {self.kind(node)}")
-        value = float(self._construct.construct_object(node))
-        if not math.isfinite(value):
-            raise self.error(node, path, "must be a finite number")
-        return value
-
-    def integer(self, node: yaml.Node, path: str) -> int:
-        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:int":
-            raise self.error(node, path, f"expected an integer, got {self.kind(node)}")
-        return int(self._construct.construct_object(node))
-
-    def position(self, node: yaml.ScalarNode, offset: int) -> tuple[int, int]:
-        """File (line, column) of character ``offset`` of a scalar's value."""
-        index = _source_index(node, self.text, offset)
-        if index is None:
-            return node.start_mark.line + 1, node.start_mark.column + 1
-        return offset_to_line_col(self.text, index)
-
-
-def _source_index(node: yaml.ScalarNode, text: str, offset: int) -> int | None:
-    """Map an offset in a scalar's value to an index in the file text.
-
-    Walks the raw scalar alongside its value: plain and quoted scalars fold
-    line breaks into spaces and drop indentation, quoted ones add quote and
-    escape characters, block scalars start on the line after their header.
-    Returns None if the two cannot be aligned (then the caller points at the
-    start of the scalar).
-    """
-    value, style = node.value, node.style
-    p, end = node.start_mark.index, node.end_mark.index
-    if style in ("'", '"'):
-        p += 1
-    elif style in ("|", ">"):
-        m = _LINE_BREAK.search(text, p, end)
-        p = m.end() if m else end
-    positions: list[int] = []
-    for ch in value[: offset + 1]:
-        while True:
-            if p >= end:
-                return None
-            r = text[p]
-            if style == '"' and r == "\\":
-                nxt = text[p + 1] if p + 1 < end else ""
-                if nxt in ("\r", "\n"):  # escaped line break: joins the lines
-                    p += 2
-                    continue
-                positions.append(p)
-                p += {"x": 4, "u": 6, "U": 10}.get(nxt, 2)
-                break
-            if r == ch or (ch in " \n" and r in "\r\n"):  # same char, or a folded break
-                positions.append(p)
-                p += 1
-                break
-            if r in " \t\r\n" or (style == "'" and r == "'"):
-                p += 1
-                continue
-            return None
-    if offset < len(value):
-        return positions[offset]
-    return positions[-1] + 1 if positions else p
-
-
-# -- loading -------------------------------------------------------------------
 
 
 def load_policy(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> PolicyBundle:
@@ -495,7 +101,7 @@ def load_policy(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> PolicyBun
         raise PolicyError(f"{label}: invalid YAML: {e}") from e
     if root is None:
         raise PolicyError(f"{label}: policy bundle is empty")
-    return _Loader(_Doc(label, text), resolved, (*_chain, resolved)).bundle(root)
+    return _Loader(YamlCursor(label, text), resolved, (*_chain, resolved)).bundle(root)
 
 
 @dataclass
@@ -515,7 +121,7 @@ class _RawRule:
     peak: str
     origin: str
     nodes: dict[str, yaml.Node] = field(default_factory=dict)
-    doc: _Doc | None = None
+    doc: YamlCursor | None = None
     path: str = ""
 
     @property
@@ -524,7 +130,7 @@ class _RawRule:
 
 
 class _Loader:
-    def __init__(self, doc: _Doc, source: Path, chain: tuple[Path, ...]) -> None:
+    def __init__(self, doc: YamlCursor, source: Path, chain: tuple[Path, ...]) -> None:
         self.doc = doc
         self.source = source
         self.chain = chain
@@ -645,14 +251,14 @@ class _Loader:
             measure_row = -1
             if r.measure is not None:
                 instrs = self.check(builder, r, "measure", r.measure, "double")
-                if len(instrs) != 1 or instrs[0][0] != _ops.LOAD_CHAN:
+                if len(instrs) != 1 or instrs[0][0] != fmt.LOAD_CHAN:
                     raise self.rule_error(
                         r, "measure", "must be a channel or a window function such as max(x, 10m)"
                     )
                 measure_row = int(instrs[0][1])
             else:
                 first = next(
-                    (op for op in cond if op[0] == _ops.LOAD_CHAN and op[1] < len(channels)), None
+                    (op for op in cond if op[0] == fmt.LOAD_CHAN and op[1] < len(channels)), None
                 )
                 measure_row = int(first[1]) if first else -1
             specs.append((r, cond, clear, measure_row))
@@ -820,7 +426,7 @@ class _Loader:
             condition = self.expression(m["condition"], f"{p}.condition")
             nodes["condition"] = m["condition"]
             explain = d.string(m["explain"], f"{p}.explain")
-            for name in _PLACEHOLDER.findall(explain):
+            for name in PLACEHOLDER.findall(explain):
                 if name not in EXPLAIN_FIELDS:
                     raise d.error(
                         m["explain"],
@@ -862,7 +468,7 @@ class _Loader:
 
     def duration(self, node: yaml.Node, path: str) -> int:
         d = self.doc
-        if isinstance(node, yaml.ScalarNode) and node.tag in _NUMERIC:
+        if isinstance(node, yaml.ScalarNode) and node.tag in NUMERIC_TAGS:
             raise d.error(node, path, "give a unit: 30s, 10m, 1h (a bare number is ambiguous)")
         text = d.string(node, path)
         ms = parse_duration(text)

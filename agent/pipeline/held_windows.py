@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +30,10 @@ import numpy as np
 
 from agent.errors import StorageError
 from agent.evidence.claims import RiskResult
-from agent.pipeline.window import Reading, Window
+from agent.pipeline.evaluate import WindowVerdicts, summarise_rules
+from agent.pipeline.window import Window
 from agent.policy.evaluator import BatchResult, Episode
+from agent.sources.reading import Reading
 
 if TYPE_CHECKING:
     from agent.identity.keys import PublicKey, SigningKey
@@ -83,8 +85,10 @@ def encode_held(held: HeldWindows, signer: SigningKey) -> bytes:
     return cbor2.dumps([payload, signer.sign(_CONTEXT + payload)])
 
 
-def decode_held(data: bytes, key: PublicKey, n_channels: int) -> HeldWindows:
-    """Verify and read a held-windows file.
+def decode_held(
+    data: bytes, key: PublicKey, n_channels: int, rule_ids: Sequence[str]
+) -> HeldWindows:
+    """Verify and read a held-windows file (``n_channels`` and ``rule_ids``: the policy's).
 
     Raises:
         StorageError: not signed by ``key``, or not a held-windows file.
@@ -98,7 +102,7 @@ def decode_held(data: bytes, key: PublicKey, n_channels: int) -> HeldWindows:
         raise StorageError("its signature does not verify with the device key")
     try:
         body = cbor2.loads(payload)
-        windows = [_unwindow(w, n_channels) for w in body["windows"]]
+        windows = [_unwindow(w, n_channels, rule_ids) for w in body["windows"]]
         return HeldWindows(
             str(body["device"]),
             str(body["origin"]),
@@ -180,8 +184,8 @@ def _write(path: Path, data: bytes) -> None:
 
 def _window(w: Window, health: Mapping[str, Any]) -> dict[str, Any]:
     assert w.results is not None, "a held window has been evaluated"
-    batch, risk, out_of_range, state_in = w.results
-    assert isinstance(batch, BatchResult)
+    v = w.results
+    batch, risk, out_of_range, state_in = v.batch, v.risk, v.out_of_range, v.state_in
     codes = np.ascontiguousarray(batch.codes, dtype=np.uint8)
     return {
         "bounds": [w.start_ms, w.end_ms],
@@ -202,7 +206,9 @@ def _window(w: Window, health: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _unwindow(d: Mapping[str, Any], n_channels: int) -> tuple[Window, dict[str, Any]]:
+def _unwindow(
+    d: Mapping[str, Any], n_channels: int, rule_ids: Sequence[str]
+) -> tuple[Window, dict[str, Any]]:
     start, end = (int(x) for x in d["bounds"])
     w = Window(start, end, n_channels)
     for rec, dev, src, fseq, values in d["readings"]:
@@ -222,7 +228,17 @@ def _unwindow(d: Mapping[str, Any], n_channels: int) -> tuple[Window, dict[str, 
         for m, s, p, r, o in d["risk"]
     )
     state_in = d["state_in"]
-    w.results = (batch, risk, int(d["out_of_range"]), None if state_in is None else str(state_in))
+    # windows of another policy (another rule count) get no summary: the runner refuses
+    # them by the policy digest the file names (its _held_problem), before any use
+    rules = summarise_rules(rule_ids, batch, w.timestamps) if len(codes) == len(rule_ids) else ()
+    w.results = WindowVerdicts(
+        batch,
+        rules,
+        risk,
+        int(d["out_of_range"]),
+        None if state_in is None else str(state_in),
+        None,
+    )
     return w, dict(d["health"])
 
 

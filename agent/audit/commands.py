@@ -1,0 +1,165 @@
+"""``edgegov audit …``: the auditor's commands (parsed and dispatched by agent/cli.py).
+
+Each handler takes the parsed arguments, prints its result and returns the exit status;
+errors propagate as :class:`~agent.errors.Error` for the CLI to map to an exit code.
+agent/cli.py imports this module only when an audit command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.errors import Error
+
+if TYPE_CHECKING:
+    import argparse
+
+    from agent.audit.analysis import Analysis
+    from agent.audit.trust import TrustStore
+    from agent.audit.verify import AuditResult
+
+__all__ = ["audit_collect", "audit_prove", "audit_replay", "audit_report", "audit_verify"]
+
+
+def _trust(a: argparse.Namespace) -> TrustStore:
+    """--trust FILE and/or --key PEM... as one TrustStore (fails closed if neither)."""
+    from agent.audit.trust import TrustedKey, TrustStore, load_trust
+    from agent.identity.keys import load_public_key
+
+    trust = load_trust(Path(a.trust)) if a.trust else TrustStore()
+    for k in a.key or []:
+        pub = load_public_key(Path(k))
+        trust.add(TrustedKey(pub, None, f"key {k}"))
+    if trust.empty:
+        raise Error("no trust anchors: pass --trust FILE or --key PUBLIC_KEY.pem")
+    return trust
+
+
+def _audit_result(a: argparse.Namespace) -> AuditResult:
+    """Verify --store or the paths given; nothing to verify is an input error (exit 2)."""
+    from agent.audit.evidence_db import read_messages
+    from agent.audit.verify import Message, collect_files, verify_messages
+
+    trust = _trust(a)
+    if a.store and a.paths:
+        raise Error("give attestation files or directories, or --store URL, not both")
+    if a.store:
+        msgs: list[Message] = read_messages(a.store)
+        if not msgs:
+            raise Error(f"{a.store}: no attestations in that store")
+        return verify_messages(msgs, trust, a.device)
+    if not a.paths:
+        raise Error("give attestation files or directories, or --store URL")
+    files = collect_files([Path(p) for p in a.paths])
+    if not files:
+        raise Error(f"{', '.join(a.paths)}: no attestations there (no .cose files)")
+    return verify_messages((Message(f.read_bytes(), str(f)) for f in files), trust, a.device)
+
+
+def _analysis(a: argparse.Namespace) -> Analysis:
+    """Verify, then analyse (with --policy: compliance per goal)."""
+    from agent.audit.analysis import analyze
+
+    policy = None
+    if a.policy:
+        from agent.policy import load_policy
+
+        policy = load_policy(Path(a.policy))
+    return analyze(_audit_result(a), policy)  # PolicyMismatch: an input error, exit 2
+
+
+def _audit_exit(a: argparse.Namespace, an: Analysis) -> int:
+    """0 intact; 1 evidence findings, or (--require-compliance) a goal or rule not met."""
+    if not an.intact:
+        return 1
+    if a.require_compliance and an.not_met():
+        names = "; ".join(f"{c.kind} {c.id} {c.status}" for c in an.not_met())
+        print(f"edgegov: compliance required, not met: {names}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def audit_verify(a: argparse.Namespace) -> int:
+    from agent.audit import format_result
+
+    an = _analysis(a)
+    # allow_nan=False: a NaN or infinity can never reach an auditor's JSON parser as
+    # invalid JSON (the verifier refuses them in claims; were one to slip through, it
+    # is a bug, exit 70, not a document)
+    print(json.dumps(an.to_json(), indent=2, allow_nan=False) if a.json else format_result(an))
+    return _audit_exit(a, an)
+
+
+def audit_report(a: argparse.Namespace) -> int:
+    from agent.audit.report import render_html
+
+    an = _analysis(a)
+    Path(a.html).write_text(render_html(an), encoding="utf-8")
+    goals = ", ".join(f"{c.id} {c.status}" for c in an.compliance) or "nothing to judge"
+    print(
+        f"report written to {a.html}: evidence {an.evidence} "
+        f"({len(an.findings)} finding(s)); {an.scope}: {goals}"
+    )
+    return _audit_exit(a, an)
+
+
+def audit_prove(a: argparse.Namespace) -> int:
+    from agent.audit.prove import check_proof, make_proof
+
+    if a.check:
+        p = check_proof(Path(a.check).read_bytes(), _trust(a))
+        r = p.reading
+        print(
+            f"{a.check}: reading {r.index} of {p.evidence.device_id} is in the log "
+            f"{p.evidence.checkpoint.origin} (attestation seq {p.evidence.seq}, tree size "
+            f"{p.evidence.checkpoint.size}, {p.proof_hashes} proof hashes)\n"
+            f"  received_ms {r.received_ms}  device_ms {r.device_ms}  source {r.source}  "
+            f"frame {r.frame_seq}  values {list(r.values)}"
+        )
+        return 0
+    if a.store is None or a.index is None or a.out is None:
+        raise Error("to make a proof pass --store PATH --index N --out FILE (or --check FILE)")
+    Path(a.out).write_bytes(make_proof(Path(a.store), a.index))
+    print(f"proof for reading {a.index} written to {a.out}")
+    return 0
+
+
+def audit_replay(a: argparse.Namespace) -> int:
+    from agent.audit.replay import replay
+    from agent.policy import load_policy
+
+    bundle = load_policy(Path(a.policy))
+    providers = a.provider or ["CPUExecutionProvider"]
+    res = replay(Path(a.store), bundle, _trust(a), a.seq or (), providers)
+    print(json.dumps(res.to_json(), indent=2, allow_nan=False) if a.json else res.text())
+    return 0 if res.ok else 1
+
+
+def audit_collect(a: argparse.Namespace) -> int:
+    import signal
+    import threading
+    import time
+
+    from agent.audit.collector import StoreCollector
+    from agent.transport.mqtt_tls import TlsFiles
+
+    tls = TlsFiles.given(a.ca, a.cert, a.key)
+    c = StoreCollector(a.broker, a.store, fleet=a.fleet, share=a.share, tls=tls)
+    # SIGTERM (systemd, kill) and SIGINT (Ctrl-C) stop it; set here, since a process started
+    # in the background of a shell inherits SIGINT ignored and Python would leave it so
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    c.start()
+    print(f"collecting {c.topic} from {c.url} into {a.store} (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        deadline = time.monotonic() + a.seconds if a.seconds else None
+        while not stop.wait(0.2) and (deadline is None or time.monotonic() < deadline):
+            pass
+    finally:
+        c.stop()
+    print(f"received {c.received}, stored {len(c.stored)} new", file=sys.stderr)
+    return 0

@@ -1,0 +1,335 @@
+"""The one MQTT client edgegov runs: a thin typed wrapper over paho-mqtt 2.x.
+
+The agent's publisher, the fleet sessions and the auditor's collector all dial a broker
+through :class:`MqttClient`, so they parse a broker URL, check a broker's certificate,
+open an MQTT v5 session and report a refusal the same way:
+
+* :class:`BrokerURL`: ``mqtt[s]://[user[:password]@]host[:port]``; the password never
+  reaches a repr, a ``str()`` or an error message.
+* TLS: ``mqtts://`` uses the one client context of :mod:`agent.transport.mqtt_tls`
+  (``CERT_REQUIRED``, host name checked; a private CA, a client certificate and key).
+* :class:`Session`: clean start and session expiry (MQTT v5 §3.1.2.4, §3.1.2.11.2), the
+  Maximum Packet Size we accept (§3.1.2.11.4), keepalive.
+* :meth:`MqttClient.connect` blocks until CONNACK or a timeout;
+  :meth:`MqttClient.connect_in_background` lets paho connect and reconnect by itself.
+* paho's failures become :class:`~agent.errors.TransportError` with the reason in words
+  (a CONNACK, PUBACK or SUBACK reason code by its MQTT v5 name, an error number by paho's
+  text, a TLS failure by what the operator should give), raised ``from`` paho's error.
+
+Callbacks arrive on paho's network thread with typed arguments (``on_connect(rc)``,
+``on_publish(mid, rc)``, ``on_subscribe(mid, codes)``, ``on_message(topic, payload)``…);
+a callback must not block, and must not hold a lock that a thread calling into paho
+holds while it waits (paho's own lock is held while a callback runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.errors import ConfigError, TransportError
+from agent.transport.mqtt_tls import TlsFiles, client_context, explain_tls_failure
+
+__all__ = ["BrokerURL", "MqttClient", "ReasonCode", "Session", "TlsFiles", "Will", "reason"]
+
+log = logging.getLogger("edgegov.transport")
+
+
+@dataclass(frozen=True)
+class BrokerURL:
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr or a log line
+
+    @classmethod
+    def parse(cls, url: str, where: str = "mqtt.url") -> BrokerURL:
+        """``mqtt[s]://[user[:password]@]host[:port]``; errors never repeat the password."""
+        form = "expected mqtt[s]://[user[:password]@]host[:port]"
+        try:
+            parts = urlsplit(url)
+            shown = repr(url.replace(f":{parts.password}@", ":***@") if parts.password else url)
+            port = parts.port
+        except ValueError as e:  # e.g. an unclosed IPv6 bracket, a port beyond 65535
+            raise ConfigError(f"{where}: not a broker URL ({e}; {form})") from e
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(f"{where}: {shown} must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ConfigError(f"{where}: {shown} has no host ({form})")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ConfigError(f"{where}: {shown} has a path, query or fragment ({form})")
+        if port == 0:
+            raise ConfigError(f"{where}: {shown} has port 0 ({form})")
+        if parts.password is not None and not parts.username:
+            raise ConfigError(f"{where}: {shown} has a password but no user name ({form})")
+        tls = parts.scheme == "mqtts"
+        user = unquote(parts.username) if parts.username else None
+        pw = unquote(parts.password) if parts.password else None
+        return cls(parts.hostname, port or (8883 if tls else 1883), tls, user, pw)
+
+    def __str__(self) -> str:  # never print the password
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Session:
+    """What CONNECT asks of the broker (MQTT v5 §3.1.2).
+
+    ``clean_start=False`` with ``expiry_s`` > 0 is a persistent session: the broker keeps
+    our subscriptions and QoS 1 state across an outage of up to ``expiry_s`` seconds.
+    ``max_packet``: the largest packet we accept; a conforming broker never sends more.
+    """
+
+    clean_start: bool = True
+    expiry_s: int = 0
+    max_packet: int | None = None
+    keepalive: int = 30
+
+    def properties(self) -> Properties | None:
+        if not self.expiry_s and self.max_packet is None:
+            return None
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        if self.expiry_s:
+            props.SessionExpiryInterval = self.expiry_s
+        if self.max_packet is not None:
+            props.MaximumPacketSize = self.max_packet
+        return props
+
+
+@dataclass(frozen=True)
+class Will:
+    """The Last Will the broker publishes if we vanish without a DISCONNECT (§3.1.2.5)."""
+
+    topic: str
+    payload: bytes | str
+    qos: int = 1
+    retain: bool = True
+
+
+def reason(rc: ReasonCode | int) -> str:
+    """A paho reason code (MQTT v5 name) or paho error number (paho's text), in words."""
+    return str(rc) if isinstance(rc, ReasonCode) else paho.error_string(rc)
+
+
+class MqttClient:
+    """One MQTT v5 client over paho 2.x (``CallbackAPIVersion.VERSION2``); see the module.
+
+    Set the ``on_*`` attributes before connecting; each is optional.
+    """
+
+    def __init__(
+        self,
+        url: BrokerURL,
+        client_id: str,
+        *,
+        tls: TlsFiles | None = None,
+        session: Session | None = None,
+        will: Will | None = None,
+        max_inflight: int = 20,
+        reconnect_delay: tuple[float, float] = (1.0, 120.0),
+    ) -> None:
+        """Raises ConfigError (from :func:`client_context`) when a TLS file is unusable."""
+        self.url = url
+        self.tls = tls
+        self.session = session or Session()
+        self.on_connect: Callable[[ReasonCode], None] | None = None
+        self.on_connect_fail: Callable[[], None] | None = None
+        self.on_disconnect: Callable[[ReasonCode], None] | None = None
+        self.on_publish: Callable[[int, ReasonCode], None] | None = None
+        self.on_subscribe: Callable[[int, list[ReasonCode]], None] | None = None
+        self.on_unsubscribe: Callable[[int, list[ReasonCode]], None] | None = None
+        self.on_message: Callable[[str, bytes], None] | None = None
+        self._cond = threading.Condition()
+        self._connack: ReasonCode | None = None  # the latest CONNACK
+        self._dropped: ReasonCode | None = None  # a disconnect before any CONNACK
+        self._props: dict[str, Properties] = {}  # PUBLISH properties per content type
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        c.max_queued_messages_set(0)  # unbounded: callers bound what they hand us
+        c.max_inflight_messages_set(max_inflight)
+        c.reconnect_delay_set(*reconnect_delay)  # type: ignore[arg-type]
+        if url.username:
+            c.username_pw_set(url.username, url.password)
+        if url.tls:
+            c.tls_set_context(client_context(tls))
+        if will is not None:
+            c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        c.on_connect = self._connected
+        c.on_connect_fail = self._connect_failed
+        c.on_disconnect = self._disconnected
+        c.on_publish = self._published
+        c.on_subscribe = self._subscribed
+        c.on_unsubscribe = self._unsubscribed
+        c.on_message = self._message
+        self._paho = c
+
+    # -- connecting ------------------------------------------------------------------
+    def connect(self, timeout: float) -> None:
+        """Connect and wait for a successful CONNACK; paho then reconnects by itself.
+
+        Raises:
+            TransportError: the broker cannot be reached or the TLS handshake failed (what
+                to give, in words), it refused us (the CONNACK reason), it closed the
+                connection first, or no CONNACK came within ``timeout`` seconds. The
+                message reads after a subject: "collector cannot reach broker …".
+        """
+        s = self.session
+        try:
+            self._paho.connect(
+                self.url.host,
+                self.url.port,
+                keepalive=s.keepalive,
+                clean_start=s.clean_start,
+                properties=s.properties(),
+            )
+        except OSError as e:  # ssl.SSLError too: TLS 1.2 fails in the handshake
+            why = explain_tls_failure(e, self.tls) or str(e)
+            raise TransportError(f"cannot reach broker {self.url}: {why}") from e
+        self._paho.loop_start()
+        with self._cond:
+            self._cond.wait_for(lambda: (self._connack or self._dropped) is not None, timeout)
+            rc, dropped = self._connack, self._dropped
+        if rc is not None and not rc.is_failure:
+            return
+        self.close()
+        if rc is not None:
+            raise TransportError(f"refused by broker {self.url}: {reason(rc)}")
+        if dropped is not None:
+            # TLS 1.3: a broker that wants a client certificate drops us after the handshake
+            no_cert = self.url.tls and (self.tls is None or self.tls.cert is None)
+            hint = "; a broker with mutual TLS needs a client certificate and key" * no_cert
+            raise TransportError(f"dropped by broker {self.url} before CONNACK ({dropped}){hint}")
+        raise TransportError(f"got no CONNACK from broker {self.url} within {timeout} s")
+
+    def connect_in_background(self) -> None:
+        """Let paho connect, and reconnect with backoff, on its own thread; never raises
+        for the network (``on_connect``/``on_connect_fail`` say how it goes)."""
+        s = self.session
+        self._paho.connect_async(
+            self.url.host,
+            self.url.port,
+            keepalive=s.keepalive,
+            clean_start=s.clean_start,
+            properties=s.properties(),
+        )
+        self._paho.loop_start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """DISCONNECT and stop paho's thread; bounded, so a stuck socket cannot hang exit."""
+        self._paho.disconnect()
+        stopper = threading.Thread(target=self._paho.loop_stop, daemon=True)
+        stopper.start()
+        stopper.join(timeout)
+        if stopper.is_alive():
+            log.warning(
+                "the MQTT network thread did not stop within %.0f s; exiting anyway", timeout
+            )
+
+    def why_unreachable(self) -> str:
+        """Why the broker is unreachable, in the operating system's words (diagnostics)."""
+        try:
+            socket.create_connection((self.url.host, self.url.port), timeout=2).close()
+        except OSError as e:
+            return e.strerror or str(e) or type(e).__name__
+        return "TCP connects, but the MQTT connection failed"
+
+    # -- packets -----------------------------------------------------------------------
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
+        queue_offline: bool = True,
+        wait: float | None = None,
+    ) -> int:
+        """Hand a message to paho; returns its message id (its PUBACK comes to ``on_publish``).
+
+        Offline, paho keeps a QoS 1 message and sends it on reconnect, in order; with
+        ``queue_offline=False`` that is a TransportError instead. ``wait``: then block up
+        to that many seconds for it to be sent (best effort: no error if it is not).
+        """
+        props = None
+        if content_type is not None:
+            props = self._props.get(content_type)
+            if props is None:
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.ContentType = content_type
+                self._props[content_type] = props
+        info = self._paho.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc != paho.MQTT_ERR_SUCCESS and not (
+            queue_offline and info.rc == paho.MQTT_ERR_NO_CONN
+        ):
+            raise TransportError(f"publish to {topic} failed: {reason(info.rc)}")
+        if wait is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=wait)
+        return info.mid
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> int:
+        """SUBSCRIBE; returns its message id (the SUBACK comes to ``on_subscribe``)."""
+        rc, mid = self._paho.subscribe(topic_filter, qos=qos)
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            raise TransportError(f"subscribe {topic_filter} failed: {reason(rc)}")
+        return mid
+
+    def unsubscribe(self, topic_filter: str) -> int:
+        """UNSUBSCRIBE; returns its message id (the UNSUBACK comes to ``on_unsubscribe``)."""
+        rc, mid = self._paho.unsubscribe(topic_filter)
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            raise TransportError(f"unsubscribe {topic_filter} failed: {reason(rc)}")
+        return mid
+
+    # -- paho's callbacks (network thread), typed -----------------------------------------
+    def _connected(self, _c: object, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
+        with self._cond:
+            self._connack = rc
+            self._cond.notify_all()
+        if self.on_connect is not None:
+            self.on_connect(rc)
+
+    def _connect_failed(self, _c: object, _u: object) -> None:
+        if self.on_connect_fail is not None:
+            self.on_connect_fail()
+
+    def _disconnected(self, _c: object, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
+        with self._cond:
+            if self._connack is None:
+                self._dropped = rc
+            self._cond.notify_all()
+        if self.on_disconnect is not None:
+            self.on_disconnect(rc)
+
+    def _published(self, _c: object, _u: object, mid: int, rc: ReasonCode, _p: object) -> None:
+        if self.on_publish is not None:
+            self.on_publish(mid, rc)
+
+    def _subscribed(
+        self, _c: object, _u: object, mid: int, codes: list[ReasonCode], _p: object
+    ) -> None:
+        if self.on_subscribe is not None:
+            self.on_subscribe(mid, list(codes))
+
+    def _unsubscribed(
+        self, _c: object, _u: object, mid: int, codes: list[ReasonCode] | ReasonCode, _p: object
+    ) -> None:
+        if self.on_unsubscribe is not None:
+            self.on_unsubscribe(mid, list(codes) if isinstance(codes, list) else [codes])
+
+    def _message(self, _c: object, _u: object, msg: paho.MQTTMessage) -> None:
+        if self.on_message is not None:
+            p = msg.payload
+            self.on_message(msg.topic, p if isinstance(p, bytes) else bytes(p))
