@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from agent.audit.verify import Message
 from agent.errors import StorageError
 from agent.evidence.store import read_only  # leaves no -wal/-shm behind (edgegov status)
+from agent.evidence.store_reader import is_evidence_store, stored_log
 from agent.logs import redact
 
 __all__ = ["EvidenceDB", "open_db", "read_messages"]
@@ -184,14 +185,13 @@ def _read_sqlite(db: sqlite3.Connection, url: str) -> list[Message]:
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if "collected" in tables:
         return [_collected(url, *row) for row in db.execute(_SELECT)]
-    if {"state", "attestations"} <= tables:  # the gateway's own store (agent/evidence/store.py)
-        state = db.execute("SELECT origin FROM state").fetchone()
-        origin = state[0] if state else ""
-        parts = origin.split("/")  # edgegov/{device}/{hex}: names the log, signs nothing
+    if is_evidence_store(tables):  # the gateway's own store (agent/evidence/store.py)
+        origin, rows = stored_log(db)
+        parts = (origin or "").split("/")  # edgegov/{device}/{hex}: names the log, signs nothing
         device = parts[1] if len(parts) == 3 else None
         return [
-            Message(bytes(cose), f"{url}#seq={seq}", None, device, seq, "the evidence store row")
-            for seq, cose in db.execute("SELECT seq, cose FROM attestations ORDER BY seq")
+            Message(cose, f"{url}#seq={seq}", None, device, seq, "the evidence store row")
+            for seq, cose in rows
         ]
     raise StorageError(
         f"{url}: neither a collector store nor a gateway evidence store "

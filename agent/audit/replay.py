@@ -40,7 +40,7 @@ from agent.errors import Error, ModelError, VerificationError
 from agent.evidence.claims import Evidence, RiskResult, RuleResult
 from agent.evidence.leaves import record_leaf_hashes, records_to_columns
 from agent.evidence.merkle import CompactRange
-from agent.evidence.store import StoredWindow, StoreReader
+from agent.evidence.store_reader import StoredWindow, StoreReader
 from agent.pipeline.evaluate import evaluate_windows
 from agent.policy import PolicyBundle
 from agent.risk.engine import RiskEngine

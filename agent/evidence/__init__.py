@@ -7,8 +7,8 @@ In: closed windows of readings with their verdicts (``agent.pipeline``), the dev
 of its schema), handed to ``agent.transport`` to publish. Also what keeps that store
 honest across crashes and faults: the open window's ``journal``, ``chain_check`` and
 ``log_head`` at start, and key ``rotation`` statements. The auditor's side reads the
-same modules (``agent.audit``; ``edgegov audit replay`` reads the store through
-``store.StoreReader``).
+same modules (``agent.audit``; what only reads the store does it through
+``store_reader``).
 """
 
 __all__ = [
@@ -23,4 +23,5 @@ __all__ = [
     "merkle",
     "rotation",
     "store",
+    "store_reader",
 ]

@@ -569,68 +569,6 @@ def read_retained(path: Path, index: int) -> RetainedReading:
 
 
 @dataclass(frozen=True)
-class StoredWindow:
-    """One window's row as the store holds it: what ``edgegov audit replay`` starts from."""
-
-    seq: int
-    start_ms: int
-    end_ms: int
-    size_before: int  # the log's size before the window's readings
-    log_before: bytes  # the compact range of the log before them (CBOR)
-    cose: bytes  # the attestation (not verified here)
-
-
-class StoreReader:
-    """A gateway's evidence store opened read-only, read a window at a time (replay).
-
-    Raises:
-        StorageError: no store at the path, or it cannot be opened.
-    """
-
-    def __init__(self, path: Path) -> None:
-        if not path.is_file():
-            raise StorageError(
-                f"{path}: no evidence store there (the agent's state/evidence.sqlite)"
-            )
-        self.path = path
-        try:
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        except sqlite3.Error as e:
-            raise StorageError(f"{path}: cannot read the evidence store: {e}") from e
-
-    def bounds(self) -> tuple[int | None, int | None]:
-        """The first and last seq stored (None, None: no attestations)."""
-        first, last = self.db.execute("SELECT MIN(seq), MAX(seq) FROM attestations").fetchone()
-        return first, last
-
-    def has(self, seq: int) -> bool:
-        row = self.db.execute("SELECT 1 FROM attestations WHERE seq = ?", (seq,)).fetchone()
-        return row is not None
-
-    def window(self, seq: int) -> StoredWindow | None:
-        r = self.db.execute(
-            "SELECT window_start_ms, window_end_ms, log_size_before, log_before, cose "
-            "FROM attestations WHERE seq = ?",
-            (seq,),
-        ).fetchone()
-        return None if r is None else StoredWindow(seq, r[0], r[1], r[2], bytes(r[3]), bytes(r[4]))
-
-    def records(self, seq: int) -> list[bytes]:
-        """The raw records of window ``seq``, in log order."""
-        rows = self.db.execute(
-            "SELECT record FROM readings WHERE seq = ? ORDER BY idx", (seq,)
-        ).fetchall()
-        return [bytes(r[0]) for r in rows]
-
-    def records_before(self, seq: int | None, keep_ms: int, keep_rows: int) -> list[bytes]:
-        """:func:`records_before` on this store."""
-        return records_before(self.db, seq, keep_ms, keep_rows)
-
-    def close(self) -> None:
-        self.db.close()
-
-
-@dataclass(frozen=True)
 class StoredAttestation:
     """One stored attestation as the store holds it (the COSE bytes are not verified here)."""
 

@@ -29,6 +29,7 @@ from agent.identity.keys import generate_key, load_public_key, public_key_path
 from agent.pipeline.runner import Agent
 from agent.policy import load_policy
 from agent.tools.broker import MosquittoBroker, find_mosquitto
+from agent.transport.topics import attestations
 from firmware_bridge import Emulator, open_pty
 
 __all__ = ["run_demo"]
@@ -121,7 +122,7 @@ def run_demo(
         output = {"mqtt": {"url": broker.url}}
         say(
             f"3. broker          private Mosquitto at {broker.url}; a collector subscribes to "
-            f"edgegov/{FLEET}/+/attestation"
+            f"{attestations(fleet=FLEET)}"
         )
     else:
         output = {"spool": str(evidence_dir)}

@@ -41,6 +41,7 @@ from agent.tools.bench.faults.parts import (
     wait_until,
 )
 from agent.tools.bench.faults.table import FaultRow
+from agent.transport.topics import DeviceTopics
 
 __all__ = [
     "Check",
@@ -76,7 +77,7 @@ class Harness:
             self.broker = Broker(workdir / "broker").start()
             self._cleanup.append(self.broker.stop)
             self.site = Site(workdir / "site")
-            topic = f"edgegov/{self.site.fleet}/{self.site.device_id}/attestation"
+            topic = DeviceTopics("edgegov", self.site.fleet, self.site.device_id).attestation
             client = f"faults-{workdir.name}-{os.getpid()}"
             self.subscriber = Subscriber(self.broker.url, topic, client)
             self._cleanup.append(self.subscriber.close)

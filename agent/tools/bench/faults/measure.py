@@ -31,6 +31,7 @@ from agent.evidence.claims import Evidence, parse_claims
 from agent.evidence.cose import decode_sign1
 from agent.evidence.leaves import LeafRecord, decode_record, record_leaf_hashes
 from agent.evidence.merkle import CompactRange
+from agent.evidence.store_reader import stored_log, stored_records
 from agent.tools.bench.faults.parts import Delivery
 from firmware_bridge import MsgType
 from firmware_bridge.emulator import SentFrame
@@ -77,8 +78,8 @@ def read_store(path: Path) -> SignedLog | None:
     try:
         db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
         try:
-            rows = db.execute("SELECT seq, cose FROM attestations ORDER BY seq").fetchall()
-            raw = [bytes(r) for (r,) in db.execute("SELECT record FROM readings ORDER BY idx")]
+            rows = stored_log(db)[1]
+            raw = stored_records(db)
         finally:
             db.close()
         if not rows:

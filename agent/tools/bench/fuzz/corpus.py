@@ -39,6 +39,7 @@ from agent.identity.keys import ALG_EDDSA, PublicKey, Signer
 from agent.sources.quality import QualityLedger
 from agent.sources.reading import Reading
 from agent.tools.bench.fuzz.rawcbor import encode
+from agent.transport.topics import DeviceTopics
 
 __all__ = ["SeededSigner", "Stream", "make_corpus", "split_envelope"]
 
@@ -153,7 +154,7 @@ def _stream(name: str, device: str, signer: SeededSigner, n: int, rng: random.Ra
             device,
             signer,
             store,
-            f"edgegov/f/{device}/attestation",
+            DeviceTopics("edgegov", "f", device).attestation,
             sensors={"0": {"port": "/dev/ttyUSB0", "protocol": "framed"}},
         )
         att.restart = Restart(START_MS - 5000, None, True, (SourceDowntime("0", 5000, 41),))
