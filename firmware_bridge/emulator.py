@@ -171,7 +171,8 @@ class _Device:
         self.pending = [self.emu.hello()]
         self.first = True
 
-    def next(self) -> _Emission:
+    def next(self, clean: bool = False) -> _Emission:
+        """The next frame, as the line delivers it (``clean``: without line noise)."""
         if self.emu.scenario == "reboot" and self.last_ms - self.boot_ms >= REBOOT_PERIOD_MS:
             self._reboot(self.last_ms)
         if self.pending:
@@ -195,7 +196,9 @@ class _Device:
         garbage, corrupted = 0, False
         rng = self.line_rng
         scenario = self.emu.scenario
-        if scenario == "garbage":
+        if clean:
+            pass
+        elif scenario == "garbage":
             if rng.random() < 0.05:
                 junk = rng.randbytes(rng.randint(1, 40))
                 garbage = len(junk)
@@ -354,6 +357,7 @@ class Emulator:
             MsgType.ERROR: "error",
         }
         t0 = time.monotonic() if _t0 is None else _t0
+        spoiled = False  # the line spoiled the last frame written (junk or flipped bits)
         device = _Device(self, int(time.time() * 1000)) if _device is None else _device
         trickle = self.scenario == "slow-trickle"
         deadline = None if duration_s is None else time.monotonic() + duration_s
@@ -383,6 +387,20 @@ class Emulator:
                 counts["corrupted_frames"] += e.corrupted
                 if e.kind in kind_key:
                     counts[kind_key[e.kind]] += 1
+                spoiled = bool(e.garbage or e.corrupted)
+            if spoiled and stop.is_set():
+                # Stopped right after a spoiled frame: end on an intact one, so the gap
+                # it leaves shows (nothing after it would: no receiver can account for a
+                # spoiled last frame, and the fault table would blame the agent for it).
+                e = device.next(clean=True)
+                written = _write_frame(fd, e.wire)
+                self._note(device, e, written)
+                if written:
+                    counts["frames"] += 1
+                    counts["last_seq"] = e.seq
+                    counts["bytes"] += len(e.wire)
+                    if e.kind in kind_key:
+                        counts[kind_key[e.kind]] += 1
         except OSError as exc:
             if exc.errno not in (errno.EIO, errno.EPIPE, errno.EBADF, errno.ENXIO):
                 raise
