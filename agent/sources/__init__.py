@@ -1,5 +1,9 @@
 """Input sources: serial lines and buses -> readings, with honest data-quality records.
 
+In: the configured ports (``agent.config.SourceConfig``) and the policy's channels. Out:
+batches of :class:`~agent.sources.reading.Reading` handed to the pipeline, and each
+source's per-window quality record. Nothing here knows the claims profile or the verifier.
+
 * :class:`FramedSource` -- our framed protocol (firmware_bridge/PROTOCOL.md).
 * :class:`TextSource` -- ``key=value,...`` or JSON lines, schema from config.
 * :class:`ModbusSource` -- Modbus RTU polling with pymodbus.
