@@ -33,6 +33,7 @@ the verified evidence *says* (periods, completeness, episodes, restarts, goals) 
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -417,8 +418,7 @@ def _check_log(
     messages ``rejected`` before they could be assigned to a log ((order, file): named
     where they stand in place of a missing seq)."""
     entries.sort(key=_order)  # delivery order (verify_messages appends in it already)
-    delivered = list(entries)
-    copies = [e for e in entries if e.copy_of]  # byte-identical redeliveries
+    delivered = _Delivered(entries, rejected)
     dev = entries[0].ev.device_id
     # Reordering: seq numbers that arrived after a higher one of the same log. A seq seen
     # before is a copy (redelivery) or a fork, never a reordering.
@@ -432,7 +432,7 @@ def _check_log(
                     dev,
                     seq,
                     "REORDER",
-                    f"delivered after seq {high.ev.seq} of this log ({_copies_of(high, copies)})",
+                    f"delivered after seq {high.ev.seq} of this log ({delivered.files(high)})",
                     e.file,
                     related=high.file,
                 )
@@ -466,20 +466,20 @@ def _check_log(
     log.evidence.extend(e.ev for e in chain)
     if first.seq != 0:
         start = (
-            f"log {origin} starts at seq {first.seq} ({_copies_of(chain[0], copies)}): "
+            f"log {origin} starts at seq {first.seq} ({delivered.files(chain[0])}): "
             f"seq 0..{first.seq - 1} are missing"
         )
-        early = [e for e in delivered if e.order < chain[0].order]
+        early = delivered.between(-1, chain[0].order)
         findings.append(
             Finding(
                 dev,
                 first.seq,
                 "CHAIN_START",
-                f"{start}; delivered in their place: {_misplaced(early[0], copies)}",
-                early[0].file,
+                f"{start}; delivered in their place: {delivered.misplaced(early)}",
+                early.file,
                 related=chain[0].file,
             )
-            if early
+            if early is not None
             else Finding(dev, first.seq, "CHAIN_START", start, chain[0].file)
         )
     last_cfg: ConfigInForce | None = None
@@ -515,7 +515,7 @@ def _check_log(
     for i, problems in enumerate(links):
         a, b = chain[i], chain[i + 1]
         if a.ev.seq + 1 != b.ev.seq:
-            findings.append(_gap(dev, a, b, delivered, copies, rejected))
+            findings.append(_gap(dev, a, b, delivered))
         elif problems:
             blame, other, why = _blame(chain, links, i)
             for kind, detail in problems:
@@ -618,14 +618,44 @@ def _link_problems(a: _Entry, b: _Entry) -> list[tuple[str, str]]:
     return out
 
 
-def _gap(
-    dev: str,
-    a: _Entry,
-    b: _Entry,
-    delivered: Sequence[_Entry],
-    copies: Sequence[_Entry],
-    rejected: Sequence[tuple[int, str]],
-) -> Finding:
+class _Delivered:
+    """One log's messages in delivery order, for naming what stands where: looked up by
+    position (bisect), so a stream with many gaps stays linear-logarithmic."""
+
+    def __init__(self, entries: Sequence[_Entry], rejected: Sequence[tuple[int, str]]) -> None:
+        self.entries = sorted(entries, key=_order)
+        self.orders = [e.order for e in self.entries]
+        self.rejected = sorted(rejected)
+        self.rejected_orders = [o for o, _ in self.rejected]
+        self.again: dict[bytes, list[str]] = defaultdict(list)  # raw -> files of its copies
+        for e in self.entries:
+            if e.copy_of:
+                self.again[e.raw].append(Path(e.file).name)
+
+    def between(self, lo: int, hi: int) -> _Entry | None:
+        """The first message of the log delivered after position ``lo``, before ``hi``."""
+        k = bisect_right(self.orders, lo)
+        return self.entries[k] if k < len(self.entries) and self.orders[k] < hi else None
+
+    def rejected_between(self, lo: int, hi: int) -> str | None:
+        k = bisect_right(self.rejected_orders, lo)
+        ok = k < len(self.rejected) and self.rejected_orders[k] < hi
+        return self.rejected[k][1] if ok else None
+
+    def files(self, e: _Entry) -> str:
+        """An attestation's file, and the files of its copies, for a finding's detail."""
+        name = Path(e.file).name
+        again = [f for f in self.again.get(e.raw, ()) if f != name]
+        return f"{name}, again in {', '.join(again)}" if again else name
+
+    def misplaced(self, e: _Entry) -> str:
+        """A message delivered where another seq was expected, in words."""
+        if e.copy_of:
+            return f"a copy of seq {e.ev.seq} (first delivered in {Path(e.copy_of).name})"
+        return f"seq {e.ev.seq} ({self.files(e)}), out of its order"
+
+
+def _gap(dev: str, a: _Entry, b: _Entry, delivered: _Delivered) -> Finding:
     """seq ``a + 1 .. b - 1`` are missing: name what was delivered in their place.
 
     A message delivered between ``a`` and ``b`` that belongs elsewhere in the chain (a
@@ -637,45 +667,30 @@ def _gap(
     """
     missing = (
         f"seq {a.ev.seq + 1}..{b.ev.seq - 1} are missing between seq {a.ev.seq} "
-        f"({_copies_of(a, copies)}) and seq {b.ev.seq} ({_copies_of(b, copies)})"
+        f"({delivered.files(a)}) and seq {b.ev.seq} ({delivered.files(b)})"
     )
     lo, hi = min(a.order, b.order), max(a.order, b.order)
-    for e in delivered:
-        if lo < e.order < hi:
-            return Finding(
-                dev,
-                b.ev.seq,
-                "CHAIN_GAP",
-                f"{missing}; delivered in their place: {_misplaced(e, copies)}",
-                e.file,
-                related=b.file,
-            )
-    for order, file in rejected:
-        if lo < order < hi:
-            return Finding(
-                dev,
-                b.ev.seq,
-                "CHAIN_GAP",
-                f"{missing}; delivered in their place: a message that was rejected "
-                "(see its finding)",
-                file,
-                related=b.file,
-            )
+    e = delivered.between(lo, hi)
+    if e is not None:
+        return Finding(
+            dev,
+            b.ev.seq,
+            "CHAIN_GAP",
+            f"{missing}; delivered in their place: {delivered.misplaced(e)}",
+            e.file,
+            related=b.file,
+        )
+    file = delivered.rejected_between(lo, hi)
+    if file is not None:
+        return Finding(
+            dev,
+            b.ev.seq,
+            "CHAIN_GAP",
+            f"{missing}; delivered in their place: a message that was rejected (see its finding)",
+            file,
+            related=b.file,
+        )
     return Finding(dev, b.ev.seq, "CHAIN_GAP", missing, b.file, related=a.file)
-
-
-def _misplaced(e: _Entry, copies: Sequence[_Entry]) -> str:
-    """A message delivered where another seq was expected, in words."""
-    if e.copy_of:
-        return f"a copy of seq {e.ev.seq} (first delivered in {Path(e.copy_of).name})"
-    return f"seq {e.ev.seq} ({_copies_of(e, copies)}), out of its order"
-
-
-def _copies_of(e: _Entry, copies: Sequence[_Entry]) -> str:
-    """An attestation's file, and the files of its copies, for a finding's detail."""
-    again = [Path(c.file).name for c in copies if c.raw == e.raw and c.file != e.file]
-    name = Path(e.file).name
-    return f"{name}, again in {', '.join(again)}" if again else name
 
 
 def _order(e: _Entry) -> int:
