@@ -12,7 +12,6 @@ from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.math cimport INFINITY, NAN, isfinite, ldexp
-from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
@@ -70,21 +69,16 @@ cdef class _Reader:
     cdef const unsigned char *buf
     cdef Py_ssize_t n
     cdef Py_ssize_t pos
-    # agent.evidence.cbor_limits' limits, counted as native.cbor_scan counts them (a container
-    # at depth d is nested d + 1 deep); loads() sets them out of reach
-    cdef int max_depth
-    cdef Py_ssize_t items_left
+    # The structural limits are checked before (agent.evidence.cbor_limits); beyond
+    # MAX_NEST the reader hands the input to cbor2, as it does every unusual input.
 
     cdef bytes data  # keeps buf alive
 
-    def __cinit__(self, bytes data, int max_depth=MAX_NEST + 1,
-                  Py_ssize_t max_items=PY_SSIZE_T_MAX):
+    def __cinit__(self, bytes data):
         self.data = data
         self.buf = <const unsigned char *>PyBytes_AS_STRING(data)
         self.n = len(data)
         self.pos = 0
-        self.max_depth = max_depth
-        self.items_left = max_items
 
     cdef uint64_t arg(self, unsigned char ai) except? 0xFFFFFFFFFFFFFFFF:
         cdef int width, k
@@ -109,8 +103,7 @@ cdef class _Reader:
         cdef list lst
         cdef dict dct
         cdef object key, val
-        self.items_left -= 1
-        if depth > MAX_NEST or self.pos >= self.n or self.items_left < 0:
+        if depth > MAX_NEST or self.pos >= self.n:
             raise _Fallback
         ib = self.buf[self.pos]
         self.pos += 1
@@ -142,8 +135,6 @@ cdef class _Reader:
                 )
             except UnicodeDecodeError:
                 raise _Fallback
-        if (major == 4 or major == 5) and depth >= self.max_depth:
-            raise _Fallback
         if major == 4:
             if arg > <uint64_t>(self.n - self.pos):  # every item needs at least one byte
                 raise _Fallback
@@ -171,8 +162,7 @@ cdef class _Reader:
         cdef unsigned char ib, major, ai, kb
         cdef uint64_t arg, _i
         cdef Py_ssize_t start, k
-        self.items_left -= 1
-        if depth > MAX_NEST or self.pos >= self.n or self.items_left < 0:
+        if depth > MAX_NEST or self.pos >= self.n:
             raise _Fallback
         ib = self.buf[self.pos]
         self.pos += 1
@@ -200,7 +190,7 @@ cdef class _Reader:
                         break
             return 0
         if major == 4 or major == 5:
-            if arg > <uint64_t>(self.n - self.pos) or depth >= self.max_depth:
+            if arg > <uint64_t>(self.n - self.pos):
                 raise _Fallback
             for _i in range(arg):
                 if major == 5:  # keys: only what item() keeps (int, bytes, text)
@@ -222,8 +212,7 @@ cdef class _Reader:
         cdef object key
         ib = self.buf[0]
         self.pos = 1
-        self.items_left -= 1
-        if ib >> 5 != 5 or self.max_depth < 1 or self.items_left < 0:
+        if ib >> 5 != 5:
             raise _Fallback
         arg = self.arg(ib & 0x1F)
         if arg > <uint64_t>(self.n - self.pos):
@@ -249,9 +238,6 @@ cdef class _Reader:
         cdef object key
         cdef unsigned char ib = self.buf[self.pos]  # the caller saw major type 5
         self.pos += 1
-        self.items_left -= 1
-        if self.max_depth < 2 or self.items_left < 0:
-            raise _Fallback
         arg = self.arg(ib & 0x1F)
         if arg > <uint64_t>(self.n - self.pos):
             raise _Fallback
@@ -328,10 +314,11 @@ def loads(data):
     return cbor2.loads(data)
 
 
-cdef object _claims_within(data, int max_depth, Py_ssize_t max_items):
+cdef object _read_claims(data):
+    """The claims map read here, or None to let the twin decode it."""
     cdef _Reader r
     if type(data) is bytes and len(<bytes>data):
-        r = _Reader(data, max_depth, max_items)
+        r = _Reader(data)
         try:
             value = r.claims_map()
         except _Fallback:
@@ -342,7 +329,7 @@ cdef object _claims_within(data, int max_depth, Py_ssize_t max_items):
 
 
 def loads_claims(data):
-    value = _claims_within(data, MAX_NEST + 1, PY_SSIZE_T_MAX)
+    value = _read_claims(data)
     return _py.trim_claims(loads(data)) if value is None else value
 
 

@@ -46,10 +46,9 @@ from agent.audit.trust import CertificateError, RevokedKey, TrustStore, UnknownK
 from agent.errors import Error, VerificationError
 from agent.evidence.cbor_limits import check_cbor
 from agent.evidence.claims import EDGEGOV, ConfigInForce, Evidence, parse_claims
-from agent.evidence.cose import AlgorithmMismatch, HighS, Sign1, decode_sign1
+from agent.evidence.cose import AlgorithmMismatch, EnvelopeError, HighS, Sign1, decode_sign1
 from agent.evidence.merkle import ProofError, verify_consistency
 from agent.identity.keys import PublicKey
-from native.cbor_scan import scan
 
 if TYPE_CHECKING:
     from agent.audit.analysis import Analysis, DeviceAnalysis
@@ -298,6 +297,9 @@ def _verify_one(
 
     try:
         msg = decode_sign1(raw)
+    except EnvelopeError as e:
+        findings.append(_unverified(m, None, "INVALID", str(e), e.payload))
+        return None
     except VerificationError as e:
         bad("INVALID", str(e))
         return None
@@ -348,7 +350,11 @@ def _verify_one(
 
 
 def _unverified(
-    m: Message | tuple[bytes, str, str | None], msg: Sign1 | None, kind: str, detail: str
+    m: Message | tuple[bytes, str, str | None],
+    msg: Sign1 | None,
+    kind: str,
+    detail: str,
+    payload: bytes | None = None,
 ) -> Finding:
     """A finding about a message rejected before its claims could be trusted.
 
@@ -364,7 +370,7 @@ def _unverified(
     if device is not None and not how:
         how = "the device it was delivered for"
     if device is None or seq is None:
-        peeked = _peek(msg.payload if msg is not None else _payload_of(m[0]))
+        peeked = _peek(msg.payload if msg is not None else payload)
         if peeked is not None:
             device = device or peeked[0]
             seq = peeked[1] if seq is None else seq
@@ -372,20 +378,6 @@ def _unverified(
     if device is None:
         return Finding("?", seq, kind, detail, m[1])
     return Finding(device, seq, kind, detail, m[1], how or "unknown")
-
-
-def _payload_of(raw: bytes) -> bytes | None:
-    """The payload of a message whose envelope was refused, read leniently, for a label."""
-    if scan(raw, 4, 64)[0] not in (0, 9):  # within the limits; bytes after it are ignored
-        return None
-    try:
-        obj = cbor2.loads(raw)
-    except (cbor2.CBORDecodeError, ValueError, RecursionError):
-        return None
-    parts = obj.value if isinstance(obj, cbor2.CBORTag) else obj
-    if isinstance(parts, (list, tuple)) and len(parts) == 4 and isinstance(parts[2], bytes):
-        return parts[2]
-    return None
 
 
 def _peek(payload: bytes | None) -> tuple[str | None, int | None] | None:

@@ -40,12 +40,14 @@ from agent.identity.keys import (
     SigningKey,
     ecdsa_high_s,
 )
+from native.cbor_scan import scan
 from native.verify import loads, loads_claims, split_sign1
 from native.verify import sig_structure as _sig_structure
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "AlgorithmMismatch",
+    "EnvelopeError",
     "HighS",
     "Sign1",
     "decode_sign1",
@@ -157,7 +159,8 @@ def decode_sign1(raw: bytes) -> Sign1:
         raise VerificationError(f"message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}")
     parts = split_sign1(raw)
     if parts is None:
-        raise VerificationError(_envelope_problem(raw))
+        obj = _lenient(raw)
+        raise EnvelopeError(_envelope_problem(raw, obj), _payload_in(obj))
     protected, payload, signature = parts
     alg, kid, chain = _HEADERS.get(protected) or _protected_headers(protected)
     if len(signature) != SIGNATURE_BYTES:
@@ -168,16 +171,30 @@ def decode_sign1(raw: bytes) -> Sign1:
     return _new_sign1(raw, protected, alg, kid, payload, signature, chain)
 
 
-def _envelope_problem(raw: bytes) -> str:
-    """Why ``raw`` is not the profile's envelope (``split_sign1`` refused it), in words."""
+def _lenient(raw: bytes) -> Any:
+    """``raw`` decoded as cbor2 would, within the envelope's limits (bytes after the item
+    ignored), or None: what a refused message seems to be, for its wording and a label."""
+    if scan(raw, 4, 64)[0] not in (0, 9):  # 9: bytes after the item
+        return None
+    try:
+        return cbor2.loads(raw)
+    except (cbor2.CBORDecodeError, ValueError, RecursionError):
+        return None
+
+
+def _payload_in(obj: Any) -> bytes | None:
+    parts = obj.value if isinstance(obj, cbor2.CBORTag) else obj
+    if isinstance(parts, (list, tuple)) and len(parts) == 4 and isinstance(parts[2], bytes):
+        return parts[2]
+    return None
+
+
+def _envelope_problem(raw: bytes, obj: Any) -> str:
+    """Why ``raw`` is not the profile's envelope (``split_sign1`` refused it), in words
+    (``obj``: :func:`_lenient`'s reading of it)."""
     if not raw:
         return "empty message"
     if raw[0] != 0xD2:
-        try:
-            check_cbor(raw, "COSE_Sign1", max_depth=4, max_items=64)
-            obj = cbor2.loads(raw)
-        except (VerificationError, cbor2.CBORDecodeError, ValueError, RecursionError):
-            obj = None
         if isinstance(obj, cbor2.CBORTag) and obj.tag == TAG_SIGN1:
             return "COSE_Sign1: tag 18 is not in its shortest head (d2)"
         return "not a tagged COSE_Sign1 (CBOR tag 18, d2)"
@@ -284,6 +301,15 @@ _set_dict = object.__setattr__  # a frozen dataclass refuses its own __setattr__
 
 class AlgorithmMismatch(VerificationError):
     """The message names an algorithm its key is not pinned to."""
+
+
+class EnvelopeError(VerificationError):
+    """Not the profile's envelope. ``payload``: what it seems to carry, read leniently and
+    unverified, so a finding about it can still be labelled (never used as evidence)."""
+
+    def __init__(self, message: str, payload: bytes | None = None) -> None:
+        super().__init__(message)
+        self.payload = payload
 
 
 class HighS(VerificationError):

@@ -48,15 +48,15 @@ _WHERE = {
     "FleetTopics": "agent.transport.topics",  # the one topic tree
     "MqttFetcher": "fetcher",
     "fleet_status": "status",
+    # the fleet's branch of the one error tree
+    "ConfigRejected": "agent.errors",
+    "FleetError": "agent.errors",
+    "RepositoryInvalid": "agent.errors",
+    "TrustRootError": "agent.errors",
 }
 
 
-_ERRORS = ("ConfigRejected", "FleetError", "RepositoryInvalid", "TrustRootError")
-
-
 def __getattr__(name: str) -> Any:
-    if name in _ERRORS:  # the fleet's branch of the one error tree
-        return getattr(importlib.import_module("agent.errors"), name)
     if name in _WHERE:
         where = _WHERE[name]
         module = where if "." in where else f"agent.fleet.{where}"
