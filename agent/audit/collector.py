@@ -30,7 +30,7 @@ from agent.audit.evidence_db import EvidenceDB, open_db
 from agent.errors import Error, TransportError
 from agent.evidence.claims import EDGEGOV, SEQ
 from agent.evidence.cose import decode_sign1
-from agent.transport.mqtt import BrokerURL, MqttClient, ReasonCode, TlsFiles
+from agent.transport.mqtt import BrokerURL, Message, MqttClient, ReasonCode, TlsFiles
 from agent.transport.topics import attestations, device_of
 
 __all__ = ["Collector", "FileCollector", "StoreCollector", "peek_seq"]
@@ -116,8 +116,9 @@ class Collector:
         elif codes:
             self._refused = f"the broker refused the subscription to {self.topic}: {codes[0]}"
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        device = device_of(topic)
+    def _on_message(self, msg: Message) -> None:
+        payload = msg.payload
+        device = device_of(msg.topic)
         digest = hashlib.sha256(payload).digest()
         try:
             new = self.store(device, peek_seq(payload), digest, payload)

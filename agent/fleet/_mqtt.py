@@ -21,7 +21,15 @@ import threading
 from collections.abc import Callable, Iterable
 
 from agent.errors import TransportError
-from agent.transport.mqtt import BrokerURL, MqttClient, ReasonCode, Session, TlsFiles, Will
+from agent.transport.mqtt import (
+    BrokerURL,
+    Message,
+    MqttClient,
+    ReasonCode,
+    Session,
+    TlsFiles,
+    Will,
+)
 from agent.transport.topics import matches
 
 __all__ = ["FleetSession"]
@@ -156,7 +164,8 @@ class FleetSession:
             self._done[mid] = codes
             self._cond.notify_all()
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_message(self, msg: Message) -> None:
+        topic, payload = msg.topic, msg.payload
         if len(payload) > self.max_payload:
             self.oversized += 1
             return

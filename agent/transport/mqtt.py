@@ -17,7 +17,7 @@ open an MQTT v5 session and report a refusal the same way:
   text, a TLS failure by what the operator should give), raised ``from`` paho's error.
 
 Callbacks arrive on paho's network thread with typed arguments (``on_connect(rc)``,
-``on_publish(mid, rc)``, ``on_subscribe(mid, codes)``, ``on_message(topic, payload)``…);
+``on_publish(mid, rc)``, ``on_subscribe(mid, codes)``, ``on_message(Message)``…);
 a callback must not block, and must not hold a lock that a thread calling into paho
 holds while it waits (paho's own lock is held while a callback runs).
 """
@@ -41,7 +41,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.errors import ConfigError, TransportError
 from agent.transport.mqtt_tls import TlsFiles, client_context, explain_tls_failure
 
-__all__ = ["BrokerURL", "MqttClient", "ReasonCode", "Session", "TlsFiles", "Will", "reason"]
+__all__ = [
+    "BrokerURL",
+    "Message",
+    "MqttClient",
+    "ReasonCode",
+    "Session",
+    "TlsFiles",
+    "Will",
+    "reason",
+]
 
 log = logging.getLogger("edgegov.transport")
 
@@ -118,6 +127,16 @@ class Will:
     retain: bool = True
 
 
+@dataclass(frozen=True)
+class Message:
+    """One PUBLISH the broker delivered to us."""
+
+    topic: str
+    payload: bytes
+    dup: bool = False  # the broker flagged it as a redelivery (§3.3.1.1)
+    retain: bool = False  # a retained message, sent because we subscribed
+
+
 def reason(rc: ReasonCode | int) -> str:
     """A paho reason code (MQTT v5 name) or paho error number (paho's text), in words."""
     return str(rc) if isinstance(rc, ReasonCode) else paho.error_string(rc)
@@ -150,7 +169,8 @@ class MqttClient:
         self.on_publish: Callable[[int, ReasonCode], None] | None = None
         self.on_subscribe: Callable[[int, list[ReasonCode]], None] | None = None
         self.on_unsubscribe: Callable[[int, list[ReasonCode]], None] | None = None
-        self.on_message: Callable[[str, bytes], None] | None = None
+        self.on_message: Callable[[Message], None] | None = None
+        self.session_present = False  # the latest CONNACK's flag: the broker kept our session
         self._cond = threading.Condition()
         self._connack: ReasonCode | None = None  # the latest CONNACK
         self._dropped: ReasonCode | None = None  # a disconnect before any CONNACK
@@ -294,9 +314,12 @@ class MqttClient:
         return mid
 
     # -- paho's callbacks (network thread), typed -----------------------------------------
-    def _connected(self, _c: object, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
+    def _connected(
+        self, _c: object, _u: object, flags: paho.ConnectFlags, rc: ReasonCode, _p: object
+    ) -> None:
         with self._cond:
             self._connack = rc
+            self.session_present = bool(flags.session_present)
             self._cond.notify_all()
         if self.on_connect is not None:
             self.on_connect(rc)
@@ -332,4 +355,5 @@ class MqttClient:
     def _message(self, _c: object, _u: object, msg: paho.MQTTMessage) -> None:
         if self.on_message is not None:
             p = msg.payload
-            self.on_message(msg.topic, p if isinstance(p, bytes) else bytes(p))
+            payload = p if isinstance(p, bytes) else bytes(p)
+            self.on_message(Message(msg.topic, payload, bool(msg.dup), bool(msg.retain)))

@@ -23,14 +23,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from agent.identity.keys import generate_key, public_key_path
 from agent.tools.broker import MosquittoBroker, free_port
+from agent.transport.mqtt import BrokerURL, Message, MqttClient, ReasonCode, Session
 from firmware_bridge.emulator import UNPLUG_ONLINE_S, Emulator, SentFrame
 
 __all__ = ["AgentProc", "Broker", "Delivery", "Device", "Site", "Subscriber", "wait_until"]
@@ -307,39 +304,40 @@ class Subscriber:
     subscription and queued messages across an outage), every delivery kept."""
 
     def __init__(self, url: str, topic: str, client_id: str) -> None:
-        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
         self.topic = topic
         self.deliveries: list[Delivery] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        c.reconnect_delay_set(min_delay=0.2, max_delay=1.0)  # type: ignore[arg-type]
+        c = MqttClient(
+            BrokerURL.parse(url, "subscriber"),
+            client_id,
+            session=Session(clean_start=False, expiry_s=3600),
+            reconnect_delay=(0.2, 1.0),
+        )
         c.on_connect = self._on_connect
         c.on_subscribe = lambda *_: self._subscribed.set()
         c.on_message = self._on_message
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 3600
-        c.connect(host, int(port), clean_start=False, properties=props)
-        c.loop_start()
         self._client = c
+        c.connect(10)
         if not self._subscribed.wait(10):
             self.close()
             raise RuntimeError(f"the subscriber got no SUBACK from {url}")
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, *_: Any) -> None:
-        if not flags.session_present:  # a new session: subscribe (a kept one still is)
-            client.subscribe(self.topic, qos=1)
+    def _on_connect(self, rc: ReasonCode) -> None:
+        if rc.is_failure:
+            return
+        if not self._client.session_present:  # a new session: subscribe (a kept one still is)
+            self._client.subscribe(self.topic, qos=1)
         else:
             self._subscribed.set()
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
+    def _on_message(self, m: Message) -> None:
         with self._lock:
-            self.deliveries.append(Delivery(m.topic, bytes(m.payload), bool(m.dup)))
+            self.deliveries.append(Delivery(m.topic, m.payload, m.dup))
 
     def snapshot(self) -> list[Delivery]:
         with self._lock:
             return list(self.deliveries)
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._client.close()
