@@ -52,13 +52,13 @@ def test_window_and_duration_state_survive_an_agent_restart(tmp_path: Path) -> N
         ts = np.arange(100, dtype=np.int64) * 1000
         cols = np.vstack([np.full(100, 9.0), np.full(100, 50.0), np.zeros(100)])
         agent.evaluator.run(ts, cols)  # 100 s above 8 °C: pending towards the 10 min excursion
-        agent._save_policy_state()
-        saved = agent.evaluator.state()
+        agent._checkpoint_now(int(ts[-1]))
+        saved = agent.evaluator.state_digest()
     finally:
         agent.store.close()
     again = Agent(load_config(cfg))
     try:
-        assert again.evaluator.state() == saved
+        assert again.evaluator.state_digest() == saved
         ts2 = ts + 600_000  # 10 min after the excursion began: now it is reportable
         res = again.evaluator.run(ts2, cols)
         k = [r.id for r in again.policy.rules].index("excursion-over-10min")

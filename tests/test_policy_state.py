@@ -8,7 +8,6 @@ kernels' ring buffers, deques or running sums.
 from __future__ import annotations
 
 import importlib
-import json
 import math
 from pathlib import Path
 from types import ModuleType
@@ -233,9 +232,11 @@ def test_state_survives_a_restart_through_json(tmp_path: Path) -> None:
     whole = Evaluator(bundle.plan).run(ts, cols)
     first = Evaluator(bundle.plan)
     a = first.run(ts[:1234], cols[:, :1234])
-    saved = json.dumps(first.state())
+    saved = first.snapshot()
     second = Evaluator(bundle.plan)
-    second.restore(json.loads(saved))
+    second.restore(saved)
+    assert second.state_digest() == first.state_digest()
+    assert second.snapshot() == saved  # the snapshot is a function of the state
     b = second.run(ts[1234:], cols[:, 1234:])
     np.testing.assert_array_equal(np.hstack([a.codes, b.codes]), whole.codes)
     assert whole.codes.min() == 0  # not vacuous: there are violations
@@ -249,11 +250,17 @@ def test_state_for_another_plan_is_refused() -> None:
     cold = load_policy(root / "cold-chain.yaml").evaluator()
     stack = load_policy(root / "stack-emissions.yaml").evaluator()
     with pytest.raises(PolicyError, match="another policy"):
-        stack.restore(cold.state())
-    broken = cold.state()
-    broken["rules"] = {}
+        stack.restore(cold.snapshot())
+    good = cold.snapshot()
     with pytest.raises(PolicyError, match="malformed"):
-        cold.restore(broken)
+        cold.restore(good[:-3])  # truncated
+    with pytest.raises(PolicyError, match="not a edgegov-policy-state/2"):
+        cold.restore(b'{"format": "edgegov-policy-state/1"}')
+    damaged = bytearray(good)
+    damaged[-1] ^= 0x40  # the last rule's peak: the contents no longer hash to the digest
+    with pytest.raises(PolicyError, match="damaged"):
+        cold.restore(bytes(damaged))
+    cold.restore(good)  # a refused snapshot changed nothing
 
 
 def test_window_memory_stays_bounded_by_the_window() -> None:

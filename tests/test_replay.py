@@ -7,6 +7,7 @@ output); windows are handed to it directly so that many minutes of readings take
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import struct
@@ -114,6 +115,7 @@ def site(tmp_path: Path) -> Path:
     agent = Agent(load_config(cfg))
     try:
         feed(agent, 0, 25)
+        agent._checkpoint_now(agent.store.last_window_end())  # what a stop does
     finally:
         agent.store.close()
     # a restart: the evaluator state comes back from its file, the feature history from the store
@@ -256,6 +258,7 @@ def test_windows_scored_without_a_refused_model_replay_without_it(tmp_path: Path
     try:
         assert agent.models == []
         feed(agent, 0, 5)
+        agent._checkpoint_now(agent.store.last_window_end())  # what a stop does
     finally:
         agent.store.close()
     model.write_bytes(kept)
@@ -268,3 +271,47 @@ def test_windows_scored_without_a_refused_model_replay_without_it(tmp_path: Path
     res = replay(tmp_path / "state" / "evidence.sqlite", bundle, trust(tmp_path), range(10))
     assert res.ok, res.text()
     assert [len(w.risk) for w in res.windows] == [0] * 5 + [1] * 5
+
+
+def test_a_crash_rebuilds_the_state_from_the_last_checkpoint_and_the_stored_windows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed 24 windows after its last checkpoint (the first window), a start evaluates
+    those windows again from the store and reaches the digest the last commit recorded;
+    a window the store no longer holds whole makes it say so instead."""
+    cfg = make_site(tmp_path)
+    agent = Agent(load_config(cfg))
+    try:
+        feed(agent, 0, 25)  # checkpointed after window 0 only (every 5 min of windows)
+        signed = agent.evaluator.state_digest()
+    finally:
+        agent.store.close()  # no stop: no checkpoint
+    db = sqlite3.connect(tmp_path / "state" / "evidence.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM attestations").fetchone()[0] == 25
+    db.close()
+    again = Agent(load_config(cfg))
+    try:
+        assert again.evaluator.state_digest() != signed  # the checkpoint is 24 windows back
+        with caplog.at_level("WARNING", "edgegov.agent"):
+            again._continue_signed_state(signed)
+        assert again.evaluator.state_digest() == signed
+        assert "policy-state.bin, then 24 signed window(s) evaluated again" in caplog.text
+    finally:
+        again.store.close()
+    caplog.clear()
+    db = sqlite3.connect(tmp_path / "state" / "evidence.sqlite")
+    db.execute("DELETE FROM readings WHERE seq = 30 - 10")  # one window's readings pruned
+    db.commit()
+    db.close()
+    (tmp_path / "state" / "policy-state.bin").unlink()  # the rebuilt checkpoint
+    os.replace(
+        tmp_path / "state" / "policy-state.prev.bin", tmp_path / "state" / "policy-state.bin"
+    )
+    third = Agent(load_config(cfg))
+    try:
+        with caplog.at_level("WARNING", "edgegov.agent"):
+            third._continue_signed_state(signed)
+        assert third.evaluator.state_digest() != signed
+        assert "is not the one after the last signed window" in caplog.text
+    finally:
+        third.store.close()

@@ -407,7 +407,7 @@ def test_a_lost_store_starts_a_new_log_that_names_the_old_one_and_carries_none_o
         finally:
             assert first.stop() == 0
         old = read_log_head(state)
-        assert old is not None and (state / "policy-state.json").is_file()
+        assert old is not None and (state / "policy-state.bin").is_file()
         path = state / "evidence.sqlite"
         if how == "deleted":
             path.unlink()
@@ -425,12 +425,12 @@ def test_a_lost_store_starts_a_new_log_that_names_the_old_one_and_carries_none_o
     assert new_log["level"] == "warning"
     assert new_log["reason"] == (
         f"evidence store evidence.sqlite {what} while state of an earlier log was there: "
-        "log-head.json, policy-state.json, 0000000000.cose"
+        "log-head.json, policy-state.bin, 0000000000.cose"
     )
     assert new_log["previous_log"] == old.describe()
     # the old log's state went aside with its id; nothing of it was carried over
     tag = old.origin.rsplit("/", 1)[1]
-    assert (state / f"policy-state.json.{tag}").is_file()
+    assert (state / f"policy-state.bin.{tag}").is_file()
     old_spool = tmp_path / "spool" / f"gw-test.{tag}"
     assert len(list(old_spool.glob("*.cose"))) == old.seq + 1  # not overwritten by the new log
     new = spool_evidence(tmp_path / "spool" / "gw-test")
@@ -619,7 +619,9 @@ def test_a_held_windows_file_only_decodes_signed_by_this_device(tmp_path):
     codes = np.array([[1], [0]], dtype=np.uint8)
     batch = BatchResult(codes, [[], [Episode(900, None, 9.5)]])
     w.results = WindowVerdicts(batch, (), (), 0, "ab" * 32, None)
-    data = encode_held(HeldWindows("gw", "edgegov/gw/1", "cd" * 32, "{}", [(w, {"x": 1})]), signer)
+    data = encode_held(
+        HeldWindows("gw", "edgegov/gw/1", "cd" * 32, b"state", [(w, {"x": 1})]), signer
+    )
     back = decode_held(data, signer.public, 3, ["ok", "hot"])
     ((w2, health),) = back.windows
     assert (w2.start_ms, w2.end_ms, w2.n, health) == (1000, 2000, 1, {"x": 1})

@@ -33,6 +33,7 @@ HEALTH_WORDS = {
     "readings_out_of_range": "readings outside a channel's valid range (not used)",
     "out_of_range": "values outside the device's declared range",
     "readings_shed": "raw readings deleted to stay within the disk quota (no longer provable)",
+    "readings_shed_overload": "readings shed: the agent could not keep up with the source",
     "resyncs": "resynchronisations after line noise",
     "duplicates": "duplicate frames (ignored)",
     "seq_resets": "sequence restarts without a HELLO",

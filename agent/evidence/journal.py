@@ -23,8 +23,9 @@ the device sent while no agent recorded (``frames_unrecorded``). The claim -7000
 A clean stop (the last window signed) is marked in ``journal_run``; the next start clears
 the mark, so a start that finds it cleared knows the run before it did not end cleanly.
 Each commit also records the digest of the policy evaluator's state after the window it
-signs, so a start can tell whether ``policy-state.json`` (written just before the commit)
-is the state of the signed log or one window ahead of it (:attr:`Recovered.signed_state`).
+signs, so a start can bring the saved policy state (``policy-state.bin``, a checkpoint
+written just before some commits) to the state of the signed log
+(:attr:`Recovered.signed_state`, ``agent.pipeline.policy_state``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The evidence store read-only, for those who only read it: ``edgegov audit replay``
-(a window at a time), ``audit verify --store`` on a gateway's store, and the fault bench.
+(a window at a time), the agent rebuilding its policy state after a crash
+(``agent.pipeline.policy_state``), ``audit verify --store`` on a gateway's store, and the
+fault bench.
 
 The schema is the store's (``agent.evidence.store``, with the journal's table in
 ``agent.evidence.journal``); nothing outside ``agent.evidence`` runs SQL on it.
@@ -55,6 +57,13 @@ class StoreReader:
     def has(self, seq: int) -> bool:
         row = self.db.execute("SELECT 1 FROM attestations WHERE seq = ?", (seq,)).fetchone()
         return row is not None
+
+    def seqs_from(self, start_ms: int) -> list[int]:
+        """The seqs of the windows that start at or after ``start_ms``, in order."""
+        rows = self.db.execute(
+            "SELECT seq FROM attestations WHERE window_start_ms >= ? ORDER BY seq", (start_ms,)
+        ).fetchall()
+        return [int(r[0]) for r in rows]
 
     def window(self, seq: int) -> StoredWindow | None:
         r = self.db.execute(

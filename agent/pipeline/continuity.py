@@ -5,8 +5,8 @@ held-windows file, the policy evaluator's saved state). Out: an agent that conti
 where the last run stopped, signs what it held, and says what it could not keep.
 ``agent.pipeline.runner.Agent`` takes these methods from :class:`ContinuityMixin`:
 
-* the policy evaluator's state, saved after each signed window and checked against the
-  signed digest at start (claim -70001/5 key 9);
+* the policy evaluator's state, checkpointed (``agent.pipeline.policy_state``) and brought
+  to the signed digest at start (claim -70001/5 key 9);
 * held windows (``agent.pipeline.held_windows``): saved when the store refuses writes
   and the agent must stop, signed first at the next start;
 * the journal of the open window (``agent.evidence.journal``): flushed every
@@ -18,10 +18,8 @@ where the last run stopped, signs what it held, and says what it could not keep.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import queue
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,11 +45,14 @@ from agent.pipeline.held_windows import (
     encode_held,
     save_held,
 )
+from agent.pipeline.intake import Intake
+from agent.pipeline.policy_state import Checkpoints, replay_since
 from agent.pipeline.service import Notifier
 from agent.pipeline.window import Window
 from agent.policy import PolicyBundle
-from agent.policy.evaluator import Evaluator, state_digest
+from agent.policy.evaluator import Evaluator
 from agent.risk.engine import RiskEngine
+from agent.risk.onnx_model import RiskModel
 from agent.sources import PortSource
 from agent.sources.quality import merge_records
 from agent.sources.reading import Reading
@@ -97,7 +98,7 @@ class ContinuityMixin:
         risk: RiskEngine
         sources: list[PortSource]
         journal: Journal | None
-        _queue: queue.Queue[list[Reading]]
+        _queue: Intake
         _started_ms: int
         _next_flush: float
         _storage_problem: str | None
@@ -106,6 +107,8 @@ class ContinuityMixin:
         _taken_seqs: list[int | None]
         _carry: tuple[Window, Window] | None
         _state_after: dict[int, str]
+        _checkpoints: Checkpoints
+        models: list[RiskModel]
         _staged: int | None
         _held_file: Path | None
         _recovered: set[int]
@@ -121,96 +124,93 @@ class ContinuityMixin:
         def _status(self) -> dict[str, Any]: ...
         def _use_policy(self, bundle: PolicyBundle) -> None: ...
 
-    @property
-    def _policy_state_path(self) -> Path:
-        return self.config.state_dir / "policy-state.json"
-
     def _new_evaluator(self, bundle: PolicyBundle) -> Evaluator:
         """An evaluator for ``bundle``, continuing its saved state (windows, durations), or
         the state after the last window evaluated if that one is not signed yet."""
         ev = bundle.evaluator()
-        path = self._policy_state_path
+        files = self._checkpoints
+        files.saved_ms = None  # another plan: checkpoint its first signed window
         try:
-            if self._state_after:  # held, unsigned: the file is still at the last signed one
-                ev.restore(json.loads(self._state_after[max(self._state_after)]))
+            if self._state_after:  # held, unsigned: the checkpoint is older than they are
+                ev.restore(self.evaluator.snapshot())
                 return ev
-            ev.restore(json.loads(path.read_text()))
-            log.info("policy state restored from %s", path)
+            cp = files.load(files.path)
+            ev.restore(cp.snapshot)
+            files.saved_ms = cp.after_ms
+            log.info("policy state restored from %s", files.path)
         except FileNotFoundError:
             pass
         except (OSError, ValueError, Error) as e:
             log.warning("policy state in %s not used (%s); windows and durations start empty",
-                        path, e)  # fmt: skip
+                        files.path, e)  # fmt: skip
         return ev
 
-    @property
-    def _policy_state_prev(self) -> Path:
-        return self.config.state_dir / "policy-state.prev.json"
-
     def _stage_policy_state(self, window: Window) -> str | None:
-        """Save the evaluator's state after ``window`` just before the commit that signs it,
-        the state before it kept as ``policy-state.prev.json``; return its digest, which
-        the commit records (``agent.evidence.journal``; None: not known).
+        """The digest of the evaluator's state after ``window``, which the commit that signs
+        it records (``agent.evidence.journal``; None: not known); the state itself is saved
+        just before that commit when a checkpoint is due (``agent.pipeline.policy_state``).
 
         Killed between the two, the next start finds the state of the signed log in the
-        previous file (:meth:`_continue_signed_state`): the readings of the window it was
-        signing come back from the journal and are evaluated once, from the right state.
+        previous file (:meth:`_continue_signed_state`).
         """
-        text = self._state_after.get(window.start_ms)
-        if text is None:  # read back from the held file: the state restored is after the last
+        digest = self._state_after.get(window.start_ms)
+        if digest is None:  # read back from the held file: the state restored is after the last
             later = any(w.start_ms in self._recovered for w, _ in self._unsigned[1:])
             if self._state_after or later:
                 return None
-            text = self.evaluator.state_json()
-        if self._staged != window.start_ms:  # a retried commit: staged already
-            try:
-                os.replace(self._policy_state_path, self._policy_state_prev)
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                log.error("cannot keep the previous policy state: %s", e)
-            self._save_policy_state(text)
+            digest = self.evaluator.state_digest()
+        files = self._checkpoints
+        if (
+            self._staged != window.start_ms  # a retried commit: staged already
+            and files.due(window.end_ms)
+            and digest == self.evaluator.state_digest()  # not evaluated past it yet
+        ):
+            files.save(self.evaluator.snapshot(), window.end_ms)
             self._staged = window.start_ms
-        return state_digest(text)
+        return digest
+
+    def _checkpoint_now(self, after_ms: int) -> None:
+        """At a stop: save the evaluator's state after the last window (which ended at
+        ``after_ms``), unless a window it is after is not signed (held): a checkpoint never
+        runs ahead of the signed log but by the window being committed."""
+        if not self._state_after:
+            self._checkpoints.save(self.evaluator.snapshot(), after_ms)
 
     def _continue_signed_state(self, signed: str | None) -> None:
         """Continue from the policy state after the last signed window (digest ``signed``,
-        recorded by its commit): ``policy-state.json``, or the file before it if the agent
-        was killed between saving the state of a window and signing that window."""
+        recorded by its commit): a checkpoint at it, or one before it and the windows
+        signed since evaluated again from the stored readings."""
         if signed is None or self.evaluator.state_digest() == signed:
             return
-        prev = self._policy_state_prev
-        try:
-            text = prev.read_text()
-            if state_digest(text) == signed:
-                self.evaluator.restore(json.loads(text))
-                self._save_policy_state(text)  # the next staging keeps it as the previous
-                log.warning(
-                    "%s was one window ahead of the signed log (the agent was stopped between "
-                    "evaluating a window and signing it); continuing from %s, the state after "
-                    "the last signed window",
-                    self._policy_state_path.name,
-                    prev.name,
-                )
-                return
-        except (OSError, ValueError, Error) as e:
-            log.debug("%s not used: %s", prev, e)
+        files = self._checkpoints
+        for path in (files.path, files.prev):
+            try:
+                cp = files.load(path)
+                ev = self.policy.evaluator()
+                ev.restore(cp.snapshot)
+                if cp.after_ms is None:
+                    raise Error("the checkpoint does not say which window it follows")
+                n = replay_since(
+                    ev, cp.after_ms, signed, self.store.path, self.policy, self.models,
+                    self.signer.public,
+                )  # fmt: skip
+            except (OSError, ValueError, Error) as e:
+                log.debug("%s not used: %s", path, e)
+                continue
+            self.evaluator = ev
+            files.save(ev.snapshot(), self.store.last_window_end())
+            log.warning(
+                "policy state rebuilt: %s, then %d signed window(s) evaluated again from the "
+                "stored readings, gives the state after the last signed window",
+                path.name,
+                n,
+            )
+            return
         log.warning(
             "the policy state in %s is not the one after the last signed window; windows and "
             "durations continue from it (audit replay shows where the state differs)",
-            self._policy_state_path,
+            files.path,
         )
-
-    def _save_policy_state(self, text: str | None = None) -> None:
-        """Write ``text`` (default: the evaluator's state now) to ``policy-state.json``."""
-        text = self.evaluator.state_json() if text is None else text
-        path = self._policy_state_path
-        tmp = path.with_suffix(".tmp")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        except OSError as e:
-            log.error("cannot save the policy state to %s: %s", path, e)
 
     # -- windows the store refused -------------------------------------------------
     def _save_held(self) -> None:
@@ -224,7 +224,7 @@ class ContinuityMixin:
             self.config.device_id,
             self.store.state.origin,
             self.policy.digest,
-            self.evaluator.state_json(),
+            self.evaluator.snapshot(),
             list(self._unsigned),
         )
         try:
@@ -280,7 +280,7 @@ class ContinuityMixin:
             held = decode_held(data, self.signer.public, *self._policy_shape())
             problem = self._held_problem(held)
             if problem is None:  # the evaluator continues from the state saved with them
-                self.evaluator.restore(json.loads(held.state_after))
+                self.evaluator.restore(held.state_after)
         except StorageError as e:
             problem = str(e)
         except (ValueError, Error) as e:  # signed by this agent, so not expected

@@ -8,8 +8,8 @@ Per batch of windows in time order: readings outside a channel's valid range are
 (NaN) and counted; every model scores every window in one call per model (its features
 need the look-back across windows); then, window by window, the rules run over the
 masked readings with the window's scores, and their results are summarised per rule.
-The evaluator's state digest before each window and its state after are kept: the
-attestation carries the first (claim -70001/5 key 9), the agent saves the second.
+The evaluator's state digest before each window and after it are kept: the attestation
+carries the first (claim -70001/5 key 9), the journal's commit of the window the second.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import numpy as np
 
 from agent.evidence.claims import RiskResult, RuleEpisode, RuleResult
 from agent.policy import BatchResult, Evaluator, PolicyBundle
-from agent.policy.evaluator import state_digest
 from agent.risk.engine import RiskEngine
 
 __all__ = ["WindowVerdicts", "evaluate_windows", "summarise_rules"]
@@ -41,7 +40,7 @@ class WindowVerdicts:
     risk: tuple[RiskResult, ...]
     out_of_range: int  # readings outside a channel's valid range: masked, not evaluated
     state_in: str | None  # SHA-256 (hex) of the evaluator state the window started from
-    state_after: str | None  # the evaluator state after it (canonical JSON); None: not kept
+    state_after: str | None  # SHA-256 (hex) of the evaluator state after it (None: not known)
 
 
 def evaluate_windows(
@@ -66,10 +65,10 @@ def evaluate_windows(
         if ran is not None:
             risk = tuple(r for r in risk if r.model_id in ran[i])
         batch = evaluator.run(ts, cols, {r.model_id: r.score for r in risk})
-        after = evaluator.state_json()
+        after = evaluator.state_digest()
         rules = summarise_rules(rule_ids, batch, ts)
         out.append(WindowVerdicts(batch, rules, tuple(risk), out_of_range[i], state_in, after))
-        state_in = state_digest(after)
+        state_in = after
     return out
 
 

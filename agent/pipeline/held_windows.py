@@ -8,7 +8,7 @@ non-zero (``agent.pipeline.runner``). Nothing is dropped silently.
 
 The file holds what the agent had in memory: per window its bounds, readings, data-quality
 health and the policy's results (computed once, when the window closed: the evaluator has
-moved on since), plus the policy evaluator's state after the last one (``policy-state.json``
+moved on since), plus the policy evaluator's state after the last one (``policy-state.bin``
 may not have been writable either). It is signed with the device key (over a context string
 no attestation starts with), so a start signs back only windows this agent wrote.
 
@@ -63,7 +63,7 @@ class HeldWindows:
     device_id: str
     origin: str  # the log they were held for
     policy_digest: str  # the policy whose results they carry
-    state_after: str  # the evaluator's state JSON after the last of them
+    state_after: bytes  # the evaluator's state after the last of them (Evaluator.snapshot)
     windows: list[tuple[Window, dict[str, Any]]]
 
     @property
@@ -107,7 +107,7 @@ def decode_held(
             str(body["device"]),
             str(body["origin"]),
             str(body["policy"]),
-            str(body["state_after"]),
+            _bytes(body["state_after"], "state_after"),
             windows,
         )
     except (ValueError, TypeError, KeyError, IndexError, cbor2.CBORDecodeError) as e:
@@ -240,6 +240,12 @@ def _unwindow(
         None,
     )
     return w, dict(d["health"])
+
+
+def _bytes(x: object, what: str) -> bytes:
+    if not isinstance(x, bytes):
+        raise TypeError(f"{what} is not a byte string")
+    return x
 
 
 def _num(x: object) -> float | None:

@@ -51,6 +51,8 @@ from agent.pipeline.held_windows import FILE as HELD_FILE
 from agent.pipeline.held_windows import (
     ensure_reserve,
 )
+from agent.pipeline.intake import SHED_COUNTER, SHED_PROBLEM, Intake
+from agent.pipeline.policy_state import Checkpoints
 from agent.pipeline.reload import ReloadMixin
 from agent.pipeline.service import Notifier
 from agent.pipeline.window import Window
@@ -139,7 +141,7 @@ class Agent(ContinuityMixin, ReloadMixin):
         )  # systemd's (agent.pipeline.service); None: no-op
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._queue: queue.Queue[list[Reading]] = queue.Queue()
+        self._queue = Intake(self._shed_overload)  # bounded: sheds, counted, under overload
         self._shed = 0  # readings shed for the disk quota since the last attestation
         self._over_quota = False
         self._storage_problem: str | None = None
@@ -152,8 +154,9 @@ class Agent(ContinuityMixin, ReloadMixin):
         self._next_flush = 0.0
         self._taken_seqs: list[int | None] = []  # each source's last_seq at the last take
         self._carry: tuple[Window, Window] | None = None  # (closing window, next) in _close
-        self._state_after: dict[int, str] = {}  # window start -> evaluator state after it
-        self._staged: int | None = None  # the window whose state policy-state.json holds
+        self._state_after: dict[int, str] = {}  # unsigned window start -> state digest after it
+        self._staged: int | None = None  # the window whose state the last checkpoint holds
+        self._checkpoints = Checkpoints(config.state_dir)  # policy-state.bin
         self._held_file: Path | None = None  # held-windows.cbor, until its windows are signed
         self._recovered: set[int] = set()  # start_ms of the windows read back from it
         self._fatal: StoreCorruptError | None = None  # the store turned corrupt: stop
@@ -207,7 +210,7 @@ class Agent(ContinuityMixin, ReloadMixin):
     def _earlier_state(self) -> list[Path]:
         """Files that exist only once a log has run here (for a store found missing)."""
         cfg = self.config
-        paths = [self._policy_state_path, cfg.state_dir / HELD_FILE]
+        paths = [self._checkpoints.path, cfg.state_dir / HELD_FILE]
         if cfg.spool_dir is not None:
             paths.append(cfg.spool_dir / cfg.device_id / f"{0:010d}.cose")
         return paths
@@ -255,7 +258,7 @@ class Agent(ContinuityMixin, ReloadMixin):
         tag = prev.split()[0].rsplit("/", 1)[-1] if prev != "unknown" else "unknown-log"
         cfg = self.config
         spool = cfg.spool_dir / cfg.device_id if cfg.spool_dir is not None else None
-        for path in (self._policy_state_path, spool):
+        for path in (self._checkpoints.path, spool):
             if path is None or not path.exists() or (path == spool and not any(path.iterdir())):
                 continue
             aside = path.with_name(f"{path.name}.{tag}")
@@ -407,7 +410,7 @@ class Agent(ContinuityMixin, ReloadMixin):
                 try:
                     batch = self._queue.get(timeout=timeout)
                     self._add(window, batch)
-                    while True:
+                    while time.time() * 1000 < end:  # busy sources: close windows on time
                         self._add(window, self._queue.get_nowait())
                 except queue.Empty:
                     pass
@@ -440,6 +443,7 @@ class Agent(ContinuityMixin, ReloadMixin):
             window.end_ms = max(window.start_ms + 1, int(time.time() * 1000))
             try:
                 self._close(window)  # the partial last window is attested too
+                self._checkpoint_now(window.end_ms)
             except Error as e:  # e.g. the signing token failed: the windows stay unsigned
                 log.error("the last window(s) could not be signed: %s", e)
             self._save_held()  # what was not signed: kept for the next start, or counted
@@ -456,6 +460,13 @@ class Agent(ContinuityMixin, ReloadMixin):
             parts = [f"stopped: {self._fatal}"] if self._fatal is not None else []
             raise EvidenceAtRiskError("; ".join([*parts, *([self._lost] if self._lost else [])]))
         return self.stats
+
+    def _shed_overload(self, batch: list[Reading]) -> None:
+        """A batch the intake shed (its reader's thread): counted on its source's ledger, so
+        the window's signed health says how many and marks it degraded."""
+        ledger = self.sources[batch[0].source].ledger
+        ledger.add(SHED_COUNTER, len(batch))
+        ledger.problem(SHED_PROBLEM)
 
     def _add(self, window: Window, batch: list[Reading]) -> None:
         for r in batch:
@@ -523,7 +534,7 @@ class Agent(ContinuityMixin, ReloadMixin):
         verdicts = evaluate_windows(self.policy, self.evaluator, self.risk, inputs)
         for w, v in zip(windows, verdicts):
             w.results = v
-            if v.state_after is not None:  # saved once w is signed
+            if v.state_after is not None:  # recorded by the commit that signs w
                 self._state_after[w.start_ms] = v.state_after
 
     def _attest(self, window: Window, health: dict[str, Any]) -> OutboxItem:

@@ -19,10 +19,14 @@ not score). Per batch, in order:
 
 The kernels come from ``native.policy`` (compiled, or the pure-Python twin)
 unless another module is given; both produce identical results.
-:meth:`Evaluator.state` returns a JSON-serialisable snapshot of everything
-carried between batches, and :meth:`Evaluator.restore` loads one, so the
-agent can persist it across restarts (it names the plan digest and is
-refused for another plan).
+:meth:`Evaluator.snapshot` returns everything carried between batches as
+bytes, and :meth:`Evaluator.restore` loads them, so the agent can persist the
+state across restarts (a snapshot names the plan digest and is refused for
+another plan). :meth:`Evaluator.state_digest` names the state without
+serialising it: each window aggregate's ring is committed to by a hash chain
+over the readings appended to it, one link per batch, so the digest costs
+the same whatever the window's length (``docs/attestation-profile.md``,
+*Evaluator state digest*).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -51,11 +56,15 @@ __all__ = [
     "Plan",
     "RuleSpec",
     "mask_invalid",
-    "state_digest",
+    "snapshot_digest",
 ]
 
-STATE_FORMAT = "edgegov-policy-state/1"
+STATE_FORMAT = "edgegov-policy-state/2"
+_MAGIC = b"edgegov-policy-state/2\n"  # a snapshot's first bytes
 _I64 = np.int64
+_LE_I64, _LE_F64 = np.dtype("<i8"), np.dtype("<f8")  # the digest's byte order, any host
+_NO_LINK = bytes(32)  # the hash chain of a ring nothing was appended to yet
+_Q = struct.Struct("<q")
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ class _Ring:
         self.dq = np.zeros(cap, dtype=_I64)
         self.ist = np.array([0, 0, 0, 0, 0, fmt.NO_TIME, 0], dtype=_I64)
         self.fst = np.zeros(2, dtype=np.float64)
+        self.chain = _NO_LINK  # the hash chain over every reading appended (see link)
 
     def reserve(self, extra: int) -> None:
         """Grow (doubling) so the window's readings plus ``extra`` new ones fit."""
@@ -139,40 +149,74 @@ class _Ring:
         dq[dseq & (new - 1)] = self.dq[dseq & (cap - 1)]
         self.rt, self.rx, self.dq = rt, rx, dq
 
-    def to_json(self) -> dict[str, Any]:
+    def _logical(self, arr: npt.NDArray[Any], lo: int, hi: int) -> list[npt.NDArray[Any]]:
+        """Entries ``lo..hi-1`` (absolute positions) of a ring array, in order, as at most
+        two views of its slots (no copy)."""
+        cap = arr.shape[0]
+        if hi <= lo:
+            return []
+        a, b = lo & (cap - 1), hi & (cap - 1)
+        if hi - lo == cap:
+            b = a
+        return [arr[a:b]] if a < b else [arr[a:], arr[:b]]
+
+    def link(self, old_tail: int) -> None:
+        """Extend the hash chain by the readings appended since ``old_tail`` (one link):
+        ``chain = SHA-256(chain || old_tail || their times || their values)``, int64 and
+        float64 little-endian. Appended entries are never overwritten within the batch
+        that appended them (:meth:`reserve`), so they are read from the ring here."""
+        tail = int(self.ist[1])
+        if tail == old_tail:
+            return
+        h = hashlib.sha256(self.chain)
+        h.update(_Q.pack(old_tail))
+        for piece in self._logical(self.rt, old_tail, tail):
+            h.update(piece.astype(_LE_I64, copy=False).data)
+        for piece in self._logical(self.rx, old_tail, tail):
+            h.update(piece.astype(_LE_F64, copy=False).data)
+        self.chain = h.digest()
+
+    def arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """The ring's live contents in order, for a snapshot."""
         head, tail, dqh, dqt = (int(v) for v in self.ist[:4])
-        mask = self.rt.shape[0] - 1
-        seq = np.arange(head, tail, dtype=_I64) & mask
-        dseq = np.arange(dqh, dqt, dtype=_I64) & mask
+
+        def cat(arr: npt.NDArray[Any], lo: int, hi: int) -> npt.NDArray[Any]:
+            parts = self._logical(arr, lo, hi)
+            return np.concatenate(parts) if parts else arr[:0].copy()
+
         return {
-            "ist": self.ist.tolist(),
-            "fst": [float(v).hex() for v in self.fst],
-            "t": self.rt[seq].tolist(),
-            "x": [float(v).hex() for v in self.rx[seq]],
-            "dq": self.dq[dseq].tolist(),
+            "ist": self.ist,
+            "fst": self.fst,
+            "t": cat(self.rt, head, tail),
+            "x": cat(self.rx, head, tail),
+            "dq": cat(self.dq, dqh, dqt),
+            "chain": np.frombuffer(self.chain, dtype=np.uint8),
         }
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> _Ring:
+    def from_arrays(cls, d: Mapping[str, npt.NDArray[Any]]) -> _Ring:
         ist = np.array(d["ist"], dtype=_I64)
-        fst = np.array([float.fromhex(v) for v in d["fst"]], dtype=np.float64)
-        if ist.shape != (7,) or fst.shape != (2,):
+        fst = np.array(d["fst"], dtype=np.float64)
+        chain = bytes(np.asarray(d["chain"], dtype=np.uint8))
+        if ist.shape != (7,) or fst.shape != (2,) or len(chain) != 32:
             raise ValueError("bad aggregate state")
         head, tail, dqh, dqt = (int(v) for v in ist[:4])
         if not (0 <= head <= tail and 0 <= dqh <= dqt and tail - head == len(d["t"])):
             raise ValueError("bad aggregate counters")
+        if len(d["x"]) != tail - head:
+            raise ValueError("bad aggregate values")
         r = cls()
         r.reserve(tail - head)  # the fresh ring is empty: only sizes the buffers
         mask = r.rt.shape[0] - 1
         seq = np.arange(head, tail, dtype=_I64)
-        r.rt[seq & mask] = np.array(d["t"], dtype=_I64)
-        r.rx[seq & mask] = np.array([float.fromhex(v) for v in d["x"]], dtype=np.float64)
+        r.rt[seq & mask] = np.asarray(d["t"], dtype=_I64)
+        r.rx[seq & mask] = np.asarray(d["x"], dtype=np.float64)
         dseq = np.arange(dqh, dqt, dtype=_I64)
-        dqv = np.array(d["dq"], dtype=_I64)
+        dqv = np.asarray(d["dq"], dtype=_I64)
         if dqv.shape != dseq.shape or (dqv.size and (dqv.min() < head or dqv.max() >= tail)):
             raise ValueError("bad deque state")
         r.dq[dseq & mask] = dqv
-        r.ist, r.fst = ist, fst
+        r.ist, r.fst, r.chain = ist, fst, chain
         return r
 
 
@@ -231,6 +275,7 @@ class Evaluator:
             if isinstance(node, AggNode):
                 ring = self._rings[node.row]
                 ring.reserve(n)
+                tail = int(ring.ist[1])
                 self.k.agg_update(
                     node.kind,
                     node.ms,
@@ -243,6 +288,7 @@ class Evaluator:
                     ring.ist,
                     ring.fst,
                 )
+                ring.link(tail)
             else:
                 cond = self.k.evaluate(plan.duration_programs[d], rows)
                 d += 1
@@ -285,61 +331,144 @@ class Evaluator:
         return res
 
     # -- persistence -----------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Everything carried between batches, as JSON-serialisable data."""
-        return {
-            "format": STATE_FORMAT,
-            "plan": self.plan.digest,
-            "aggregates": {str(r): ring.to_json() for r, ring in self._rings.items()},
-            "durations": {str(r): v.tolist() for r, v in self._durations.items()},
-            "rules": {
-                spec.id: {"ist": ist.tolist(), "peak": float(fst[0]).hex()}
-                for spec, ist, fst in zip(self.plan.rules, self._rule_ist, self._rule_fst)
-            },
-        }
-
     def state_digest(self) -> str:
-        """SHA-256 (hex) of :meth:`state_json`: claim -70001/5 key 9."""
-        return state_digest(self.state_json())
+        """SHA-256 (hex) naming everything carried between batches: claim -70001/5 key 9.
 
-    def state_json(self) -> str:
-        """:meth:`state` as canonical JSON (sorted keys, no spaces): what is saved and what
-        the attestation's state digest (claim -70001/5 key 9) hashes."""
-        return json.dumps(self.state(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        Hashed, in order: the format line, the plan digest, then per window aggregate
+        (by row) its counters (7 int64), its sums (2 float64) and its ring's hash chain
+        (:meth:`_Ring.link`); per ``duration_true`` (by row) its 3 int64; per rule (plan
+        order) its id, its 5 int64 and its peak (float64; every NaN as the one quiet NaN).
+        All little-endian. It costs the same whatever the windows hold.
+        """
+        h = hashlib.sha256(_MAGIC)
+        h.update(_text(self.plan.digest))
+        for row in sorted(self._rings):
+            ring = self._rings[row]
+            h.update(_Q.pack(row))
+            h.update(ring.ist.astype(_LE_I64, copy=False).data)
+            h.update(_canonical_f64(ring.fst))
+            h.update(ring.chain)
+        for row in sorted(self._durations):
+            h.update(_Q.pack(row))
+            h.update(self._durations[row].astype(_LE_I64, copy=False).data)
+        for spec, ist, fst in zip(self.plan.rules, self._rule_ist, self._rule_fst):
+            h.update(_text(spec.id))
+            h.update(ist.astype(_LE_I64, copy=False).data)
+            h.update(_canonical_f64(fst))
+        return h.hexdigest()
 
-    def restore(self, state: Mapping[str, Any]) -> None:
-        """Load a :meth:`state` snapshot taken with the same plan.
+    def snapshot(self) -> bytes:
+        """The state as bytes (what ``policy-state.bin`` and a held-windows file keep):
+        :data:`_MAGIC`, a 4-byte length and a JSON header (format, plan, digest, and each
+        array's name, dtype and length), then the arrays' bytes, little-endian."""
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        for row, ring in self._rings.items():
+            arrays.update({f"agg/{row}/{k}": v for k, v in ring.arrays().items()})
+        for row, v in self._durations.items():
+            arrays[f"dur/{row}"] = v
+        for spec, ist, fst in zip(self.plan.rules, self._rule_ist, self._rule_fst):
+            arrays[f"rule/{spec.id}/ist"] = ist
+            arrays[f"rule/{spec.id}/peak"] = fst
+        layout = []
+        blobs = []
+        for name, a in arrays.items():
+            le = a.astype(a.dtype.newbyteorder("<"), copy=False)
+            layout.append([name, le.dtype.str, int(le.shape[0])])
+            blobs.append(le.tobytes())
+        header = json.dumps(
+            {
+                "format": STATE_FORMAT,
+                "plan": self.plan.digest,
+                "digest": self.state_digest(),
+                "arrays": layout,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+        return b"".join([_MAGIC, struct.pack("<I", len(header)), header, *blobs])
+
+    def restore(self, snapshot: bytes) -> None:
+        """Load a :meth:`snapshot` taken with the same plan; its digest is recomputed and
+        must be the one it names (a damaged file is refused, not half-loaded).
 
         Raises:
-            PolicyError: the snapshot is for another plan or is malformed
+            PolicyError: the snapshot is for another plan, malformed or damaged
                 (nothing is changed then).
         """
-        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-            raise PolicyError("policy state: unknown format")
-        if state.get("plan") != self.plan.digest:
+        arrays, header = _read_snapshot(snapshot)
+        if header.get("plan") != self.plan.digest:
             raise PolicyError("policy state was saved for another policy; starting fresh")
+        saved = (self._rings, self._durations, self._rule_ist, self._rule_fst)
         try:
-            rings = {int(k): _Ring.from_json(v) for k, v in state["aggregates"].items()}
-            durs = {
-                int(k): np.array(v, dtype=_I64).reshape(3) for k, v in state["durations"].items()
+            rings = {
+                row: _Ring.from_arrays(
+                    {k: arrays[f"agg/{row}/{k}"] for k in ("ist", "fst", "t", "x", "dq", "chain")}
+                )
+                for row in self._rings
             }
-            rules = state["rules"]
-            ists = [np.array(rules[r.id]["ist"], dtype=_I64).reshape(5) for r in self.plan.rules]
+            durs = {row: arrays[f"dur/{row}"].astype(_I64).reshape(3) for row in self._durations}
+            ists = [arrays[f"rule/{r.id}/ist"].astype(_I64).reshape(5) for r in self.plan.rules]
             fsts = [
-                np.array([float.fromhex(rules[r.id]["peak"])], dtype=np.float64)
-                for r in self.plan.rules
+                arrays[f"rule/{r.id}/peak"].astype(np.float64).reshape(1) for r in self.plan.rules
             ]
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise PolicyError(f"policy state is malformed: {e}") from e
-        if set(rings) != set(self._rings) or set(durs) != set(self._durations):
-            raise PolicyError("policy state does not match the plan's derived rows")
-        self._rings, self._durations = rings, durs
-        self._rule_ist, self._rule_fst = ists, fsts
+        except (KeyError, TypeError, ValueError) as e:
+            raise PolicyError(f"policy state does not match the plan: {e}") from e
+        self._rings, self._durations, self._rule_ist, self._rule_fst = rings, durs, ists, fsts
+        if self.state_digest() != header.get("digest"):
+            self._rings, self._durations, self._rule_ist, self._rule_fst = saved
+            raise PolicyError("policy state is damaged: its contents do not hash to its digest")
 
 
-def state_digest(state_json: str) -> str:
-    """SHA-256 (hex) of an evaluator state's canonical JSON (:meth:`Evaluator.state_json`)."""
-    return hashlib.sha256(state_json.encode()).hexdigest()
+def snapshot_digest(snapshot: bytes) -> str:
+    """The state digest a :meth:`Evaluator.snapshot` names (its header's; :meth:`restore`
+    checks the contents against it).
+
+    Raises:
+        PolicyError: not a snapshot.
+    """
+    digest = _read_snapshot(snapshot)[1].get("digest")
+    if not isinstance(digest, str):
+        raise PolicyError("policy state is malformed: its header names no digest")
+    return digest
+
+
+def _read_snapshot(data: bytes) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
+    if not data.startswith(_MAGIC):
+        raise PolicyError(f"policy state: not a {STATE_FORMAT} snapshot")
+    try:
+        pos = len(_MAGIC)
+        (size,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        header = json.loads(data[pos : pos + size])
+        pos += size
+        arrays = {}
+        for name, dtype, count in header["arrays"]:
+            dt = np.dtype(dtype)
+            if dt.kind not in "iuf" or not 0 <= count <= len(data):
+                raise ValueError(f"array {name}: bad layout")
+            end = pos + dt.itemsize * count
+            if end > len(data):
+                raise ValueError("truncated")
+            arrays[str(name)] = np.frombuffer(data, dtype=dt, count=count, offset=pos)
+            pos = end
+        if pos != len(data):
+            raise ValueError(f"{len(data) - pos} byte(s) after the last array")
+    except (ValueError, TypeError, KeyError, struct.error) as e:
+        raise PolicyError(f"policy state is malformed: {e}") from e
+    if not isinstance(header, dict) or header.get("format") != STATE_FORMAT:
+        raise PolicyError("policy state: unknown format")
+    return arrays, header
+
+
+def _text(s: str) -> bytes:
+    b = s.encode()
+    return _Q.pack(len(b)) + b
+
+
+def _canonical_f64(a: npt.NDArray[np.float64]) -> bytes:
+    """Little-endian float64 bytes with every NaN as the quiet NaN (the compiled and the
+    pure kernels may leave NaNs with different payloads; both mean "none")."""
+    return np.where(np.isnan(a), np.nan, a).astype(_LE_F64).tobytes()
 
 
 def mask_invalid(

@@ -58,7 +58,7 @@ WENT_BACK_UNSEEN = (
     "(a reboot whose HELLO was not received?): the frames sent meanwhile cannot be counted"
 )
 _COALESCE_S = 0.05  # at most this much latency added on slow lines
-_COALESCE_BYTES = 4096
+_COALESCE_BYTES = 2048  # a read this long: the line is busy, read again at once
 
 
 def schema_problem(hello: Hello, expected: Sequence[tuple[str, str]], strict: bool) -> str | None:
@@ -141,18 +141,21 @@ class FramedSource(PortSource):
         self._stats_seen = {}
         self._ser = ser
         self._request_hello()  # pyserial flushed the input: a HELLO sent earlier is gone
+        busy = False
         while not self._stop.is_set():
             chunk = ser.read(1)  # up to the port timeout, then take what is buffered
             if not chunk:
                 continue
-            if ser.in_waiting < _COALESCE_BYTES:
+            if not busy:
                 # A slow line: let a few frames gather, so that the per-read work
-                # (syscalls, one batch) is shared by many frames (a 2 % budget: README.md,
-                # `edgegov bench`).
+                # (syscalls, one batch) is shared by many frames (README.md, `edgegov
+                # bench`). A busy one is read as fast as it delivers: a pty never
+                # reports more than its 4 KiB buffer waiting, whatever the device sends.
                 time.sleep(_COALESCE_S)
             waiting = ser.in_waiting
             if waiting:
                 chunk += ser.read(waiting)
+            busy = len(chunk) >= _COALESCE_BYTES
             self.feed(chunk)
 
     def feed(self, chunk: bytes) -> None:

@@ -39,6 +39,7 @@ class MosquittoBroker:
         self.binary = binary
         self.workdir = workdir
         self.port = port or free_port()
+        self._port_free_to_change = port is None  # until it first listens
         self.extra_config = extra_config
         self.log_path = workdir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -48,6 +49,25 @@ class MosquittoBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 5.0) -> MosquittoBroker:
+        """Start and wait until it listens. A port we picked that another process took
+        meanwhile (free_port's race: any connection may get it as its local port) is
+        picked again, at most twice; a port the caller gave is not.
+        """
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+            except TransportError as e:
+                if not self._port_free_to_change or "Address already in use" not in str(e):
+                    raise
+                if attempt == 2:
+                    raise
+                self.port = free_port()
+                continue
+            self._port_free_to_change = False
+            return self
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
@@ -75,7 +95,7 @@ class MosquittoBroker:
                 )
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
+                return
             except OSError:
                 time.sleep(0.05)
         self.stop()

@@ -108,13 +108,22 @@ class Broker:
             "allow_anonymous true\n"
         )
         self._broker: MosquittoBroker | None = None
+        self._started = False
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> Broker:
-        self._broker = MosquittoBroker(self.workdir, self._config, port=self.port).start()
+        first = self._broker is None and not self._started
+        # the first start may move to another port (MosquittoBroker.start); an outage's
+        # restart keeps the one the agent and the subscriber dial
+        broker = MosquittoBroker(self.workdir, self._config, port=None if first else self.port)
+        if first:
+            broker.port = self.port
+        self._broker = broker.start()
+        self.port = broker.port
+        self._started = True
         return self
 
     def stop(self) -> None:
