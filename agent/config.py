@@ -182,6 +182,7 @@ class AgentConfig:
     device_cert: Path | None = None  # device.cert: PEM chain sent as COSE x5chain
     retention_days: float | None = None  # evidence.retention_days: raw readings kept
     evidence_max_mb: float | None = None  # evidence.max_mb: disk quota; readings shed first
+    intake_readings: int = 65_536  # evidence.intake_readings: queued before shedding (counted)
     tuf: TufSettings | None = None  # tuf: signed fleet configuration
     pkcs11: Pkcs11Key | None = None  # device.pkcs11: sign inside an HSM / TPM / SoftHSM2
     log_level: str | None = None  # log.level; None: --log-level or info (agent.logs)
@@ -502,9 +503,12 @@ def load_config(path: str | Path) -> AgentConfig:
         raise risk.err("threads", f"must be at least 1, got {threads}")
 
     ev = top.sub("evidence", optional=True)
-    ev.reject_unknown({"retention_days", "max_mb"})
+    ev.reject_unknown({"retention_days", "max_mb", "intake_readings"})
     retention = _maybe_number(ev, "retention_days", None, positive=True)
     max_mb = _maybe_number(ev, "max_mb", None, positive=True)
+    intake = ev.get("intake_readings", int, 65_536)
+    if intake < 1:
+        raise ev.err("intake_readings", f"must be at least 1, got {intake}")
 
     lg = top.sub("log", optional=True)
     lg.reject_unknown({"level"})
@@ -562,6 +566,7 @@ def load_config(path: str | Path) -> AgentConfig:
         device_cert=device_cert,
         retention_days=retention,
         evidence_max_mb=max_mb,
+        intake_readings=intake,
         tuf=tuf,
         pkcs11=pkcs11,
         log_level=log_level,

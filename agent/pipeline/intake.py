@@ -27,7 +27,8 @@ __all__ = ["CAPACITY", "SHED_COUNTER", "SHED_PROBLEM", "Intake"]
 
 log = logging.getLogger("edgegov.agent")
 
-#: Readings the queue holds at most: about 1 s of a fast device, ~10 MB of readings.
+#: Readings the queue holds at most by default (config ``evidence.intake_readings``):
+#: about 1 s of a fast device, ~10 MB of readings.
 CAPACITY = 65_536
 SHED_COUNTER = "readings_shed_overload"
 SHED_PROBLEM = "readings shed: the agent could not keep up with this source (its queue was full)"

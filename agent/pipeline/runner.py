@@ -141,7 +141,8 @@ class Agent(ContinuityMixin, ReloadMixin):
         )  # systemd's (agent.pipeline.service); None: no-op
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._queue = Intake(self._shed_overload)  # bounded: sheds, counted, under overload
+        # bounded: holds the readers back, then sheds (counted) under overload
+        self._queue = Intake(self._shed_overload, config.intake_readings)
         self._shed = 0  # readings shed for the disk quota since the last attestation
         self._over_quota = False
         self._storage_problem: str | None = None
