@@ -12,10 +12,11 @@ instruction over a block of up to ``BLOCK`` readings with a tight C loop, so
 the interpretive overhead (the opcode dispatch) is paid once per block and the
 working set stays in L1:
 
-* the value stack is an array of pointers to blocks of doubles;
+* the value stack is an array of pointers to blocks of doubles or of bool
+  lanes (one byte per reading; see the kernels below);
 * ``LOAD_CHAN`` pushes a pointer straight into the caller's column (no copy);
-* ``LOAD_CONST``/``LOAD_BOOL`` push a pointer to a block pre-filled once per
-  call with that constant;
+* ``LOAD_CONST``/``LOAD_BOOL`` push a pointer to a block pre-filled with that
+  constant when the programs were lowered;
 * an operator whose result lands at stack depth ``d`` writes it into scratch
   block ``d``. A value at depth ``d`` only ever points at scratch block ``d``
   or at read-only data, so no live value is overwritten (an invariant that
@@ -23,12 +24,15 @@ working set stays in L1:
 
 Programs are verified by ``Program.__init__`` (operands in range, no
 underflow, types), which is what makes the unchecked indexing here safe.
-Errors are NaN and bools 0.0/1.0 throughout, as in the twin.
+Errors in doubles are NaN, as in the twin. A list of programs is lowered to
+the internal instruction set once and kept for the next call with the same
+program objects (an evaluator's every batch), so a call pays only for the
+readings.
 """
 
 cimport cython
 from libc.math cimport NAN, sqrt
-from libc.string cimport memcpy
+from libc.stdlib cimport free, malloc
 from libc.stdint cimport int64_t
 
 import numpy as np
@@ -153,11 +157,15 @@ if PHASES != _FORMAT_PHASES:
 
 
 # -- kernels -------------------------------------------------------------------------
-# Plain C loops, written so that GCC vectorises them; on x86-64 each is built
-# for AVX-512, AVX2 and baseline and picked at load time (function
-# multiversioning), which is how NumPy reaches the same instructions.
-# Doubles carry the double values (NaN = error); bools travel as one byte per
-# reading, 0 false, 1 true, 2 error ("bool lanes"), an eighth of the traffic.
+# Plain C loops without branches (selects that compile to blends), written so that
+# GCC vectorises them; on x86-64 each is built for AVX-512, AVX2 and baseline and
+# picked at load time (function multiversioning), which is how NumPy reaches the
+# same instructions.
+# Doubles carry the double values (NaN = error). Bools travel as one byte per reading
+# ("bool lanes", an eighth of the traffic) in Kleene's order: 0 false, 1 error,
+# 2 true. CEL's commutative && and || are strong Kleene logic, so in that order they
+# are min and max, and ! is 2 - x; a program's final lane becomes result bytes
+# (1 holds, 0 violated, 2 error) once, as the block is written out.
 
 cdef extern from *:
     """
@@ -180,18 +188,19 @@ cdef extern from *:
     #define EG_GE 0x23
     #define EG_EQ 0x24
     #define EG_NE 0x25
-    /* branch-free (bit arithmetic, no ?:) so that GCC vectorises across widths */
+    /* A comparison's lane byte is picked among doubles (2.0 true, 0.0 false, 1.0 error:
+       either operand NaN, which also covers x != y) and narrowed once: GCC vectorises
+       that as two compares and blends, where narrowing each predicate to bytes apart
+       takes a quarter (AVX2) to a half (AVX-512) longer. */
     #define EG_CMP_LOOP(EXPR) \
         for (Py_ssize_t i = 0; i < n; i++) { \
-            double x = a[i], y = b[i]; \
-            uint8_t ok = (uint8_t)((x == x) & (y == y)); \
-            r[i] = (uint8_t)(((EXPR) & ok) | ((ok ^ 1) << 1)); }
+            double x = a[i], y = b[i], v = (EXPR) ? 2.0 : 0.0; \
+            r[i] = (uint8_t)(((x == x) & (y == y)) ? v : 1.0); }
     #define EG_CMPK_LOOP(EXPR) \
         for (Py_ssize_t i = 0; i < n; i++) { \
-            double x = a[i]; \
-            uint8_t ok = (uint8_t)(x == x); \
-            r[i] = (uint8_t)(((EXPR) & ok) | ((ok ^ 1) << 1)); }
-    /* r = a OP b for doubles, as a bool lane */
+            double x = a[i], v = (EXPR) ? 2.0 : 0.0; \
+            r[i] = (uint8_t)(x == x ? v : 1.0); }
+    /* r = a OP b for doubles, as a lane */
     EG_CLONES static void eg_cmp(int op, uint8_t *restrict r, const double *restrict a,
                                  const double *restrict b, Py_ssize_t n) {
         switch (op) {
@@ -203,7 +212,8 @@ cdef extern from *:
         default: EG_CMP_LOOP(x != y) break;
         }
     }
-    /* r = a OP y for a constant y (never NaN: constants that are errors are not folded) */
+    /* r = a OP y for a constant y that is not NaN (the lowering fuses no other), as a
+       lane; a bool channel (0.0, 1.0, NaN) is a == 1.0 */
     EG_CLONES static void eg_cmpk(int op, uint8_t *restrict r, const double *restrict a,
                                   double y, Py_ssize_t n) {
         switch (op) {
@@ -215,54 +225,74 @@ cdef extern from *:
         default: EG_CMPK_LOOP(x != y) break;
         }
     }
-    /* CEL's commutative && and ||: false && x == false, true || x == true, even for errors */
+    /* (x > lo or x >= lo) && / || (x < hi or x <= hi) for one column x and constants
+       that are not NaN, as a lane: both comparisons are errors exactly when x is NaN,
+       so the pair costs three compares and one narrowing instead of four and two.
+       variant: bit 0 lo strict, bit 1 hi strict, bit 2 || rather than && */
+    #define EG_BAND_LOOP(LO, COMB, HI) \
+        for (Py_ssize_t i = 0; i < n; i++) { \
+            double x = a[i], v = ((LO) COMB (HI)) ? 2.0 : 0.0; \
+            r[i] = (uint8_t)(x == x ? v : 1.0); }
+    EG_CLONES static void eg_band(int variant, uint8_t *restrict r, const double *restrict a,
+                                  double lo, double hi, Py_ssize_t n) {
+        switch (variant) {
+        case 0: EG_BAND_LOOP(x >= lo, &, x <= hi) break;
+        case 1: EG_BAND_LOOP(x > lo, &, x <= hi) break;
+        case 2: EG_BAND_LOOP(x >= lo, &, x < hi) break;
+        case 3: EG_BAND_LOOP(x > lo, &, x < hi) break;
+        case 4: EG_BAND_LOOP(x >= lo, |, x <= hi) break;
+        case 5: EG_BAND_LOOP(x > lo, |, x <= hi) break;
+        case 6: EG_BAND_LOOP(x >= lo, |, x < hi) break;
+        default: EG_BAND_LOOP(x > lo, |, x < hi) break;
+        }
+    }
+    /* CEL's &&, || and ! on lanes: min, max and 2 - x in Kleene's order */
     EG_CLONES static void eg_and(uint8_t *r, const uint8_t *a, const uint8_t *b, Py_ssize_t n) {
         for (Py_ssize_t i = 0; i < n; i++) {
-            uint8_t x = a[i], y = b[i], m = x > y ? x : y;
-            r[i] = ((x == 0) | (y == 0)) ? 0 : m;
+            uint8_t x = a[i], y = b[i];
+            r[i] = x < y ? x : y;
         }
     }
     EG_CLONES static void eg_or(uint8_t *r, const uint8_t *a, const uint8_t *b, Py_ssize_t n) {
         for (Py_ssize_t i = 0; i < n; i++) {
-            uint8_t x = a[i], y = b[i], m = x > y ? x : y;
-            r[i] = ((x == 1) | (y == 1)) ? 1 : m;
+            uint8_t x = a[i], y = b[i];
+            r[i] = x > y ? x : y;
         }
     }
     EG_CLONES static void eg_not(uint8_t *r, const uint8_t *a, Py_ssize_t n) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            uint8_t x = a[i];
-            r[i] = x ^ (uint8_t)(x < 2);
-        }
+        for (Py_ssize_t i = 0; i < n; i++)
+            r[i] = (uint8_t)(2 - a[i]);
     }
+    /* lane == lane (ne = 0) or != (ne = 1): an error if either is */
     EG_CLONES static void eg_beq(int ne, uint8_t *r, const uint8_t *a, const uint8_t *b,
                                  Py_ssize_t n) {
         for (Py_ssize_t i = 0; i < n; i++) {
             uint8_t x = a[i], y = b[i];
-            uint8_t err = (uint8_t)((x == 2) | (y == 2));
-            r[i] = (uint8_t)((((x == y) ^ ne) & (err ^ 1)) | (err << 1));
+            uint8_t v = (uint8_t)(((x == y) ^ ne) << 1);
+            r[i] = ((x == 1) | (y == 1)) ? 1 : v;
         }
     }
     EG_CLONES static void eg_selb(uint8_t *r, const uint8_t *c, const uint8_t *a,
                                   const uint8_t *b, Py_ssize_t n) {
         for (Py_ssize_t i = 0; i < n; i++) {
-            uint8_t x = c[i], v = x == 1 ? a[i] : b[i];
-            r[i] = x == 2 ? 2 : v;
+            uint8_t x = c[i], v = x == 2 ? a[i] : b[i];
+            r[i] = x == 1 ? 1 : v;
         }
     }
     EG_CLONES static void eg_seld(double *r, const uint8_t *c, const double *a,
                                   const double *b, Py_ssize_t n) {
         for (Py_ssize_t i = 0; i < n; i++) {
             uint8_t x = c[i];
-            double v = x == 1 ? a[i] : b[i];
-            r[i] = x == 2 ? NAN : v;
+            double v = x == 2 ? a[i] : b[i];
+            r[i] = x == 1 ? NAN : v;
         }
     }
-    /* a bool channel (0.0, 1.0, NaN) as a bool lane */
-    EG_CLONES static void eg_bchan(uint8_t *r, const double *a, Py_ssize_t n) {
+    /* a lane as result bytes: false 0 -> 0, error 1 -> 2, true 2 -> 1 */
+    EG_CLONES static void eg_codes(uint8_t *restrict r, const uint8_t *restrict a,
+                                   Py_ssize_t n) {
         for (Py_ssize_t i = 0; i < n; i++) {
-            double x = a[i];
-            uint8_t ok = (uint8_t)(x == x);
-            r[i] = (uint8_t)(((x == 1.0) & ok) | ((ok ^ 1) << 1));
+            uint8_t k = a[i];
+            r[i] = (uint8_t)(((k << 1) | (k >> 1)) & 3);
         }
     }
     EG_CLONES static void eg_arith(int op, double *r, const double *a, const double *b,
@@ -296,6 +326,8 @@ cdef extern from *:
                 Py_ssize_t n) noexcept nogil
     void eg_cmpk(int op, unsigned char* r, const double* a, double y,
                  Py_ssize_t n) noexcept nogil
+    void eg_band(int variant, unsigned char* r, const double* a, double lo, double hi,
+                 Py_ssize_t n) noexcept nogil
     void eg_and(unsigned char* r, const unsigned char* a, const unsigned char* b,
                 Py_ssize_t n) noexcept nogil
     void eg_or(unsigned char* r, const unsigned char* a, const unsigned char* b,
@@ -307,7 +339,7 @@ cdef extern from *:
                  const unsigned char* b, Py_ssize_t n) noexcept nogil
     void eg_seld(double* r, const unsigned char* c, const double* a, const double* b,
                  Py_ssize_t n) noexcept nogil
-    void eg_bchan(unsigned char* r, const double* a, Py_ssize_t n) noexcept nogil
+    void eg_codes(unsigned char* r, const unsigned char* a, Py_ssize_t n) noexcept nogil
     void eg_arith(int op, double* r, const double* a, const double* b,
                   Py_ssize_t n) noexcept nogil
     void eg_neg(int op, double* r, const double* a, Py_ssize_t n) noexcept nogil
@@ -335,7 +367,7 @@ if (EG_NEG, EG_ADD, EG_SUB, EG_MUL, EG_DIV, EG_MIN, EG_LT, EG_LE, EG_GT, EG_GE, 
 cdef enum:
     I_DCHAN = 1     # push a column (double, no copy)
     I_DCONST = 2    # push a constant block (double)
-    I_BCONST = 3    # push a constant bool lane (arg 0, 1 or 2 = error)
+    I_BCONST = 3    # push a constant lane (arg = its byte: 0 false, 1 error, 2 true)
     I_DERR = 4      # push an error (double)
     I_BCHAN = 5     # push a bool channel, converted to a lane
     I_UNARY = 6     # NEG / ABS (sub = opcode)
@@ -348,12 +380,21 @@ cdef enum:
     I_BEQ = 13      # lane == / != lane (sub = opcode)
     I_SELB = 14     # lane ? lane : lane
     I_SELD = 15     # lane ? double : double
+    I_BAND = 16     # a column's bounds -> lane (sub = eg_band variant, arg = index of lo, hi)
+
+# values each internal op pops (every op pushes one)
+cdef dict _POPS = {
+    I_DCHAN: 0, I_DCONST: 0, I_BCONST: 0, I_DERR: 0, I_BCHAN: 0, I_UNARY: 1, I_ARITH: 2,
+    I_CMP: 2, I_CMPK: 1, I_AND: 2, I_OR: 2, I_NOT: 1, I_BEQ: 2, I_SELB: 3, I_SELD: 3,
+    I_BAND: 1,
+}
 
 
 @cython.boundscheck(True)
 @cython.wraparound(True)
 def _lower(program):
-    """(internal op, sub-op, arg) triples for one verified Program."""
+    """(internal op, sub-op, arg) triples for one verified Program, whether it ends
+    with a lane, and the constants its I_BAND steps add after the program's own."""
     ops = program.opcodes.tolist()
     args = program.operands.tolist()
     consts = program.consts
@@ -375,10 +416,10 @@ def _lower(program):
             out.append((I_DCONST, 0, arg))
             types.append(False)
         elif op == LOAD_BOOL:
-            out.append((I_BCONST, 0, arg))
+            out.append((I_BCONST, 0, 2 if arg else 0))
             types.append(True)
         elif op == LOAD_ERR:
-            out.append((I_BCONST, 0, 2) if arg == 1 else (I_DERR, 0, 0))
+            out.append((I_BCONST, 0, 1) if arg == 1 else (I_DERR, 0, 0))
             types.append(arg == 1)
         elif op == LOAD_BCHAN:
             out.append((I_BCHAN, 0, arg))
@@ -404,7 +445,142 @@ def _lower(program):
             types.pop()
             types.pop()
             types[-1] = is_bool
-    return out, types[0]
+    extra = []
+    return _regroup(out, consts, extra), types[0], extra
+
+
+@cython.boundscheck(True)
+@cython.wraparound(True)
+def _regroup(code, consts, extra):
+    """Flatten chains of && (and of ||) and fuse two bounds on one column into I_BAND.
+
+    A chain's operands are re-emitted left to right in one chain: in Kleene's order
+    && and || are min and max, associative and commutative, so the lanes are the
+    same. Within a chain, ``x > lo`` or ``x >= lo`` meets ``x < hi`` or ``x <= hi``
+    on the same column (as in ``t < 80.0 && h >= 20.0 && h <= 60.0``, whose
+    comparisons of ``h`` are not siblings) and the pair becomes one I_BAND step;
+    its two constants are appended to ``extra`` (indexed after ``consts``).
+    The tree is built and emitted without recursion, so no program is too deep.
+    """
+    nodes = []  # subtrees on the stack: (triple, operand subtrees); a chain holds them flat
+    for t in code:
+        k = _POPS[t[0]]
+        kids = nodes[len(nodes) - k:] if k else []
+        del nodes[len(nodes) - k:]
+        if t[0] == I_AND or t[0] == I_OR:
+            flat = []
+            for kid in kids:
+                flat.extend(kid[1] if kid[0][0] == t[0] else [kid])
+            kids = _fuse_bounds(t[0] == I_OR, flat, consts, extra)
+        nodes.append((t, kids))
+    out = []
+    work = [nodes[0]]
+    while work:
+        item = work.pop()
+        if len(item) == 3:  # a triple
+            out.append(item)
+            continue
+        t, kids = item
+        if t[0] == I_AND or t[0] == I_OR:
+            seq = [kids[0]]
+            for kid in kids[1:]:
+                seq += [kid, t]
+        else:
+            seq = kids + [t]
+        work.extend(reversed(seq))
+    return out
+
+
+@cython.boundscheck(True)
+@cython.wraparound(True)
+def _fuse_bounds(is_or, flat, consts, extra):
+    """The operands of one chain, a lower and an upper bound on a column made one."""
+    out = list(flat)
+    waiting = {}  # (column, is upper bound) -> positions in out of unpaired bounds
+    for i, (t, kids) in enumerate(flat):
+        if t[0] != I_CMPK or kids[0][0][0] != I_DCHAN or t[1] in (EQ, NE):
+            continue
+        col = kids[0][0][2]
+        upper = t[1] in (LT, LE)
+        partners = waiting.get((col, not upper))
+        if not partners:
+            waiting.setdefault((col, upper), []).append(i)
+            continue
+        j = partners.pop(0)
+        lo, hi = (out[j][0], t) if upper else (t, out[j][0])
+        variant = (lo[1] == GT) | (hi[1] == LT) << 1 | is_or << 2
+        extra += [float(consts[lo[2]]), float(consts[hi[2]])]
+        out[j] = ((I_BAND, variant, len(consts) + len(extra) - 2), kids)
+        out[i] = None
+    return [x for x in out if x is not None]
+
+
+@cython.final
+cdef class _Lowered:
+    """Programs lowered for ``_run``, with the constant blocks they read.
+
+    Built once per list of programs and kept (``_lowered``): lowering and filling
+    the constant blocks is Python work that would otherwise be paid on every
+    batch, as much as running a rule over 10,000 readings. Read-only once built,
+    so concurrent calls can share it (the scratch blocks are per call).
+    """
+
+    cdef tuple programs  # held so that their ids, the cache key, stay theirs
+    cdef Py_ssize_t n_prog, max_stack
+    cdef int[::1] code  # (op, sub, arg) triples of every program, one after another
+    cdef Py_ssize_t[::1] starts  # program k is code triples starts[k] .. starts[k + 1]
+    cdef double[::1] consts  # every program's constants, rebased onto one table
+    cdef double[::1] constbuf  # a NaN block, then a block filled with each constant
+    cdef unsigned char[::1] lanes  # blocks of lane bytes 0, 1, 2 (false, error, true)
+
+    def __cinit__(self, tuple programs):
+        triples = []
+        starts = [0]
+        consts = []
+        n_consts = 0
+        depth = max_stack = 0
+        for p in programs:
+            lowered, is_lane, extra = _lower(p)
+            if not is_lane:  # a verified program ends with a bool; guard the invariant anyway
+                raise ValueError("program does not end with a bool")
+            for op, sub, arg in lowered:
+                if op in (I_DCONST, I_CMPK, I_BAND):
+                    arg += n_consts
+                triples.append((op, sub, arg))
+                # regrouped chains may nest differently from the program: count again
+                depth += 1 - _POPS[op]
+                max_stack = max(max_stack, depth)
+            depth = 0
+            starts.append(len(triples))
+            consts += [p.consts, np.array(extra, dtype=np.float64)]
+            n_consts += p.consts.size + len(extra)
+        const_arr = np.concatenate(consts + [np.zeros(1)])
+        self.programs = programs
+        self.n_prog = len(programs)
+        self.max_stack = max_stack
+        self.code = np.array(triples, dtype=np.intc).reshape(-1)
+        self.starts = np.array(starts, dtype=np.intp)
+        self.consts = const_arr
+        self.constbuf = np.concatenate([np.full(BLOCK_, np.nan), np.repeat(const_arr, BLOCK_)])
+        self.lanes = np.repeat(np.arange(3, dtype=np.uint8), BLOCK_)
+
+
+# Lowered program lists by the ids of their programs, oldest first. An entry holds its
+# programs, so no id in a key can be reused while the entry is here: a hit is the very
+# same (immutable, verified) programs. An evaluator passes the same list every batch.
+_LOWERED = {}
+_LOWERED_MAX = 64
+
+
+cdef _Lowered _lowered(list programs):
+    key = tuple([id(p) for p in programs])
+    low = _LOWERED.get(key)
+    if low is None:
+        low = _Lowered(tuple(programs))
+        if len(_LOWERED) >= _LOWERED_MAX:
+            _LOWERED.pop(next(iter(_LOWERED)), None)
+        _LOWERED[key] = low
+    return <_Lowered> low
 
 
 cdef void _run(
@@ -450,6 +626,9 @@ cdef void _run(
                 elif op == I_CMPK:
                     eg_cmpk(sub, br, <const double*> stack[sp], consts[arg], m)
                     stack[sp] = br
+                elif op == I_BAND:
+                    eg_band(sub, br, <const double*> stack[sp], consts[arg], consts[arg + 1], m)
+                    stack[sp] = br
                 elif op == I_AND:
                     sp -= 1
                     br = bscratch + sp * BLOCK_
@@ -474,7 +653,7 @@ cdef void _run(
                 elif op == I_BCHAN:
                     sp += 1
                     br = bscratch + sp * BLOCK_
-                    eg_bchan(br, cols + arg * n + start, m)
+                    eg_cmpk(EQ, br, cols + arg * n + start, 1.0, m)
                     stack[sp] = br
                 elif op == I_UNARY:
                     eg_neg(sub, dr, <const double*> stack[sp], m)
@@ -513,7 +692,7 @@ cdef void _run(
                     eg_seld(dr, <const unsigned char*> stack[sp],
                             <const double*> stack[sp + 1], <const double*> stack[sp + 2], m)
                     stack[sp] = dr
-            memcpy(out + k * n + start, stack[0], m)
+            eg_codes(out + k * n + start, <const unsigned char*> stack[0], m)
         start += m
 
 
@@ -526,56 +705,31 @@ def evaluate_many(programs, columns):
     """
     programs = list(programs)
     cols_arr = prepare(programs, columns)
-    cdef Py_ssize_t n_prog = len(programs)
     cdef Py_ssize_t n = cols_arr.shape[1]
-    out_arr = np.empty((n_prog, n), dtype=np.uint8)
-    if n_prog == 0 or n == 0:
+    out_arr = np.empty((len(programs), n), dtype=np.uint8)
+    if not programs or n == 0:
         return out_arr
-
-    # Lower and concatenate the programs; rebase constant indices onto one table.
-    triples = []
-    starts = [0]
-    consts = []
-    n_consts = 0
-    for p in programs:
-        lowered, is_lane = _lower(p)
-        if not is_lane:  # a verified program ends with a bool; guard the invariant anyway
-            raise ValueError("program does not end with a bool")
-        for op, sub, arg in lowered:
-            if op in (I_DCONST, I_CMPK):
-                arg += n_consts
-            triples.append((op, sub, arg))
-        starts.append(len(triples))
-        consts.append(p.consts)
-        n_consts += p.consts.size
-    code_arr = np.ascontiguousarray(np.array(triples, dtype=np.intc).reshape(-1))
-    starts_arr = np.array(starts, dtype=np.intp)
-    const_arr = np.concatenate(consts + [np.zeros(1)])
-    # a NaN block, then one block per constant
-    constbuf_arr = np.concatenate([np.full(BLOCK_, np.nan), np.repeat(const_arr, BLOCK_)])
-    lane_arr = np.repeat(np.array([0, 1, 2], dtype=np.uint8), BLOCK_)
-    max_stack = max(p.max_stack for p in programs)
-    dscratch_arr = np.empty(max_stack * BLOCK_, dtype=np.float64)
-    bscratch_arr = np.empty(max_stack * BLOCK_, dtype=np.uint8)
-    stack_arr = np.zeros(max_stack, dtype=np.uintp)  # storage for the pointer stack
-
-    cdef const int[::1] code_v = code_arr
-    cdef const Py_ssize_t[::1] starts_v = starts_arr
+    cdef _Lowered low = _lowered(programs)
     cdef const double[:, ::1] cols_v = cols_arr
-    cdef const double[::1] const_v = const_arr
-    cdef const double[::1] constbuf_v = constbuf_arr
-    cdef const unsigned char[::1] lane_v = lane_arr
-    cdef double[::1] dscratch_v = dscratch_arr
-    cdef unsigned char[::1] bscratch_v = bscratch_arr
-    cdef size_t[::1] stack_v = stack_arr
     cdef unsigned char[:, ::1] out_v = out_arr
     # A program using no channel may see a (0, n) array: no valid row pointer.
     cdef const double* cols_p = &cols_v[0, 0] if cols_v.shape[0] > 0 else NULL
-
-    with nogil:
-        _run(&code_v[0], &starts_v[0], n_prog, cols_p, n, &const_v[0],
-             &constbuf_v[BLOCK_], &lane_v[0], &dscratch_v[0], &bscratch_v[0],
-             <const void**> &stack_v[0], &out_v[0, 0])
+    # Scratch per call, so that threads may share a lowering: per stack depth a
+    # block of doubles and a block of lanes, and the pointer stack.
+    cdef Py_ssize_t depth = low.max_stack
+    cdef char* scratch = <char*> malloc(depth * (BLOCK_ * sizeof(double) + BLOCK_
+                                                 + sizeof(void*)))
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            _run(&low.code[0], &low.starts[0], low.n_prog, cols_p, n, &low.consts[0],
+                 &low.constbuf[BLOCK_], &low.lanes[0], <double*> scratch,
+                 <unsigned char*> (scratch + depth * (BLOCK_ * sizeof(double)
+                                                      + sizeof(void*))),
+                 <const void**> (scratch + depth * BLOCK_ * sizeof(double)), &out_v[0, 0])
+    finally:
+        free(scratch)
     return out_arr
 
 

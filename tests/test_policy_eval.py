@@ -331,6 +331,172 @@ def test_block_lengths_agree(n: int) -> None:
         assert set(np.unique(many).tolist()) == {0, 1, 2}
 
 
+# -- raw programs: every opcode, as the program format allows ------------------------
+#
+# The compiler emits only part of what a Program may hold (no LOAD_BCHAN from a bool
+# channel here, no LOAD_ERR, no NaN or infinite constants after folding), and the
+# compiled module rewrites what it is given (comparisons with a constant fused, &&
+# and || chains regrouped, two bounds on one column fused into one step). These
+# programs are drawn straight in the format, with chains of bounds on purpose.
+
+RAW_CHANNELS = 5  # rows 0-2 doubles, rows 3-4 bool channels
+BOOL_ROWS = (3, 4)
+RAW_CONSTS = [0.0, -0.0, 1.0, 2.5, 80.0, -3.0, math.inf, -math.inf, math.nan, 1e308, 5e-324]
+BOUNDS = ["LT", "LE", "GT", "GE", "EQ", "NE"]
+
+
+def _raw(
+    draw: st.DrawFn, kind: str, depth: int, code: list[tuple[str, int]], consts: list[float]
+) -> None:
+    """Append a random subexpression of ``kind`` ("double" or "bool") to ``code``."""
+
+    def const(v: float) -> None:
+        code.append(("LOAD_CONST", len(consts)))
+        consts.append(v)
+
+    leaf = depth == 0 or draw(st.integers(0, 3)) == 0
+    if kind == "double":
+        form = draw(
+            st.sampled_from(["chan", "const", "err"] if leaf else ["unary", "arith", "sel"])
+        )
+        if form == "chan":
+            code.append(("LOAD_CHAN", draw(st.integers(0, 2))))
+        elif form == "const":
+            const(draw(st.sampled_from(RAW_CONSTS)))
+        elif form == "err":
+            code.append(("LOAD_ERR", 0))
+        elif form == "unary":
+            _raw(draw, "double", depth - 1, code, consts)
+            code.append((draw(st.sampled_from(["NEG", "ABS"])), 0))
+        elif form == "arith":
+            _raw(draw, "double", depth - 1, code, consts)
+            _raw(draw, "double", depth - 1, code, consts)
+            code.append((draw(st.sampled_from(["ADD", "SUB", "MUL", "DIV", "MIN", "MAX"])), 0))
+        else:
+            _raw(draw, "bool", depth - 1, code, consts)
+            _raw(draw, "double", depth - 1, code, consts)
+            _raw(draw, "double", depth - 1, code, consts)
+            code.append(("SELECT", 0))
+        return
+    forms = ["bool", "bchan", "err"] if leaf else ["cmp", "beq", "not", "logic", "sel"]
+    forms += [] if leaf else ["bounds"] * 3
+    form = draw(st.sampled_from(forms))
+    if form == "bool":
+        code.append(("LOAD_BOOL", draw(st.integers(0, 1))))
+    elif form == "bchan":
+        code.append(("LOAD_BCHAN", draw(st.sampled_from(BOOL_ROWS))))
+    elif form == "err":
+        code.append(("LOAD_ERR", 1))
+    elif form == "cmp":
+        _raw(draw, "double", depth - 1, code, consts)
+        _raw(draw, "double", depth - 1, code, consts)
+        code.append((draw(st.sampled_from(BOUNDS)), 0))
+    elif form == "beq":
+        _raw(draw, "bool", depth - 1, code, consts)
+        _raw(draw, "bool", depth - 1, code, consts)
+        code.append((draw(st.sampled_from(["EQ", "NE"])), 0))
+    elif form == "not":
+        _raw(draw, "bool", depth - 1, code, consts)
+        code.append(("NOT", 0))
+    elif form == "logic":
+        _raw(draw, "bool", depth - 1, code, consts)
+        _raw(draw, "bool", depth - 1, code, consts)
+        code.append((draw(st.sampled_from(["AND", "OR"])), 0))
+    elif form == "sel":
+        _raw(draw, "bool", depth - 1, code, consts)
+        _raw(draw, "bool", depth - 1, code, consts)
+        _raw(draw, "bool", depth - 1, code, consts)
+        code.append(("SELECT", 0))
+    else:  # a chain of comparisons of columns with constants, nested either way
+        op = draw(st.sampled_from(["AND", "OR"]))
+        pending = 0  # operands of the chain on the stack
+        for _ in range(draw(st.integers(2, 5))):
+            if draw(st.integers(0, 4)) == 0:
+                _raw(draw, "bool", depth - 1, code, consts)
+            else:
+                code.append(("LOAD_CHAN", draw(st.integers(0, 1))))
+                const(draw(st.sampled_from(RAW_CONSTS)))
+                code.append((draw(st.sampled_from(BOUNDS[:4] * 3 + BOUNDS)), 0))
+            pending += 1
+            while pending > 1 and draw(st.booleans()):  # combine now (left-deep) or later
+                code.append((op, 0))
+                pending -= 1
+        code += [(op, 0)] * (pending - 1)  # the rest right-deep
+
+
+@st.composite
+def raw_programs(draw: st.DrawFn) -> Program:
+    code: list[tuple[str, int]] = []
+    consts: list[float] = []
+    _raw(draw, "bool", draw(st.integers(0, 4)), code, consts)
+    ops = [policy_format.OPCODES[o] for o, _ in code]
+    return Program(ops, [a for _, a in code], consts, RAW_CHANNELS)
+
+
+def raw_columns(seed: int, n: int) -> np.ndarray:
+    """Doubles with the special values, and bool rows of 0.0, 1.0 and NaN (as masked)."""
+    rng = np.random.default_rng(seed)
+    data = rng.choice(np.array(SPECIAL + [2.5, 80.0, -3.0, 20.0, 60.0]), size=(RAW_CHANNELS, n))
+    data[:3] += rng.normal(size=(3, n)) * (rng.random((3, n)) < 0.3)
+    data[list(BOOL_ROWS)] = rng.choice([0.0, 1.0, math.nan], size=(len(BOOL_ROWS), n))
+    return data
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs=st.lists(raw_programs(), min_size=1, max_size=3), seed=st.integers(0, 2**32 - 1))
+def test_compiled_and_twin_agree_on_raw_programs(programs: list[Program], seed: int) -> None:
+    compiled, pure = both()
+    n = seed % 700  # across block boundaries (BLOCK = 256) and within one block
+    for k in range(2):  # the second call reuses the first's lowering
+        columns = raw_columns(seed + k, n)
+        expected = pure.evaluate_many(programs, columns)
+        got = compiled.evaluate_many(programs, columns)
+        np.testing.assert_array_equal(
+            got, expected, err_msg="\n\n".join(p.disassemble() for p in programs)
+        )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a < 80.0 && b >= 20.0 && b <= 60.0",  # bounds that are not siblings
+        "b > 20.0 && (a < 80.0 && b < 60.0)",
+        "a < -1.0 || a > 1.0 || b <= 0.5",
+        "(a >= 0.0 || b < 1.0) && (a < 2.0 || b > 3.0) && !(a > 2.5 && a <= 2.5)",
+        "a > 1.0 && a > 2.0 && a < 3.0 && a <= 80.0 && a >= 0.5",  # two pairs, one left over
+        "a >= 0.0 == (a <= 1.0) && (c > 0.5 ? a : b) < 3.0",
+    ],
+)
+def test_fused_bounds_agree_with_the_twin(text: str) -> None:
+    compiled, pure = both()
+    program = compile_condition(text, CHANNELS)
+    columns = random_columns(len(text), 1000)
+    columns[0, ::7] = [-math.inf, math.inf, 0.0, -0.0, 1.0, 2.5, 80.0] * 20 + [math.nan] * 3
+    np.testing.assert_array_equal(
+        compiled.evaluate(program, columns), pure.evaluate(program, columns)
+    )
+
+
+def test_lowering_is_kept_per_program_list_and_bounded() -> None:
+    compiled, pure = both()
+    programs = [compile_condition(t, CHANNELS) for t in ("a > 0.5 && a < 3.0", "b <= 1.0")]
+    columns = random_columns(1, 300)
+    first = compiled.evaluate_many(programs, columns)
+    size = len(compiled._LOWERED)
+    for seed in range(3):  # an evaluator's next batches: same programs, new readings
+        columns = random_columns(seed, 300)
+        np.testing.assert_array_equal(
+            compiled.evaluate_many(programs, columns), pure.evaluate_many(programs, columns)
+        )
+    assert len(compiled._LOWERED) == size
+    # equal but distinct programs are lowered on their own, and the cache stays bounded
+    for _ in range(2 * compiled._LOWERED_MAX):
+        again = [compile_condition(t, CHANNELS) for t in ("a > 0.5 && a < 3.0", "b <= 1.0")]
+        compiled.evaluate_many(again, columns)
+    assert len(compiled._LOWERED) <= compiled._LOWERED_MAX
+    np.testing.assert_array_equal(compiled.evaluate_many(programs, random_columns(1, 300)), first)
+
+
 # -- known answers: CEL error semantics ------------------------------------------
 
 # a is missing (NaN: reading it is an error), b = 1.0, c = 0.0

@@ -237,7 +237,8 @@ class Evaluator:
                 self._durations[node.row] = np.array([0, 0, fmt.NO_TIME], dtype=_I64)
         self._rule_ist = [np.array([0, 0, 0, 0, fmt.NO_TIME], dtype=_I64) for _ in plan.rules]
         self._rule_fst = [np.full(1, np.nan) for _ in plan.rules]
-        # every condition, then the clear conditions, in one evaluate_many call per batch
+        # every condition, then the clear conditions, in one evaluate_many call per batch;
+        # the same Program objects each time, so the compiled module lowers them once
         self._programs = [r.condition for r in plan.rules]
         self._programs += [r.clear for r in plan.rules if r.clear is not None]
 
