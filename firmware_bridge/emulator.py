@@ -250,6 +250,19 @@ class SentFrame:
     on_line: bool
 
 
+_KIND_KEY = {
+    MsgType.HELLO: "hello",
+    MsgType.DATA: "data",
+    MsgType.HEARTBEAT: "heartbeat",
+    MsgType.ERROR: "error",
+}  # the count each frame type adds to
+
+
+def _counts(*keys: str) -> dict[str, int]:
+    """A writer's counts, all zero, and ``last_seq`` -1 (no frame written yet)."""
+    return {**dict.fromkeys(keys, 0), "last_seq": -1}
+
+
 def _relink(link: str, target: str) -> None:
     """Point the symlink *link* at *target* atomically (rename over the old one)."""
     tmp = f"{link}.{os.getpid()}.tmp"
@@ -350,30 +363,10 @@ class Emulator:
         frame the device numbered and put out or dropped: what a receiver can
         account for (PROTOCOL.md §5).
         """
-        counts = dict.fromkeys(
-            (
-                "frames",
-                "hello",
-                "data",
-                "heartbeat",
-                "error",
-                "bytes",
-                "garbage_bytes",
-                "corrupted_frames",
-                "dropped_frames",
-                "commands",
-                "acks",
-                "reader_gone",
-            ),
-            0,
-        )
-        counts["last_seq"] = -1
-        kind_key = {
-            MsgType.HELLO: "hello",
-            MsgType.DATA: "data",
-            MsgType.HEARTBEAT: "heartbeat",
-            MsgType.ERROR: "error",
-        }
+        counts = _counts(
+            "frames", "hello", "data", "heartbeat", "error", "bytes", "garbage_bytes",
+            "corrupted_frames", "dropped_frames", "commands", "acks", "reader_gone",
+        )  # fmt: skip
         t0 = time.monotonic() if _t0 is None else _t0
         spoiled = False  # the line spoiled the last frame written (junk or flipped bits)
         device = _Device(self, int(time.time() * 1000)) if _device is None else _device
@@ -403,8 +396,8 @@ class Emulator:
                 counts["bytes"] += len(e.wire)
                 counts["garbage_bytes"] += e.garbage
                 counts["corrupted_frames"] += e.corrupted
-                if e.kind in kind_key:
-                    counts[kind_key[e.kind]] += 1
+                if e.kind in _KIND_KEY:
+                    counts[_KIND_KEY[e.kind]] += 1
                 spoiled = bool(e.garbage or e.corrupted)
             if spoiled and stop.is_set():
                 # Stopped right after a spoiled frame: end on an intact one, so the gap
@@ -417,8 +410,8 @@ class Emulator:
                     counts["frames"] += 1
                     counts["last_seq"] = e.seq
                     counts["bytes"] += len(e.wire)
-                    if e.kind in kind_key:
-                        counts[kind_key[e.kind]] += 1
+                    if e.kind in _KIND_KEY:
+                        counts[_KIND_KEY[e.kind]] += 1
         except OSError as exc:
             if exc.errno not in (errno.EIO, errno.EPIPE, errno.EBADF, errno.ENXIO):
                 raise
@@ -531,30 +524,10 @@ class Emulator:
             raise ValueError(f"frames must be at least 1, got {frames!r}")
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames!r}")
-        counts = dict.fromkeys(
-            (
-                "frames",
-                "hello",
-                "data",
-                "heartbeat",
-                "error",
-                "readings",
-                "bytes",
-                "garbage_bytes",
-                "corrupted_frames",
-                "commands",
-                "acks",
-                "reader_gone",
-            ),
-            0,
-        )
-        counts["last_seq"] = -1
-        kind_key = {
-            MsgType.HELLO: "hello",
-            MsgType.DATA: "data",
-            MsgType.HEARTBEAT: "heartbeat",
-            MsgType.ERROR: "error",
-        }
+        counts = _counts(
+            "frames", "hello", "data", "heartbeat", "error", "readings", "bytes",
+            "garbage_bytes", "corrupted_frames", "commands", "acks", "reader_gone",
+        )  # fmt: skip
         device = _Device(self, int(time.time() * 1000) if start_ms is None else start_ms)
         decoder = FrameDecoder()
 
@@ -592,7 +565,7 @@ class Emulator:
                 else:
                     written, lost = batch, []
                 for e in written:
-                    counts[kind_key[e.kind]] += 1
+                    counts[_KIND_KEY[e.kind]] += 1
                     if e.garbage or e.corrupted:
                         counts["garbage_bytes"] += e.garbage
                         counts["corrupted_frames"] += e.corrupted
@@ -621,7 +594,7 @@ class Emulator:
                 self._note(device, e, done == len(e.wire))
                 if done == len(e.wire):
                     counts["frames"] += 1
-                    counts[kind_key[e.kind]] += 1
+                    counts[_KIND_KEY[e.kind]] += 1
                     counts["last_seq"] = e.seq
                     last = e
         finally:
