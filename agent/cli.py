@@ -577,6 +577,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sources(av)
     av.add_argument("--json", action="store_true", help="machine-readable result")
+    av.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="check signatures in N processes, this one and N - 1 workers (default: 1); "
+        "the output is the same",
+    )
     ar = cmd(
         "report",
         _audit("audit_report"),

@@ -44,19 +44,33 @@ def _audit_result(a: argparse.Namespace) -> AuditResult:
     from agent.audit.verify import Message, collect_files, verify_messages
 
     trust = _trust(a)
+    jobs = _jobs(a)
     if a.store and a.paths:
         raise Error("give attestation files or directories, or --store URL, not both")
     if a.store:
         msgs: list[Message] = read_messages(a.store)
         if not msgs:
             raise Error(f"{a.store}: no attestations in that store")
-        return verify_messages(msgs, trust, a.device)
+        return verify_messages(msgs, trust, a.device, jobs=jobs)
     if not a.paths:
         raise Error("give attestation files or directories, or --store URL")
     files = collect_files([Path(p) for p in a.paths])
     if not files:
         raise Error(f"{', '.join(a.paths)}: no attestations there (no .cose files)")
-    return verify_messages((Message(f.read_bytes(), str(f)) for f in files), trust, a.device)
+    msgs_of_files = (Message(f.read_bytes(), str(f)) for f in files)
+    return verify_messages(msgs_of_files, trust, a.device, jobs=jobs)
+
+
+def _jobs(a: argparse.Namespace) -> int:
+    """--jobs N (audit verify; 1 where a command has no such option): the processes that
+    check signatures, this one and N - 1 workers. An input error (exit 2) unless N >= 1."""
+    jobs: int = getattr(a, "jobs", 1)
+    if jobs < 1:
+        raise Error(
+            f"--jobs {jobs}: give the number of processes to check signatures in, 1 or more "
+            "(1: this process alone)"
+        )
+    return jobs
 
 
 def _analysis(a: argparse.Namespace) -> Analysis:

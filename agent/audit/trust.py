@@ -28,16 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from agent.errors import ConfigError, KeyFileError, VerificationError
 from agent.evidence.claims import Evidence, parse_claims
 from agent.evidence.cose import Sign1, decode_sign1
 from agent.evidence.rotation import RotationStatement, verify_rotation
-from agent.identity.keys import PublicKey, load_public_key
+from agent.identity.keys import PublicKey, load_public_key, public_key_from_der
 
 __all__ = ["TrustStore", "TrustedKey", "UnknownKey", "load_trust"]
 
@@ -81,6 +83,28 @@ class TrustStore:
 
     def add(self, tk: TrustedKey) -> None:
         self.keys.setdefault(tk.key.kid, []).append(tk)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as DER and plain values: ``audit verify --jobs`` hands the store to
+        worker processes that are not always forks, and cryptography's key and certificate
+        objects do not pickle. Keys keep their order (the first per kid is the one used)."""
+        keys = [
+            (tk.key.spki_der(), tk.key.source, tk.device, tk.how, tk.revoked_at)
+            for tks in self.keys.values()
+            for tk in tks
+        ]
+        return (
+            _unpickle_trust,
+            (
+                keys,
+                [ca.public_bytes(serialization.Encoding.DER) for ca in self.cas],
+                set(self.revoked_kids),
+                dict(self.revoked_serials),
+                self.approved_policies,
+                self.approved_models,
+                [(r.old_msg, r.new_msg) for r in self.rotations],
+            ),
+        )
 
     @property
     def empty(self) -> bool:
@@ -195,6 +219,31 @@ class TrustStore:
                 raise CertificateError(
                     f"certificate serial {cert.serial_number} is not valid at iat {when:%Y-%m-%d}"
                 )
+
+
+def _unpickle_trust(
+    keys: list[tuple[bytes, str, str | None, str, dt.datetime | None]],
+    cas: list[bytes],
+    revoked_kids: set[bytes],
+    revoked_serials: dict[tuple[bytes, int], dt.datetime],
+    approved_policies: set[str] | None,
+    approved_models: set[str] | None,
+    rotations: list[tuple[bytes, bytes]],
+) -> TrustStore:
+    """The store :meth:`TrustStore.__reduce__` took apart (rotations already applied)."""
+    from agent.evidence.rotation import load_rotation
+
+    t = TrustStore(
+        cas=[x509.load_der_x509_certificate(der) for der in cas],
+        revoked_kids=revoked_kids,
+        revoked_serials=revoked_serials,
+        approved_policies=approved_policies,
+        approved_models=approved_models,
+        rotations=[load_rotation(cbor2.dumps([old, new])) for old, new in rotations],
+    )
+    for spki, source, device, how, revoked_at in keys:
+        t.add(TrustedKey(public_key_from_der(spki, source), device, how, revoked_at))
+    return t
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.errors import VerificationError
+from agent.errors import Error, VerificationError
 from agent.evidence.cbor_limits import check_cbor
 from agent.identity.keys import (
     ALG_ED25519,
@@ -43,6 +44,9 @@ from agent.identity.keys import (
 from native.cbor_scan import scan
 from native.verify import loads, loads_claims, split_sign1
 from native.verify import sig_structure as _sig_structure
+
+if TYPE_CHECKING:
+    from nacl.signing import VerifyKey
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -107,7 +111,8 @@ class Sign1:
         The key pins the algorithm (RFC 9052 §4.4 and cose-wg sign-fail-03/04): the
         message's ``alg`` must be one the key is for, whatever ``kid`` says. An ES256
         signature must have the low s (:class:`HighS` otherwise): ``(r, n - s)`` verifies
-        too, and would be a second byte form of the same attestation.
+        too, and would be a second byte form of the same attestation. Ed25519 is checked by
+        libsodium (:func:`_ed25519_verifies`), ES256 by ``cryptography``.
         """
         if self.alg not in key.accepted_algs:
             raise AlgorithmMismatch(
@@ -119,7 +124,13 @@ class Sign1:
                 "ES256 signature has the high s: (r, n - s) is the same signature in another "
                 "byte form, and the profile accepts only the low s (s <= n/2)"
             )
-        if not key.verify(self.signature, sig_structure(self.protected, self.payload)):
+        data = sig_structure(self.protected, self.payload)
+        ok = (
+            _ed25519_verifies(key, self.signature, data)
+            if key.alg == ALG_EDDSA
+            else key.verify(self.signature, data)
+        )
+        if not ok:
             raise VerificationError(f"signature does not verify with key kid={self.kid.hex()}")
 
     def claims(self, *, unread: bool = True) -> Mapping[Any, Any]:
@@ -142,6 +153,56 @@ class Sign1:
         if type(claims) is not dict:
             raise VerificationError("payload is not a CBOR map (CWT claims set)")
         return claims
+
+
+def _ed25519_verifies(key: PublicKey, signature: bytes, data: bytes) -> bool:
+    """Whether ``signature`` is a valid Ed25519 signature of ``data`` under ``key``, by
+    libsodium (PyNaCl): about twice the rate of OpenSSL's Ed25519 verify (issue 15), and
+    stricter.
+
+    OpenSSL, behind ``cryptography``, verifies cofactorless and refuses ``S >= L``, but takes
+    any 32 bytes that decode as a point for the key and for ``R``. libsodium (built without
+    ``ED25519_COMPAT``, as PyNaCl's is) also refuses a small-order public key (the identity,
+    points of order 2, 4 or 8), a non-canonical key encoding and a small-order ``R``. Under a
+    small-order key, ``(R = identity, S = 0)`` "verifies" for *every* message with OpenSSL:
+    were such a key ever in a trust file (planted, or a broken device), anyone could forge
+    its attestations. No standard key generation makes such a key, and no honest signer
+    such an ``R``, so every honestly signed attestation gets the verdict it had before; the
+    forgeries are now ``BAD_SIGNATURE`` (tests/test_verify_speed_semantics.py shows each).
+
+    Fails closed: a key or signature libsodium will not take (wrong length or type) is
+    ``False``, the finding of any other bad signature, never an exception.
+    """
+    if not isinstance(key.key, Ed25519PublicKey):
+        return False  # a key object that is not what its alg says: verifies nothing
+    verify_key, errors = _sodium or _libsodium()
+    try:
+        verify_key(key.key.public_bytes_raw()).verify(data, signature)
+    except errors:
+        return False
+    return True
+
+
+# nacl.signing.VerifyKey and what it raises for a bad signature, key or length
+_sodium: tuple[type[VerifyKey], tuple[type[Exception], ...]] | None = None
+
+
+def _libsodium() -> tuple[type[VerifyKey], tuple[type[Exception], ...]]:
+    """PyNaCl, imported on the first Ed25519 verify: loading libsodium takes about 13 ms,
+    which a process that only signs need never pay."""
+    global _sodium
+    if _sodium is None:
+        try:
+            import nacl.exceptions
+            import nacl.signing
+        except ImportError as e:  # a declared dependency; no fallback with other semantics
+            raise Error(
+                "PyNaCl is not installed, and Ed25519 signatures are verified with it "
+                "(libsodium): pip install 'PyNaCl>=1.5'"
+            ) from e
+        # CryptoError: BadSignatureError and nacl's ValueError / TypeError (bad lengths)
+        _sodium = (nacl.signing.VerifyKey, (nacl.exceptions.CryptoError, ValueError, TypeError))
+    return _sodium
 
 
 def decode_sign1(raw: bytes) -> Sign1:

@@ -1,8 +1,11 @@
 """Evidence: attestation build+sign, salted leaf hashing, audit verify vs raw Ed25519.
 
 Targets (issue 6): build+sign <= 200 us per window excluding the Merkle work;
-leaf hashing >= 1,000,000 readings/s; ``audit verify`` >= 80 % of the raw
-Ed25519 verify rate of the same library (cryptography), measured in this run.
+leaf hashing >= 1,000,000 readings/s. Issue 15: ``audit verify`` (every check and the
+analysis, on one core) >= 1.5x the raw Ed25519 verify rate of ``cryptography``, measured
+in this run beside the raw rate of libsodium (PyNaCl), which the verifier now uses; and
+``audit verify --jobs 2`` against ``--jobs 1`` on a fleet's interleaved stream (worker
+start included), the speed-up the second core buys.
 
 The open window's journal (issue 12, ``agent.evidence.journal``): one write per
 ``FLUSH_S`` from the main loop, with what arrived meanwhile; measured at the
@@ -11,15 +14,17 @@ batch sizes of a 20 Hz device and of a full 115200-baud line, as % of a core.
 
 from __future__ import annotations
 
+import os
 import secrets
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.identity.keys import Signer, generate_key
-from agent.tools.bench.core import Row, timeit
+from agent.identity.keys import PublicKey, Signer, generate_key
+from agent.tools.bench.core import Row, timeit, verdict
 
 S = "evidence"
 
@@ -61,16 +66,24 @@ def _evidence(rules: int = 4) -> object:
     )
 
 
-def _stream(n: int) -> tuple[list[tuple[bytes, str, str | None]], Signer]:
+def _scratch() -> str | None:
+    """Where to build bench streams: tmpfs where there is one. The evidence store fsyncs
+    every attestation, as it must on a device; on a disk that makes a fleet's stream take
+    longer to build than to audit, and measures nothing of the verifier."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
+def _stream(n: int, device: str = "gw-bench") -> tuple[list[tuple[bytes, str, str | None]], Signer]:
     from agent.evidence.attester import Attester
     from agent.evidence.claims import ConfigInForce, RiskResult, RuleResult
     from agent.evidence.store import EvidenceStore
     from agent.sources.reading import Reading
 
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory(dir=_scratch()) as d:
         signer = generate_key(Path(d) / "k.key")
-        store = EvidenceStore(Path(d) / "e.sqlite", "gw-bench")
-        att = Attester("gw-bench", signer, store, "t")
+        store = EvidenceStore(Path(d) / "e.sqlite", device)
+        att = Attester(device, signer, store, "t")
         cfg = ConfigInForce("cold-chain", 3, "ab" * 32, {"excursion": "cd" * 32})
         msgs: list[tuple[bytes, str, str | None]] = []
         for w in range(n):
@@ -85,9 +98,90 @@ def _stream(n: int) -> tuple[list[tuple[bytes, str, str | None]], Signer]:
                 {"frames_ok": 50, "crc_errors": 0},
                 (),
             )
-            msgs.append((item.payload, f"m{w}", None))
+            msgs.append((item.payload, f"{device}/m{w}", None))
         store.close()
     return msgs, signer
+
+
+def _fleet(devices: int, n: int) -> tuple[list[tuple[bytes, str, str | None]], list[PublicKey]]:
+    """``devices`` streams of ``n`` attestations, interleaved as a collector receives them."""
+    streams = [_stream(n, f"gw-bench-{i}") for i in range(devices)]
+    msgs = [m for batch in zip(*(s for s, _ in streams)) for m in batch]
+    return msgs, [signer.public for _, signer in streams]
+
+
+def _audit_rows(quick: bool) -> list[Row]:
+    """Raw Ed25519 verify in both libraries, ``audit verify`` on one core against them, and
+    ``--jobs 2`` against ``--jobs 1`` on a fleet's stream (issue 15)."""
+    import nacl.signing
+
+    from agent.audit.verify import verify_messages
+    from agent.evidence.cose import decode_sign1, sig_structure
+
+    rows: list[Row] = []
+    msgs, vsigner = _stream(100 if quick else 300)
+    parsed = [decode_sign1(raw) for raw, _, _ in msgs]
+    pairs = [(p.signature, sig_structure(p.protected, p.payload)) for p in parsed]
+    key = vsigner.public.key
+    if not isinstance(key, Ed25519PublicKey):  # pragma: no cover - generate_key default
+        raise RuntimeError("the bench stream must be signed with Ed25519")
+    raw_key = key.public_bytes_raw()
+
+    def raw_verify() -> None:
+        for sig, msg in pairs:
+            key.verify(sig, msg)
+
+    def raw_sodium() -> None:  # what agent.evidence.cose does per message: a VerifyKey each
+        for sig, msg in pairs:
+            nacl.signing.VerifyKey(raw_key).verify(msg, sig)
+
+    raw = "ed25519 verify (raw, cryptography)"
+    rows.append(Row(S, raw, timeit(raw_verify, len(pairs), repeat=3), "sigs/s"))
+    sodium = timeit(raw_sodium, len(pairs), repeat=3)
+    rows.append(Row(S, "ed25519 verify (raw, PyNaCl/libsodium)", sodium, "sigs/s", baseline=raw))
+    anchors = [vsigner.public]
+
+    def audit(
+        msgs: list[tuple[bytes, str, str | None]] = msgs,
+        anchors: list[PublicKey] = anchors,
+        jobs: int = 1,
+    ) -> None:
+        res = verify_messages(msgs, anchors, jobs=jobs)
+        if not res.ok:  # pragma: no cover - the bench must measure a passing audit
+            raise RuntimeError(f"bench stream did not verify: {res.findings[:3]}")
+        res.analysis  # noqa: B018 - what `audit verify` prints is computed too (issue 12)
+
+    one = timeit(audit, len(msgs), repeat=3)
+    rows.append(
+        Row(
+            S,
+            "audit verify (all checks + analysis)",
+            one,
+            "atts/s",
+            baseline=raw,
+            target=1.5,
+            note=f"{one / sodium:.2f}x raw libsodium, one core",
+        )
+    )
+    devices, n = (2, 500) if quick else (4, 1000)
+    fleet, keys = _fleet(devices, n)
+    base = f"audit verify --jobs 1 ({devices} devices x {n})"
+    rows.append(Row(S, base, timeit(lambda: audit(fleet, keys), len(fleet), repeat=3), "atts/s"))
+    t0 = time.perf_counter()
+    audit(fleet, keys, 2)  # the first: starts the fork server where one is needed
+    cold = len(fleet) / (time.perf_counter() - t0)
+    rows.append(
+        Row(
+            S,
+            f"audit verify --jobs 2 ({devices} devices x {n})",
+            timeit(lambda: audit(fleet, keys, 2), len(fleet), repeat=3),
+            "atts/s",
+            baseline=base,
+            note=f"{os.cpu_count()} CPUs; workers started in every run; the first run, "
+            f"with the fork server's start: {cold / 1000:,.2f} katts/s",
+        )
+    )
+    return rows
 
 
 def _journal_rows(quick: bool) -> list[Row]:
@@ -133,9 +227,8 @@ def _journal_rows(quick: bool) -> list[Row]:
 
 
 def run(quick: bool) -> list[Row]:
-    from agent.audit.verify import verify_messages
     from agent.evidence.claims import encode_claims
-    from agent.evidence.cose import decode_sign1, encode_sign1, sig_structure
+    from agent.evidence.cose import encode_sign1
     from agent.evidence.leaves import (
         encode_columns,
         encode_records,
@@ -160,7 +253,7 @@ def run(quick: bool) -> list[Row]:
             "attestation build+sign (no Merkle)",
             build,
             "windows/s",
-            note=f"{us:.0f} us/window; target <= 200 us: {'met' if us <= 200 else 'NOT met'}",
+            note=f"{us:.0f} us/window; target <= 200 us: {verdict(us <= 200)}",
         )
     )
 
@@ -183,7 +276,7 @@ def run(quick: bool) -> list[Row]:
             "salted leaf hashing (typed arrays)",
             rate,
             "readings/s",
-            note=f"target >= 1,000,000/s: {'met' if rate >= 1e6 else 'NOT met'}",
+            note=f"target >= 1,000,000/s: {verdict(rate >= 1e6)}",
         )
     )
     m = 20_000
@@ -199,41 +292,5 @@ def run(quick: bool) -> list[Row]:
     )
     rows.extend(_journal_rows(quick))
 
-    msgs, vsigner = _stream(100 if quick else 300)
-    parsed = [decode_sign1(raw) for raw, _, _ in msgs]
-    pairs = [(p.signature, sig_structure(p.protected, p.payload)) for p in parsed]
-    key = vsigner.public.key
-    if not isinstance(key, Ed25519PublicKey):  # pragma: no cover - generate_key default
-        raise RuntimeError("the bench stream must be signed with Ed25519")
-
-    def raw_verify() -> None:
-        for sig, msg in pairs:
-            key.verify(sig, msg)
-
-    rows.append(
-        Row(
-            S,
-            "ed25519 verify (raw, cryptography)",
-            timeit(raw_verify, len(pairs), repeat=3),
-            "sigs/s",
-        )
-    )
-    anchors = [vsigner.public]
-
-    def audit() -> None:
-        res = verify_messages(msgs, anchors)
-        if not res.ok:  # pragma: no cover - the bench must measure a passing audit
-            raise RuntimeError(f"bench stream did not verify: {res.findings[:3]}")
-        res.analysis  # noqa: B018 - what `audit verify` prints is computed too (issue 12)
-
-    rows.append(
-        Row(
-            S,
-            "audit verify (all checks + analysis)",
-            timeit(audit, len(msgs), repeat=3),
-            "atts/s",
-            baseline="ed25519 verify (raw, cryptography)",
-            target=0.8,
-        )
-    )
+    rows.extend(_audit_rows(quick))
     return rows
