@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.errors import KeyFileError
 from agent.identity.keys import ALG_EDDSA, Signer, generate_key, load_signer
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# cryptography.x509 (~1 MB resident with its imports) is imported by the functions that use
+# it: the running agent needs it only when device.cert is configured (load_x5chain).
 
 __all__ = ["init_ca", "issue_certificate", "load_x5chain", "make_csr", "revoke_certificate"]
 
@@ -37,6 +42,9 @@ def init_ca(
     directory: Path, name: str = "edgegov fleet CA", key_type: str = "ed25519", days: int = 3650
 ) -> Path:
     """Create the CA key and certificate in ``directory``; returns the certificate path."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     signer = generate_key(directory / CA_KEY, key_type)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     pub = signer.private_key.public_key()
@@ -63,6 +71,9 @@ def init_ca(
 
 def make_csr(signer: Signer, device_id: str) -> bytes:
     """A PEM CSR for the device key, subject CN = device id (``edgegov init``)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
@@ -73,6 +84,8 @@ def make_csr(signer: Signer, device_id: str) -> bytes:
 
 def load_x5chain(path: Path) -> tuple[bytes, ...]:
     """DER certificates (leaf first) from a PEM file, for COSE x5chain (RFC 9360)."""
+    from cryptography import x509
+
     try:
         certs = x509.load_pem_x509_certificates(path.read_bytes())
     except (OSError, ValueError) as e:
@@ -81,6 +94,8 @@ def load_x5chain(path: Path) -> tuple[bytes, ...]:
 
 
 def _load_ca(directory: Path) -> tuple[Signer, x509.Certificate]:
+    from cryptography import x509
+
     signer = load_signer(directory / CA_KEY)
     try:
         cert = x509.load_pem_x509_certificate((directory / CA_CERT).read_bytes())
@@ -91,6 +106,9 @@ def _load_ca(directory: Path) -> tuple[Signer, x509.Certificate]:
 
 def issue_certificate(directory: Path, csr_pem: bytes, days: int = 825) -> bytes:
     """Issue a device certificate (PEM) for a CSR whose signature verifies."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     signer, ca = _load_ca(directory)
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
@@ -131,6 +149,8 @@ def issue_certificate(directory: Path, csr_pem: bytes, days: int = 825) -> bytes
 
 def revoke_certificate(directory: Path, cert_pem: bytes, days: int = 30) -> Path:
     """Add a certificate to the CA's CRL and re-sign it; returns the CRL path."""
+    from cryptography import x509
+
     signer, ca = _load_ca(directory)
     cert = x509.load_pem_x509_certificate(cert_pem)
     crl_path = directory / CRL

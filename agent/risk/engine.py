@@ -40,12 +40,17 @@ class RiskEngine:
     def __init__(self, models: Sequence[RiskModel], channels: Sequence[str]) -> None:
         index = {name: i for i, name in enumerate(channels)}
         self.models = tuple(models)
-        self.plans = tuple(FeaturePlan(m.features, index) for m in self.models)
+        plans = [FeaturePlan(m.features, index) for m in self.models]  # checks the channels
+        # The history keeps only the channels some feature reads; the plans index its rows.
+        used = sorted({r for p in plans for r in p.channel_rows})
+        kept = {channels[r]: i for i, r in enumerate(used)}
+        self.plans = tuple(FeaturePlan(m.features, kept) for m in self.models)
         lags = max((p.history_rows for p in self.plans), default=0)
         self.history = History(
             len(channels),
             keep_ms=max((p.history_ms for p in self.plans), default=0),
             keep_rows=4 * lags + 16 if lags else 0,
+            rows=used,
         )
 
     @property

@@ -180,6 +180,11 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     # Deterministic kernels where the provider has a choice (CUDA's cuDNN algorithm search,
     # atomics in reductions); the CPU provider is deterministic at a fixed thread count.
     so.use_deterministic_compute = True
+    # Memory only, never numbers: no BFC arena (it keeps its high-water mark for the life of
+    # the session, e.g. after a large catch-up batch) and no memory-pattern planning (buffers
+    # cached per input shape). Scores stay bit-for-bit the same (tests/test_footprint.py).
+    so.enable_cpu_mem_arena = False
+    so.enable_mem_pattern = False
     return so
 
 
