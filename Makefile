@@ -55,6 +55,7 @@ system-deps:
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc"; \
 	$(PYTHON) -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
 	  || missing="$$missing python3-dev"; \
+	test -f /usr/include/openssl/sha.h || missing="$$missing libssl-dev"; \
 	if [ -n "$$missing" ]; then bash .ci/apt-install $$missing; fi
 
 mosquitto:

@@ -34,9 +34,13 @@ _NO_FMA = ["-O3", "-ffp-contract=off"]  # no FMA contraction: bit for bit with t
 
 
 # -g0: Python's own CFLAGS carry -g; debug info would be ~80 % of the wheel on a gateway.
-def _ext(name: str, args: list[str]) -> Extension:
+def _ext(name: str, args: list[str], libraries: tuple[str, ...] = ()) -> Extension:
     ext = Extension(
-        f"native.{name}", [f"native/{name}.pyx"], extra_compile_args=[*args, "-g0"], optional=True
+        f"native.{name}",
+        [f"native/{name}.pyx"],
+        extra_compile_args=[*args, "-g0"],
+        libraries=list(libraries),
+        optional=True,
     )
     ext.cython_directives = _DIRECTIVES  # type: ignore[attr-defined]
     return ext
@@ -48,6 +52,10 @@ EXTENSIONS = [
     _ext("_frames", ["-O3"]),
     _ext("_verify", ["-O3"]),
     _ext("_features", _NO_FMA),
+    # OpenSSL's SHA-256 (libcrypto, which CPython's hashlib uses too); without its headers
+    # (Debian: libssl-dev) this one is left to its twin. SHA256() is deprecated in OpenSSL 3
+    # in favour of EVP, whose per-call fetch costs more than a 65-byte hash.
+    _ext("_hashing", ["-O2", "-Wno-deprecated-declarations"], ("crypto",)),
 ]
 
 _TWIN_NOTE = (

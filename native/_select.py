@@ -31,7 +31,7 @@ __all__ = [
 
 PURE_REQUESTED = os.environ.get("EDGEGOV_PURE", "") not in ("", "0")
 
-COMPILED_MODULES = ("_policy", "_verify", "_frames", "_cbor_scan", "_features")
+COMPILED_MODULES = ("_policy", "_verify", "_frames", "_cbor_scan", "_features", "_hashing")
 """Every Cython module in ``native/`` (``setup.py`` builds these), by its short name."""
 
 FALLBACK_WARNING = "fell back to their pure-Python twins"

@@ -33,7 +33,8 @@ def _block(selectors, missing=(), broken=()):
 
 
 SELECTORS = [("policy", "_policy"), ("verify", "_verify"), ("frames", "_frames"),
-             ("cbor_scan", "_cbor_scan"), ("features", "_features")]  # fmt: skip
+             ("cbor_scan", "_cbor_scan"), ("features", "_features"),
+             ("hashing", "_hashing")]  # fmt: skip
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -46,16 +47,16 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_a_missing_extension_falls_back_and_says_so(selector, compiled):
     r = _run(_block([selector], missing=[f"native.{compiled}"]))
     assert r.stdout.strip() == "python"
-    assert "1 of 5 native modules fell back" in r.stderr, r.stderr
+    assert "1 of 6 native modules fell back" in r.stderr, r.stderr
     assert f"native.{compiled} (not built)" in r.stderr and "much slower" in r.stderr
 
 
 def test_fallbacks_are_said_once_per_process_naming_every_module():
     missing = ["native._policy", "native._frames", "native._features"]
     r = _run(_block([s for s, _ in SELECTORS], missing=missing, broken=["native._verify"]))
-    assert r.stdout.split() == ["python", "python", "python", "cython", "python"]
+    assert r.stdout.split() == ["python", "python", "python", "cython", "python", "cython"]
     assert r.stderr.count("fell back to their pure-Python twins") == 1, r.stderr
-    assert "4 of 5 native modules" in r.stderr
+    assert "4 of 6 native modules" in r.stderr
     for name in missing:
         assert f"{name} (not built)" in r.stderr
     assert "native._verify (cannot be loaded: simulated: undefined symbol)" in r.stderr
@@ -65,11 +66,11 @@ def test_fallbacks_are_said_once_per_process_naming_every_module():
 def test_status_says_which_implementation_and_why():
     code = "import native; print(native.format_native_status())"
     table = _run(_block([], missing=["native._frames"]) + code).stdout
-    assert "native modules: 4 of 5 compiled; 1 run as their pure-Python twins" in table
+    assert "native modules: 5 of 6 compiled; 1 run as their pure-Python twins" in table
     assert "native._frames     pure twin (not built)" in table
     assert "native._policy     compiled" in table
     forced = _run(code, EDGEGOV_PURE="1")
-    assert forced.stdout.count("pure twin (EDGEGOV_PURE is set)") == 5, forced.stdout
+    assert forced.stdout.count("pure twin (EDGEGOV_PURE is set)") == 6, forced.stdout
     assert "fell back" not in forced.stderr  # asked for: not a warning
 
 

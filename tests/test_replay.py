@@ -153,9 +153,12 @@ def test_one_late_window_rebuilds_its_state_from_the_start_and_matches(site: Pat
 
 def test_a_changed_stored_reading_is_caught_by_the_signed_checkpoint(site: Path) -> None:
     db = sqlite3.connect(site / "state" / "evidence.sqlite")
-    idx, record = db.execute("SELECT idx, record FROM readings WHERE seq = 20 LIMIT 1").fetchone()
+    stride, blob = db.execute(
+        "SELECT stride, records FROM window_readings WHERE seq = 20"
+    ).fetchone()
+    record = blob[:stride]  # the window's first reading
     altered = record[:-24] + struct.pack(">d", 4.0) + record[-16:]  # temperature := 4.0
-    db.execute("UPDATE readings SET record = ? WHERE idx = ?", (altered, idx))
+    db.execute("UPDATE window_readings SET records = ? WHERE seq = 20", (altered + blob[stride:],))
     db.commit()
     db.close()
     bundle = load_policy(site / "policies" / "cold-chain.yaml")
@@ -211,7 +214,10 @@ def test_cli_prints_the_verdict_and_exits_0_or_1(
     assert doc["verdict"] == "REPRODUCED" and doc["windows"][-1]["seq"] == 31
     assert doc["windows"][-1]["risk"][0]["ood"] is not None
     db = sqlite3.connect(site / "state" / "evidence.sqlite")
-    db.execute("DELETE FROM readings WHERE seq = 31 AND idx % 7 = 0")  # shed some readings
+    db.execute(  # the window's blob holds only its first 50 readings
+        "UPDATE window_readings SET n = 50, records = substr(records, 1, 50 * stride) "
+        "WHERE seq = 31"
+    )
     db.commit()
     db.close()
     assert main(args) == 1
@@ -300,7 +306,7 @@ def test_a_crash_rebuilds_the_state_from_the_last_checkpoint_and_the_stored_wind
         again.store.close()
     caplog.clear()
     db = sqlite3.connect(tmp_path / "state" / "evidence.sqlite")
-    db.execute("DELETE FROM readings WHERE seq = 30 - 10")  # one window's readings pruned
+    db.execute("DELETE FROM window_readings WHERE seq = 20")  # one window's readings pruned
     db.commit()
     db.close()
     (tmp_path / "state" / "policy-state.bin").unlink()  # the rebuilt checkpoint

@@ -31,6 +31,7 @@ from agent.evidence.journal import FLUSH_S, Journal, SourceMark
 from agent.evidence.leaves import LeafRecord, decode_record, record_leaf_hashes
 from agent.evidence.merkle import CompactRange
 from agent.evidence.store import EvidenceStore
+from agent.evidence.store_reader import stored_records
 from agent.identity.keys import load_public_key
 from agent.policy import load_policy
 from agent.sources.framed import REBOOTED_UNSEEN, WENT_BACK_UNSEEN
@@ -294,9 +295,10 @@ def _run_with_kills(tmp_path: Path, kills: int, seed: int) -> dict:
 def _records(store: Path) -> list[bytes]:
     db = sqlite3.connect(f"{store.as_uri()}?mode=ro&immutable=1", uri=True)
     try:
-        rows = db.execute("SELECT idx, record FROM readings ORDER BY idx").fetchall()
+        records = stored_records(db)
     finally:
         db.close()
+    rows = [(decode_record(r).index, r) for r in records]
     assert [i for i, _ in rows] == list(range(len(rows))), "readings are missing from the store"
     return [bytes(r) for _, r in rows]
 

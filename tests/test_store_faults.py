@@ -38,7 +38,8 @@ from agent.evidence.attester import Attester
 from agent.evidence.claims import ConfigInForce
 from agent.evidence.leaves import decode_record
 from agent.evidence.log_head import read_log_head
-from agent.evidence.store import EvidenceStore
+from agent.evidence.store import EvidenceStore, read_retained
+from agent.evidence.store_reader import stored_records
 from agent.identity.keys import Signer, generate_key, load_public_key
 from agent.pipeline.evaluate import WindowVerdicts
 from agent.pipeline.held_windows import FILE as HELD
@@ -167,7 +168,7 @@ def test_a_state_that_the_attestations_do_not_prove_is_refused_and_nothing_writt
     elif fault == "prev-unknown":
         _sql(path, "UPDATE state SET prev = ?", args=(b"\x01" * 32,))
     elif fault == "readings-gone":
-        _sql(path, "UPDATE state SET log_size = 3", "DELETE FROM readings WHERE seq = 4")
+        _sql(path, "UPDATE state SET log_size = 3", "DELETE FROM window_readings WHERE seq = 4")
     elif fault == "foreign-key":
         _sql(path, "UPDATE state SET next_seq = 4")
         key = generate_key(tmp_path / "other.key").public
@@ -276,11 +277,13 @@ def test_the_free_space_note_is_only_on_a_full_disk(tmp_path):
 
 
 def _flip(path: Path, flips: int = 200, seed: int = 12) -> None:
-    """``flips`` random bit flips past the first page (the header stays intact)."""
+    """``flips`` random bit flips past the first page (the header stays intact), each in
+    the first bytes of a page: its b-tree header or overflow chain, which SQLite checks
+    (a flip inside a record's bytes is the Merkle log's to find, not SQLite's)."""
     data = bytearray(path.read_bytes())
     rnd = random.Random(seed)
     for _ in range(flips):
-        i = rnd.randrange(4096, len(data))
+        i = rnd.randrange(1, len(data) // 4096) * 4096 + rnd.randrange(8)
         data[i] ^= 1 << rnd.randrange(8)
     path.write_bytes(bytes(data))
 
@@ -412,7 +415,7 @@ def test_a_lost_store_starts_a_new_log_that_names_the_old_one_and_carries_none_o
         if how == "deleted":
             path.unlink()
         else:
-            tables = ("state", "attestations", "readings", "outbox")
+            tables = ("state", "attestations", "window_readings", "outbox")
             _sql(path, *(f"DELETE FROM {t}" for t in tables))
         second = AgentProcess(cfg, "--log-format", "json", env=agent_env())
         try:
@@ -491,7 +494,7 @@ def _all_verified(tmp_path: Path, total_readings: int) -> list:
     assert sum(e.readings for e in evidence) == total_readings
     db = sqlite3.connect(tmp_path / "state" / "evidence.sqlite")
     try:
-        records = [decode_record(bytes(r[0])) for r in db.execute("SELECT record FROM readings")]
+        records = [decode_record(r) for r in stored_records(db)]
     finally:
         db.close()
     assert len(records) == total_readings
@@ -647,3 +650,40 @@ def test_corruption_is_its_own_error(tmp_path):
     _flip(path)
     with pytest.raises(StoreCorruptError, match=r"is corrupt \(SQLite: "):
         EvidenceStore(path, "gw", public_key=signer.public)
+
+
+def test_a_store_with_one_row_per_reading_is_moved_to_one_row_per_window(tmp_path, caplog):
+    """A store written before readings were kept per window (table ``readings``) opens:
+    its rows become window rows, every reading still provable, the chain unchanged."""
+    path, signer = _signed_store(tmp_path, windows=4, readings=10)
+    db = sqlite3.connect(path)
+    try:
+        before = stored_records(db)
+        db.execute("CREATE TABLE readings (idx INTEGER PRIMARY KEY, seq INTEGER, record BLOB)")
+        for seq, first, stride, blob in db.execute(
+            "SELECT seq, first_idx, stride, records FROM window_readings"
+        ).fetchall():
+            for k in range(len(blob) // stride):
+                db.execute(
+                    "INSERT INTO readings VALUES (?, ?, ?)",
+                    (first + k, seq, blob[k * stride : (k + 1) * stride]),
+                )
+        db.execute("DELETE FROM readings WHERE idx = 25")  # a window partly shed: 20..24 kept
+        db.execute("DROP TABLE window_readings")
+        db.commit()
+    finally:
+        db.close()
+    with caplog.at_level("WARNING", "edgegov.store"):
+        store = EvidenceStore(path, "gw", public_key=signer.public)
+    store.close()
+    assert "raw readings moved to one row per window (4 window(s)); 4 reading(s)" in caplog.text
+    db = sqlite3.connect(path)
+    try:
+        after = stored_records(db)
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        db.close()
+    assert "readings" not in tables
+    assert after == before[:25] + before[30:]
+    proof = read_retained(path, 3)
+    assert proof.record == before[3]

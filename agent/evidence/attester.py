@@ -34,11 +34,11 @@ from agent.evidence.claims import (
     encode_claims,
 )
 from agent.evidence.cose import encode_sign1
-from agent.evidence.leaves import encode_records, record_leaf_hashes
+from agent.evidence.leaves import encode_window
 from agent.evidence.merkle import RangeHasher
 from agent.evidence.store import ChainState, EvidenceStore, OutboxItem
 from agent.identity.keys import SigningKey
-from agent.sources.reading import Reading
+from agent.sources.reading import Reading, ReadingBatch
 
 __all__ = ["Attester", "agent_code_digest"]
 
@@ -102,8 +102,13 @@ class Attester:
         """
         state = self.store.state
         before = state.log
-        records = encode_records(before.size, secrets.token_bytes(32), readings)
-        leaves = record_leaf_hashes(records)
+        batch = (
+            readings
+            if isinstance(readings, ReadingBatch)
+            else ReadingBatch.of(readings, len(readings[0].values) if readings else 0)
+        )
+        records = encode_window(before.size, secrets.token_bytes(32), batch)
+        leaves = records.leaf_hashes()
         log = before.copy()
         log.extend(leaves)
         ev = Evidence(

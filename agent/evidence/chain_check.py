@@ -34,7 +34,7 @@ import cbor2
 from agent.errors import StorageError, VerificationError
 from agent.evidence.claims import Evidence, parse_claims
 from agent.evidence.cose import decode_sign1
-from agent.evidence.leaves import record_leaf_hashes
+from agent.evidence.leaves import record_leaf_hashes, split_records
 from agent.evidence.log_head import LogHead
 from agent.evidence.merkle import CompactRange
 
@@ -202,7 +202,9 @@ def _disagreements(
             )
         elif stored.log.root() != cp.root:
             out.append(f"the log state's root is not the checkpoint root of seq {hi}")
-    top = db.execute("SELECT MAX(idx) FROM readings WHERE seq <= ?", (hi,)).fetchone()[0]
+    top = db.execute(
+        "SELECT MAX(first_idx + n - 1) FROM window_readings WHERE seq <= ?", (hi,)
+    ).fetchone()[0]
     if top is not None and top >= cp.size:
         out.append(
             f"readings are stored up to index {top}, beyond the {cp.size} leaves the log "
@@ -272,11 +274,11 @@ def _rebuild_log(db: sqlite3.Connection, path: Path, hi: int, last: Evidence) ->
     size_before, nodes = db.execute(
         "SELECT log_size_before, log_before FROM attestations WHERE seq = ?", (hi,)
     ).fetchone()
-    rows = db.execute("SELECT idx, record FROM readings WHERE seq = ? ORDER BY idx", (hi,))
-    idx, records = [], []
-    for i, r in rows:
-        idx.append(i)
-        records.append(bytes(r))
+    row = db.execute(
+        "SELECT first_idx, stride, records FROM window_readings WHERE seq = ?", (hi,)
+    ).fetchone()
+    records = [] if row is None else split_records(bytes(row[2]), row[1])
+    idx = [] if row is None else list(range(row[0], row[0] + len(records)))
     cp = last.checkpoint
     try:
         log = CompactRange(size_before, cbor2.loads(nodes))

@@ -41,7 +41,7 @@ import numpy as np
 
 from agent.evidence.claims import Restart, SourceDowntime
 from agent.evidence.store import EvidenceStore
-from agent.sources.reading import Reading
+from agent.sources.reading import Reading, ReadingBatch, reading_dtype
 
 __all__ = ["FLUSH_S", "Journal", "Recovered", "SourceMark", "pack_readings", "unpack_readings"]
 
@@ -78,48 +78,17 @@ _SCHEMA = (
 )
 
 
-def _dtype(n_channels: int) -> np.dtype:
-    return np.dtype(
-        [
-            ("received_ms", "<i8"),
-            ("device_ms", "<i8"),
-            ("source", "<u2"),
-            ("frame_seq", "<u8"),
-            ("values", "<f8", (n_channels,)),
-        ]
-    )
-
-
 def pack_readings(readings: Sequence[Reading], n_channels: int) -> bytes:
-    """Readings as one blob: fixed-size little-endian rows (see :func:`_dtype`)."""
-    n = len(readings)
-    a = np.empty(n, _dtype(n_channels))
-    a["received_ms"] = np.fromiter((r.received_ms for r in readings), np.int64, n)
-    a["device_ms"] = np.fromiter((r.device_ms for r in readings), np.int64, n)
-    a["source"] = np.fromiter((r.source for r in readings), np.uint16, n)
-    a["frame_seq"] = np.fromiter((r.frame_seq for r in readings), np.uint64, n)
-    if n_channels and n:
-        a["values"] = np.array([r.values for r in readings], dtype=np.float64)
-    return a.tobytes()
+    """Readings as one blob: fixed-size little-endian rows (``reading_dtype``)."""
+    return ReadingBatch.of(readings, n_channels).rows.tobytes()
 
 
-def unpack_readings(blob: bytes, n_channels: int) -> list[Reading]:
+def unpack_readings(blob: bytes, n_channels: int) -> ReadingBatch:
     """The readings :func:`pack_readings` packed; ValueError if the blob does not fit."""
-    dt = _dtype(n_channels)
+    dt = reading_dtype(n_channels)
     if len(blob) % dt.itemsize:
         raise ValueError(f"a journal row of {len(blob)} bytes is not rows of {dt.itemsize}")
-    a = np.frombuffer(blob, dt)
-    vals = a["values"].reshape(len(a), n_channels).tolist()
-    return [
-        Reading(rx, dev, src, seq, tuple(v))
-        for rx, dev, src, seq, v in zip(
-            a["received_ms"].tolist(),
-            a["device_ms"].tolist(),
-            a["source"].tolist(),
-            a["frame_seq"].tolist(),
-            vals,
-        )
-    ]
+    return ReadingBatch(np.frombuffer(blob, dt).copy())
 
 
 @dataclass(frozen=True)
@@ -143,7 +112,7 @@ class Recovered:
     first window, and each source's mark (by name) to continue from."""
 
     restart: Restart
-    readings: list[Reading]
+    readings: Sequence[Reading]
     marks: dict[str, SourceMark]
     signed_state: str | None = None  # policy state digest after the last signed window
 
@@ -151,6 +120,12 @@ class Recovered:
 def last_rx_by_source(readings: Sequence[Reading], n_sources: int) -> list[int | None]:
     """The received time of each source's last reading in ``readings`` (None: none)."""
     out: list[int | None] = [None] * n_sources
+    if isinstance(readings, ReadingBatch):
+        src, rx = readings.source, readings.received_ms
+        for i in np.unique(src).tolist():
+            if i < n_sources:
+                out[i] = int(rx[np.flatnonzero(src == i)[-1]])
+        return out
     missing = n_sources
     for r in reversed(readings):
         if r.source < n_sources and out[r.source] is None:
@@ -245,10 +220,10 @@ class Journal:
                 "this log and are declared not recorded",
                 len(rows),
             )
-        readings: list[Reading] = []
-        if not drop:
-            for (blob,) in rows:
-                readings.extend(unpack_readings(bytes(blob), self.n_channels))
+        readings = ReadingBatch.concat(
+            [] if drop else [unpack_readings(bytes(blob), self.n_channels) for (blob,) in rows],
+            self.n_channels,
+        )
         first_ms = run[0] if run is not None else started_ms
         by_name = {row[0]: row for row in stored}
         marks: dict[str, SourceMark] = {}

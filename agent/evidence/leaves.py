@@ -27,16 +27,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.sources.reading import Reading
+from agent.sources.reading import Reading, ReadingBatch
+from native.hashing import leaf_hashes as native_leaf_hashes
 
 __all__ = [
     "LeafRecord",
+    "WindowRecords",
     "decode_record",
+    "encode_batch",
     "encode_columns",
     "encode_records",
+    "encode_window",
     "leaf_hashes",
     "record_leaf_hashes",
     "records_to_columns",
+    "split_records",
     "window_salts",
 ]
 
@@ -111,19 +116,67 @@ def encode_records(first_index: int, secret: bytes, readings: Sequence[Reading])
     """Records (without the leaf prefix) for one window's readings."""
     if not readings:
         return []
-    widths = {len(r.values) for r in readings}
-    if len(widths) != 1:
-        raise ValueError("every reading of a window has the same channels")
-    buf, stride = encode_columns(
+    if not isinstance(readings, ReadingBatch):
+        widths = {len(r.values) for r in readings}
+        if len(widths) != 1:
+            raise ValueError("every reading of a window has the same channels")
+        readings = ReadingBatch.of(readings, widths.pop())
+    buf, stride = encode_batch(first_index, secret, readings)
+    return [buf[i + 1 : i + stride] for i in range(0, len(buf), stride)]
+
+
+def encode_batch(first_index: int, secret: bytes, readings: ReadingBatch) -> tuple[bytes, int]:
+    """:func:`encode_columns` of a batch: its records, each after the 0x00 leaf prefix."""
+    return encode_columns(
         first_index,
         secret,
-        np.fromiter((r.received_ms for r in readings), np.int64, len(readings)),
-        np.fromiter((r.device_ms for r in readings), np.int64, len(readings)),
-        np.fromiter((r.source for r in readings), np.uint16, len(readings)),
-        np.fromiter((r.frame_seq & 0xFFFFFFFF for r in readings), np.uint32, len(readings)),
-        np.array([r.values for r in readings], dtype=np.float64).reshape(len(readings), -1),
+        readings.received_ms,
+        readings.device_ms,
+        readings.source,
+        readings.frame_seq & 0xFFFFFFFF,
+        readings.values,
     )
-    return [buf[i + 1 : i + stride] for i in range(0, len(buf), stride)]
+
+
+@dataclass(frozen=True)
+class WindowRecords:
+    """One window's records back to back (the layout above, no leaf prefix): how the
+    evidence store keeps a window's readings (one row per window, not per reading)."""
+
+    blob: bytes
+    stride: int  # bytes per record
+
+    @property
+    def n(self) -> int:
+        return len(self.blob) // self.stride if self.stride else 0
+
+    def records(self) -> list[bytes]:
+        return split_records(self.blob, self.stride)
+
+    def leaf_hashes(self) -> list[bytes]:
+        """SHA-256(0x00 || record) of each record (``native.hashing``, in one call)."""
+        hashes = native_leaf_hashes(self.blob, self.stride) if self.blob else b""
+        return [hashes[i : i + 32] for i in range(0, len(hashes), 32)]
+
+
+def split_records(blob: bytes, stride: int) -> list[bytes]:
+    """Records stored back to back, one by one."""
+    return [blob[i : i + stride] for i in range(0, len(blob), stride)]
+
+
+def encode_window(first_index: int, secret: bytes, readings: ReadingBatch) -> WindowRecords:
+    """The records of one window's readings (salted, indexed from ``first_index``)."""
+    n_values = readings.n_channels
+    a = np.zeros(len(readings), _dtype(n_values, prefix=False))
+    a["salt"] = np.frombuffer(window_salts(secret, len(readings)), "S16")
+    a["index"] = np.arange(first_index, first_index + len(readings), dtype=np.uint64)
+    a["received_ms"] = readings.received_ms
+    a["device_ms"] = readings.device_ms
+    a["source"] = readings.source
+    a["frame_seq"] = readings.frame_seq & 0xFFFFFFFF
+    a["n"] = n_values
+    a["values"] = readings.values
+    return WindowRecords(a.tobytes(), a.dtype.itemsize)
 
 
 def leaf_hashes(buf: bytes, stride: int) -> list[bytes]:

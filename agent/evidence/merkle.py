@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
+from native.hashing import perfect_root
 from native.verify import consistency_error
 
 __all__ = [
@@ -83,8 +84,23 @@ class CompactRange:
         self.size += 1
 
     def extend(self, leaves: Iterable[bytes]) -> None:
-        for leaf in leaves:
-            self.append(leaf)
+        """Append many leaf hashes: the largest aligned perfect subtrees at a time, each
+        hashed level by level (as many hashes as one by one, far less Python per hash)."""
+        leaves = leaves if isinstance(leaves, list) else list(leaves)
+        i, n = 0, len(leaves)
+        while i < n:
+            size = self.size
+            k = (n - i).bit_length() - 1  # the largest subtree that fits...
+            if size:
+                k = min(k, (size & -size).bit_length() - 1)  # ...and starts where size is
+            node = _perfect_root(leaves[i : i + (1 << k)])
+            s = size >> k
+            while s & 1:  # binary carry at bit k, as in append()
+                node = node_hash(self._nodes.pop(), node)
+                s >>= 1
+            self._nodes.append(node)
+            self.size = size + (1 << k)
+            i += 1 << k
 
     def root(self) -> bytes:
         """The RFC 9162 Merkle Tree Hash of all leaves appended so far."""
@@ -107,14 +123,26 @@ class CompactRange:
 
 
 def root_of(leaves: Sequence[bytes]) -> bytes:
-    """MTH by the recursive definition (RFC 9162 §2.1.1)."""
+    """MTH (RFC 9162 §2.1.1). The recursive definition splits off the largest power of two
+    on the left each time, so MTH folds, from the right, the roots of the perfect subtrees
+    that the binary digits of ``len(leaves)`` give, left to right."""
     n = len(leaves)
     if n == 0:
         return EMPTY_ROOT
-    if n == 1:
-        return leaves[0]
-    k = _split(n)
-    return node_hash(root_of(leaves[:k]), root_of(leaves[k:]))
+    roots, i = [], 0
+    for bit in range(n.bit_length() - 1, -1, -1):
+        if n >> bit & 1:
+            roots.append(_perfect_root(leaves[i : i + (1 << bit)]))
+            i += 1 << bit
+    root = roots[-1]
+    for r in reversed(roots[:-1]):
+        root = node_hash(r, root)
+    return root
+
+
+def _perfect_root(level: Sequence[bytes]) -> bytes:
+    """MTH of a power-of-two number of leaf hashes (``native.hashing``, level by level)."""
+    return level[0] if len(level) == 1 else perfect_root(b"".join(level))
 
 
 class RangeHasher:

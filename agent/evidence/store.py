@@ -1,8 +1,10 @@
 """The gateway's durable evidence store: chain state, attestations, outbox (SQLite, WAL).
 
 One transaction commits a signed attestation, its outbox entry, the window's
-readings (the salted leaf records, so any of them can later be proven included)
-and the new chain state (next seq, prev hash, Merkle log state) together, with
+readings (the salted leaf records, so any of them can later be proven included; one
+row per window, its records back to back: ``window_readings``, measured ~3x faster
+to write than a row per reading, ``edgegov bench --only pipeline``) and the new
+chain state (next seq, prev hash, Merkle log state) together, with
 ``synchronous=FULL`` so it is on disk (fsync) before anything is published.
 An outbox row is deleted only when the broker has acknowledged it (PUBACK).
 
@@ -38,7 +40,12 @@ import cbor2
 
 from agent.errors import StorageError, StoreCorruptError
 from agent.evidence.chain_check import check_chain_state, new_log_steps
-from agent.evidence.leaves import decode_record, record_leaf_hashes
+from agent.evidence.leaves import (
+    WindowRecords,
+    decode_record,
+    record_leaf_hashes,
+    split_records,
+)
 from agent.evidence.log_head import FILE as LOG_HEAD_FILE
 from agent.evidence.log_head import LogHead, read_log_head, write_log_head
 from agent.evidence.merkle import CompactRange, RangeHasher
@@ -94,12 +101,14 @@ CREATE TABLE IF NOT EXISTS attestations (
     log_size_before INTEGER NOT NULL DEFAULT 0,
     log_before BLOB NOT NULL DEFAULT x'80'
 );
-CREATE TABLE IF NOT EXISTS readings (
-    idx INTEGER PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    record BLOB NOT NULL
+CREATE TABLE IF NOT EXISTS window_readings (
+    seq INTEGER PRIMARY KEY,
+    first_idx INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    stride INTEGER NOT NULL,
+    records BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS readings_by_seq ON readings (seq);
+CREATE INDEX IF NOT EXISTS window_readings_by_idx ON window_readings (first_idx);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -176,6 +185,12 @@ class EvidenceStore:
         except (sqlite3.Error, OSError) as e:
             raise StorageError(f"{path}: cannot open the evidence store: {e}") from e
         self._acked: list[int] = []  # PUBACKed seqs whose outbox rows are not yet deleted
+        # _acked is guarded by _ack_cond alone (taken inside _lock, never around it), so an
+        # acknowledgement from the MQTT thread never waits for SQLite; the deletions are made
+        # by the "outbox-acks" thread (started at the first full batch) or a flush_acks().
+        self._ack_cond = threading.Condition(threading.Lock())
+        self._ack_thread: threading.Thread | None = None
+        self._ack_closed = False
         try:
             with self._wrap("open the evidence store"):
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -183,6 +198,7 @@ class EvidenceStore:
             self.check_integrity()
             with self._wrap("open the evidence store"):
                 self._db.executescript(_SCHEMA)
+                _migrate_readings(self._db, self.path)
             self.state = self._load_or_create(device_id, public_key, existed, earlier)
         except BaseException:
             self._db.close()  # refused (corrupt, state disagrees): leave nothing open
@@ -206,7 +222,8 @@ class EvidenceStore:
                 stored = ChainState(origin, next_seq, prev, log_state, boots)
             checked = check_chain_state(self._db, self.path, stored, head, key, log_problem)
             if checked is None:
-                if self._db.execute("SELECT 1 FROM readings UNION SELECT 1 FROM outbox").fetchone():
+                stored_any = "SELECT 1 FROM window_readings UNION SELECT 1 FROM outbox"
+                if self._db.execute(stored_any).fetchone():
                     raise StorageError(
                         f"{self.path}: the store has readings or outbox rows but no chain state "
                         f"and no attestation: it is not a store a log can start in. Nothing was "
@@ -291,7 +308,7 @@ class EvidenceStore:
         cose: bytes,
         topic: str,
         new_state: ChainState,
-        records: list[bytes] | None = None,
+        records: WindowRecords | None = None,
         *,
         also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
@@ -314,7 +331,6 @@ class EvidenceStore:
         if time.monotonic() - self._checked_at >= self.integrity_check_s:
             self.check_integrity()
         before = self.state.log
-        records = records or []
         with self._lock, self._wrap(f"store attestation seq {seq}"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -322,10 +338,11 @@ class EvidenceStore:
                     "INSERT INTO attestations VALUES (?, ?, ?, ?, ?, ?)",
                     (seq, window[0], window[1], cose, before.size, cbor2.dumps(list(before.nodes))),
                 )
-                self._db.executemany(
-                    "INSERT INTO readings VALUES (?, ?, ?)",
-                    [(before.size + i, seq, r) for i, r in enumerate(records)],
-                )
+                if records is not None and records.n:
+                    self._db.execute(
+                        "INSERT INTO window_readings VALUES (?, ?, ?, ?, ?)",
+                        (seq, before.size, records.n, records.stride, records.blob),
+                    )
                 self._db.execute("INSERT INTO outbox VALUES (?, ?, ?)", (seq, topic, cose))
                 self._write_state(new_state)
                 if also is not None:
@@ -351,12 +368,20 @@ class EvidenceStore:
         raw readings go, after which they can no longer be proven.
         """
         with self._lock, self._wrap("apply the retention setting"):
-            cur = self._db.execute(
-                "DELETE FROM readings WHERE seq IN "
-                "(SELECT seq FROM attestations WHERE window_end_ms < ?)",
-                (older_than_ms,),
-            )
-            return cur.rowcount
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                where = "seq IN (SELECT seq FROM attestations WHERE window_end_ms < ?)"
+                (n,) = self._db.execute(
+                    f"SELECT COALESCE(SUM(n), 0) FROM window_readings WHERE {where}",
+                    (older_than_ms,),
+                ).fetchone()
+                self._db.execute(f"DELETE FROM window_readings WHERE {where}", (older_than_ms,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            return int(n)
 
     def used_bytes(self) -> int:
         """Bytes in use by the database (freed pages are reused, so this is what grows)."""
@@ -367,8 +392,9 @@ class EvidenceStore:
             )
         return int((pages - free) * size)
 
-    def shed_readings(self, target_bytes: int, batch: int = 2000) -> int:
-        """Disk quota: delete the oldest raw readings until ``used_bytes() <= target_bytes``.
+    def shed_readings(self, target_bytes: int) -> int:
+        """Disk quota: delete the oldest windows' raw readings until ``used_bytes() <=
+        target_bytes`` (a window's readings go together).
 
         Only readings go: attestations, outbox and chain state are never shed. Returns
         how many readings were deleted (the caller records that in the evidence).
@@ -376,14 +402,13 @@ class EvidenceStore:
         shed = 0
         while self.used_bytes() > target_bytes:
             with self._lock, self._wrap("shed raw readings for the disk quota"):
-                n = self._db.execute(
-                    "DELETE FROM readings WHERE rowid IN "
-                    "(SELECT rowid FROM readings ORDER BY rowid LIMIT ?)",
-                    (batch,),
-                ).rowcount
-            if n <= 0:
-                break
-            shed += n
+                row = self._db.execute(
+                    "SELECT seq, n FROM window_readings ORDER BY seq LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    break
+                self._db.execute("DELETE FROM window_readings WHERE seq = ?", (row[0],))
+            shed += int(row[1])
         return shed
 
     def pending(self) -> list[OutboxItem]:
@@ -399,28 +424,54 @@ class EvidenceStore:
         """The broker has the attestation (PUBACK): drop it from the outbox.
 
         Deletions are batched (64 at a time, and at every :meth:`flush_acks`) and not
-        fsynced: after a crash at most that many rows come back and are sent once more,
-        which collectors and the verifier treat as the same attestation (same bytes).
-        Evidence itself is always fsynced before it is published.
+        fsynced: after a crash the rows acknowledged since the last batch was written come
+        back (a batch or two, so about 64 to 128) and are sent once more, which collectors
+        and the verifier treat as the same attestation (same bytes). Evidence itself is
+        always fsynced before it is published.
+
+        Never waits for SQLite: called on the MQTT network thread, for every PUBACK, while
+        paho holds the lock its publishers need. A full batch is deleted by this store's
+        ``outbox-acks`` thread (a failure there is logged; those rows are sent again).
         """
-        with self._lock:
+        with self._ack_cond:
             self._acked.append(seq)
-            if len(self._acked) >= _ACK_BATCH:
-                self._flush_acks_locked()
+            if len(self._acked) < _ACK_BATCH or self._ack_closed:
+                return
+            if self._ack_thread is None:
+                self._ack_thread = threading.Thread(
+                    target=self._ack_loop, name="outbox-acks", daemon=True
+                )
+                self._ack_thread.start()
+            self._ack_cond.notify()
+
+    def _ack_loop(self) -> None:
+        while True:
+            with self._ack_cond:
+                while len(self._acked) < _ACK_BATCH and not self._ack_closed:
+                    self._ack_cond.wait()
+                if self._ack_closed:
+                    return  # close() flushes what is left
+            try:
+                self.flush_acks()
+            except StorageError as e:
+                log.warning("%s; those attestations may be delivered again", e)
 
     def flush_acks(self) -> None:
         with self._lock:
             self._flush_acks_locked()
 
     def _flush_acks_locked(self) -> None:
-        if not self._acked:
-            return
-        acked, self._acked = self._acked, []
+        with self._ack_cond:  # taken under _lock, so pending() sees every earlier ack
+            if not self._acked:
+                return
+            acked, self._acked = self._acked, []
         with self._wrap(f"acknowledge {len(acked)} attestation(s)"):
             self._db.execute("PRAGMA synchronous=NORMAL")
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in acked])
+                # one statement per run of consecutive seqs (a drain acknowledges in order),
+                # not one per row: each statement is a round trip of the GIL
+                self._db.executemany("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", _runs(acked))
                 self._db.execute("COMMIT")
             finally:
                 if self._db.in_transaction:
@@ -473,7 +524,13 @@ class EvidenceStore:
             return records_before(self._db, seq, keep_ms, keep_rows)
 
     def close(self) -> None:
-        """Flush the acknowledgements (if that fails, the rows are sent again) and close."""
+        """Stop the ``outbox-acks`` thread, flush the acknowledgements (if that fails, the
+        rows are sent again) and close."""
+        with self._ack_cond:
+            self._ack_closed = True
+            self._ack_cond.notify_all()
+        if self._ack_thread is not None:
+            self._ack_thread.join(5.0)
         with self._lock:
             try:
                 self._flush_acks_locked()
@@ -508,27 +565,83 @@ def records_before(
         return []
     bound = seq if seq is not None else (1 << 62)
     row = db.execute(
-        "SELECT idx, record FROM readings WHERE seq < ? ORDER BY idx DESC LIMIT 1", (bound,)
+        "SELECT first_idx, n, stride, records FROM window_readings WHERE seq < ? "
+        "ORDER BY seq DESC LIMIT 1",
+        (bound,),
     ).fetchone()
     if row is None:
         return []
-    last_idx, t_last = row[0], decode_record(row[1]).received_ms
+    first_idx, n, stride, blob = row
+    last_idx, t_last = first_idx + n - 1, decode_record(bytes(blob[-stride:])).received_ms
     first = db.execute(
         "SELECT MIN(seq) FROM attestations WHERE seq < ? AND window_end_ms > ?",
         (bound, t_last - keep_ms),
     ).fetchone()[0]
     if keep_rows:  # and the whole windows that hold the last keep_rows readings
         by_rows = db.execute(
-            "SELECT MIN(seq) FROM readings WHERE seq < ? AND idx > ?",
+            "SELECT MIN(seq) FROM window_readings WHERE seq < ? AND first_idx + n - 1 > ?",
             (bound, last_idx - keep_rows),
         ).fetchone()[0]
         first = by_rows if first is None else min(first, by_rows)
     if first is None:
         return []
     rows = db.execute(
-        "SELECT record FROM readings WHERE seq >= ? AND seq < ? ORDER BY idx", (first, bound)
+        "SELECT stride, records FROM window_readings WHERE seq >= ? AND seq < ? ORDER BY seq",
+        (first, bound),
     ).fetchall()
-    return [bytes(r[0]) for r in rows]
+    return [r for stride, blob in rows for r in split_records(bytes(blob), stride)]
+
+
+def window_records(db: sqlite3.Connection, seq: int) -> tuple[int, list[bytes]] | None:
+    """(log index of the first, the records) of window ``seq``'s stored readings (None:
+    none stored: shed, pruned, or a window without readings)."""
+    row = db.execute(
+        "SELECT first_idx, stride, records FROM window_readings WHERE seq = ?", (seq,)
+    ).fetchone()
+    return None if row is None else (int(row[0]), split_records(bytes(row[2]), row[1]))
+
+
+def _migrate_readings(db: sqlite3.Connection, path: Path) -> None:
+    """A store written before readings were kept per window (one row per reading, table
+    ``readings``): its rows become one ``window_readings`` row per window, in one
+    transaction. A window whose rows were partly shed keeps its first contiguous run, and
+    the log says how many readings that leaves out."""
+    has = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'readings'"
+    ).fetchone()
+    if has is None:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        dropped = 0
+        windows: dict[int, list[tuple[int, bytes]]] = {}
+        for idx, seq, record in db.execute("SELECT idx, seq, record FROM readings ORDER BY idx"):
+            windows.setdefault(seq, []).append((idx, bytes(record)))
+        for seq, rows in windows.items():
+            run = [rows[0]]
+            for idx, rec in rows[1:]:
+                if idx != run[-1][0] + 1 or len(rec) != len(run[0][1]):
+                    break
+                run.append((idx, rec))
+            dropped += len(rows) - len(run)
+            db.execute(
+                "INSERT OR REPLACE INTO window_readings VALUES (?, ?, ?, ?, ?)",
+                (seq, run[0][0], len(run), len(run[0][1]), b"".join(r for _, r in run)),
+            )
+        db.execute("DROP TABLE readings")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    log.warning(
+        "%s: raw readings moved to one row per window (%d window(s))%s",
+        path,
+        len(windows),
+        f"; {dropped} reading(s) not contiguous in their window (partly shed) left out"
+        if dropped
+        else "",
+    )
 
 
 def read_retained(path: Path, index: int) -> RetainedReading:
@@ -538,9 +651,13 @@ def read_retained(path: Path, index: int) -> RetainedReading:
     window's leaves plus the compact range stored before it are all it needs.
     """
 
-    def read(db: sqlite3.Connection) -> tuple[int, bytes, int, bytes, list[tuple[int, bytes]]]:
-        row = db.execute("SELECT seq FROM readings WHERE idx = ?", (index,)).fetchone()
-        if row is None:
+    def read(db: sqlite3.Connection) -> tuple[int, bytes, int, bytes, int, list[bytes]]:
+        row = db.execute(
+            "SELECT seq, first_idx, n FROM window_readings WHERE first_idx <= ? "
+            "ORDER BY first_idx DESC LIMIT 1",
+            (index,),
+        ).fetchone()
+        if row is None or index >= row[1] + row[2]:
             raise StorageError(
                 f"{path}: reading {index} is not retained (never recorded, or removed "
                 "by the retention setting)"
@@ -549,15 +666,12 @@ def read_retained(path: Path, index: int) -> RetainedReading:
         cose, size_before, nodes = db.execute(
             "SELECT cose, log_size_before, log_before FROM attestations WHERE seq = ?", (seq,)
         ).fetchone()
-        rows = db.execute(
-            "SELECT idx, record FROM readings WHERE seq = ? ORDER BY idx", (seq,)
-        ).fetchall()
-        return seq, cose, size_before, nodes, rows
+        first, records = window_records(db, seq) or (row[1], [])
+        return seq, cose, size_before, nodes, first, records
 
-    seq, cose, size_before, nodes, rows = read_only(path, f"read reading {index}", read)
-    if [r[0] for r in rows] != list(range(size_before, size_before + len(rows))):
+    seq, cose, size_before, nodes, first, records = read_only(path, f"read reading {index}", read)
+    if first != size_before:
         raise StorageError(f"{path}: the readings of window seq {seq} are incomplete")
-    records = [r[1] for r in rows]
     hasher = RangeHasher(CompactRange(size_before, cbor2.loads(nodes)), record_leaf_hashes(records))
     return RetainedReading(
         index,
@@ -618,7 +732,7 @@ def read_summary(path: Path) -> StoreSummary:
         ).fetchone()
         count = db.execute("SELECT COUNT(*) FROM attestations").fetchone()[0]
         outbox = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        readings = db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        readings = db.execute("SELECT COALESCE(SUM(n), 0) FROM window_readings").fetchone()[0]
         return StoreSummary(
             origin=state[0],
             next_seq=state[1],
@@ -667,6 +781,22 @@ def read_only(path: Path, what: str, read: Callable[[sqlite3.Connection], _T]) -
 
 def _has_side_files(path: Path) -> bool:
     return any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
+
+
+def _runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """``seqs`` as runs of consecutive numbers: ``[(first, last), ...]``, in order."""
+    runs: list[tuple[int, int]] = []
+    first = last = None
+    for s in sorted(seqs):
+        if last is not None and s <= last + 1:
+            last = max(last, s)
+            continue
+        if first is not None and last is not None:
+            runs.append((first, last))
+        first = last = s
+    if first is not None and last is not None:
+        runs.append((first, last))
+    return runs
 
 
 def _corrupt_error(path: Path, problems: str) -> StoreCorruptError:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import StorageError
-from agent.evidence.store import records_before
+from agent.evidence.leaves import split_records
+from agent.evidence.store import records_before, window_records
 
 __all__ = ["StoreReader", "StoredWindow", "is_evidence_store", "stored_log", "stored_records"]
 
@@ -75,10 +76,8 @@ class StoreReader:
 
     def records(self, seq: int) -> list[bytes]:
         """The raw records of window ``seq``, in log order."""
-        rows = self.db.execute(
-            "SELECT record FROM readings WHERE seq = ? ORDER BY idx", (seq,)
-        ).fetchall()
-        return [bytes(r[0]) for r in rows]
+        stored = window_records(self.db, seq)
+        return [] if stored is None else stored[1]
 
     def records_before(self, seq: int | None, keep_ms: int, keep_rows: int) -> list[bytes]:
         """:func:`records_before` on this store."""
@@ -98,7 +97,8 @@ def stored_log(db: sqlite3.Connection) -> tuple[str | None, list[tuple[int, byte
 
 def stored_records(db: sqlite3.Connection) -> list[bytes]:
     """Every raw reading record the store retains, in log order."""
-    return [bytes(r[0]) for r in db.execute("SELECT record FROM readings ORDER BY idx")]
+    rows = db.execute("SELECT stride, records FROM window_readings ORDER BY seq")
+    return [r for stride, blob in rows for r in split_records(bytes(blob), stride)]
 
 
 def is_evidence_store(tables: set[str]) -> bool:

@@ -55,7 +55,7 @@ from agent.risk.engine import RiskEngine
 from agent.risk.onnx_model import RiskModel
 from agent.sources import PortSource
 from agent.sources.quality import merge_records
-from agent.sources.reading import Reading
+from agent.sources.reading import Reading, ReadingBatch
 from agent.transport.publisher import Publisher
 
 if TYPE_CHECKING:
@@ -254,7 +254,7 @@ class ContinuityMixin:
             extra={"device": self.config.device_id, "windows_held": n, "readings_held": readings},
         )
 
-    def _resume_held(self, recovered: list[Reading]) -> list[Reading]:
+    def _resume_held(self, recovered: Sequence[Reading]) -> Sequence[Reading]:
         """Sign the windows the last run held when it stopped, before any new window.
 
         They carry their own results (the evaluator moved past them then), and the
@@ -325,7 +325,7 @@ class ContinuityMixin:
         """What a held window's results are read with: the policy's channels and rules."""
         return len(self.policy.channels), [r.id for r in self.policy.rules]
 
-    def _not_held(self, recovered: list[Reading], held: HeldWindows) -> list[Reading]:
+    def _not_held(self, recovered: Sequence[Reading], held: HeldWindows) -> list[Reading]:
         """``recovered`` without the readings ``held`` has (the restart claim counts the rest)."""
         ids = {_reading_id(r) for w, _ in held.windows for r in w.records}
         kept = [r for r in recovered if _reading_id(r) not in ids]
@@ -354,7 +354,7 @@ class ContinuityMixin:
         return None
 
     # -- the journal of the open window (agent.evidence.journal) ----------------------------------
-    def _begin_journal(self) -> list[Reading]:
+    def _begin_journal(self) -> Sequence[Reading]:
         """Read what the last run left, continue each source from its mark, and give the
         attester the restart claim for this process's first attestation. Returns the
         readings of the window the last run was in when it was killed."""
@@ -412,7 +412,7 @@ class ContinuityMixin:
         last = {names[i]: t for i, t in enumerate(rx) if t is not None}
         return held.windows[-1][0].end_ms, last
 
-    def _first_window(self, recovered: list[Reading]) -> Window:
+    def _first_window(self, recovered: Sequence[Reading]) -> Window:
         """The first window of this run. After a crash it holds the readings recovered from
         the journal and starts where the last signed window ended, so the window the last
         run was in continues in it."""
@@ -421,8 +421,7 @@ class ContinuityMixin:
         if recovered:
             start = last_end if last_end is not None else min(r.received_ms for r in recovered)
         window = Window(start, end, len(self.policy.channels))
-        for r in recovered:
-            window.add(r)
+        window.add_batch(ReadingBatch.of(recovered, window.n_channels))
         window.journaled = window.n  # they are in the journal already
         return window
 

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from agent.sources.reading import Reading
+from agent.sources.reading import ReadingBatch
 
 __all__ = ["CAPACITY", "SHED_COUNTER", "SHED_PROBLEM", "Intake"]
 
@@ -44,11 +44,11 @@ class Intake:
 
     def __init__(
         self,
-        on_shed: Callable[[list[Reading]], None],
+        on_shed: Callable[[ReadingBatch], None],
         capacity: int = CAPACITY,
         wait_s: float = 0.05,
     ) -> None:
-        self._items: deque[list[Reading]] = deque()
+        self._items: deque[ReadingBatch] = deque()
         self._held = 0  # readings in _items
         self._cond = threading.Condition()
         self._on_shed = on_shed
@@ -57,7 +57,7 @@ class Intake:
         self.shed = 0  # readings shed since the start (all sources)
         self._logged = 0.0
 
-    def put(self, batch: list[Reading]) -> None:
+    def put(self, batch: ReadingBatch) -> None:
         """Queue ``batch``, waiting up to ``wait_s`` for room; shed it if none comes.
 
         A batch larger than the whole capacity is queued when the queue is empty (it
@@ -87,13 +87,13 @@ class Intake:
                 SHED_COUNTER,
             )
 
-    def get(self, timeout: float) -> list[Reading]:
+    def get(self, timeout: float) -> ReadingBatch:
         with self._cond:
             if not self._cond.wait_for(lambda: bool(self._items), timeout):
                 raise queue.Empty
             return self._pop()
 
-    def get_nowait(self) -> list[Reading]:
+    def get_nowait(self) -> ReadingBatch:
         with self._cond:
             if not self._items:
                 raise queue.Empty
@@ -103,7 +103,7 @@ class Intake:
         with self._cond:
             return not self._items
 
-    def _pop(self) -> list[Reading]:
+    def _pop(self) -> ReadingBatch:
         batch = self._items.popleft()
         self._held -= len(batch)
         self._cond.notify_all()

@@ -60,7 +60,7 @@ from agent.policy import PolicyBundle, load_policy
 from agent.risk.engine import RiskEngine
 from agent.risk.onnx_model import RiskModel, load_declared
 from agent.sources import PortSource, make_source, sum_counters, window_problems
-from agent.sources.reading import Reading
+from agent.sources.reading import ReadingBatch
 from agent.transport.mqtt import BrokerURL
 from agent.transport.publisher import MqttPublisher, Publisher, SpoolPublisher
 from agent.transport.topics import DeviceTopics
@@ -423,7 +423,7 @@ class Agent(ContinuityMixin, ReloadMixin):
                     window.end_ms = max(window.start_ms + 1, int(time.time() * 1000))
                     self._close(window)
                     self.apply_bundle(fleet_cfg, window.end_ms)
-                    start, end = self.window_bounds(window.end_ms + 1, window.end_ms)
+                    start, end = self.next_window_bounds(window.end_ms, window.end_ms)
                     window = Window(start, end, len(self.policy.channels))
                 now_ms = int(time.time() * 1000)
                 if now_ms >= end:
@@ -462,16 +462,15 @@ class Agent(ContinuityMixin, ReloadMixin):
             raise EvidenceAtRiskError("; ".join([*parts, *([self._lost] if self._lost else [])]))
         return self.stats
 
-    def _shed_overload(self, batch: list[Reading]) -> None:
+    def _shed_overload(self, batch: ReadingBatch) -> None:
         """A batch the intake shed (its reader's thread): counted on its source's ledger, so
         the window's signed health says how many and marks it degraded."""
-        ledger = self.sources[batch[0].source].ledger
+        ledger = self.sources[int(batch.source[0])].ledger
         ledger.add(SHED_COUNTER, len(batch))
         ledger.problem(SHED_PROBLEM)
 
-    def _add(self, window: Window, batch: list[Reading]) -> None:
-        for r in batch:
-            window.add(r)
+    def _add(self, window: Window, batch: ReadingBatch) -> None:
+        window.add_batch(batch)
         self.stats.readings += len(batch)
 
     def _drain(self, window: Window, nxt: Window | None = None) -> None:
@@ -482,14 +481,12 @@ class Agent(ContinuityMixin, ReloadMixin):
                 batch = self._queue.get_nowait()
             except queue.Empty:
                 return
-            end = window.end_ms
-            if nxt is None or batch[-1].received_ms < end:
+            if nxt is None:
                 self._add(window, batch)
-            elif batch[0].received_ms >= end:
-                self._add(nxt, batch)
             else:
-                self._add(window, [r for r in batch if r.received_ms < end])
-                self._add(nxt, [r for r in batch if r.received_ms >= end])
+                before, after = batch.split(window.end_ms)
+                self._add(window, before)
+                self._add(nxt, after)
 
     # -- one window --------------------------------------------------------------------
     def _close(self, window: Window, nxt: Window | None = None) -> None:

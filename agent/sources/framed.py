@@ -37,7 +37,7 @@ import serial
 
 from agent.config import SourceConfig
 from agent.sources.link import Deliver, PolicyChannel, PortSource, now_ms
-from agent.sources.reading import Reading
+from agent.sources.reading import ReadingBatch
 from firmware_bridge import Command, CommandCode, Data, Frame, Hello, encode_frame
 from native.frames import Batch, BatchDecoder
 
@@ -162,8 +162,8 @@ class FramedSource(PortSource):
         """Decode *chunk* and deliver its readings (the reader thread's work)."""
         with self.stream_lock:  # the chunk's counts and readings go out together
             batch = self.decoder.feed(chunk)
-            received = now_ms()
-            out: list[Reading] = []
+            received = self.clock()
+            out: list[ReadingBatch] = []
             pos = 0
             for sample_pos, frame in batch.others:
                 self._samples(batch, pos, sample_pos, received, out)
@@ -172,7 +172,7 @@ class FramedSource(PortSource):
             self._samples(batch, pos, len(batch), received, out)
             self._fold_stats()
             if out:
-                self.deliver(out)
+                self.deliver(ReadingBatch.concat(out, len(self.channels)))
 
     @property
     def last_seq(self) -> int | None:
@@ -234,6 +234,20 @@ class FramedSource(PortSource):
         self._recent.append(seq)
         return True
 
+    def _in_sequence(self, seqs: np.ndarray) -> bool:
+        """Take ``seqs`` at once if each follows the last one (the common case: no gap,
+        duplicate, reset or first frame after a restart to judge); False: judge them one
+        by one (:meth:`_track`), nothing taken."""
+        last = self._last_seq
+        if last is None or self._resumed or not len(seqs):
+            return False
+        expected = (np.arange(1, len(seqs) + 1, dtype=np.int64) + last) % _SEQ_MOD
+        if not np.array_equal(seqs.astype(np.int64, copy=False), expected):
+            return False
+        self._last_seq = int(seqs[-1])
+        self._recent.extend(seqs[-DUPLICATE_WINDOW:].tolist())
+        return True
+
     def _first_after_restart(self, last: int, seq: int, hello: bool) -> None:
         """The first frame since an earlier agent process accounted for frames up to
         ``last``: what lies between was sent while no agent was recording."""
@@ -250,7 +264,7 @@ class FramedSource(PortSource):
                 self._request_hello()
 
     # -- frames ------------------------------------------------------------------------
-    def _control(self, frame: Frame, received: int, out: list[Reading]) -> None:
+    def _control(self, frame: Frame, received: int, out: list[ReadingBatch]) -> None:
         body = frame.body
         if isinstance(body, Data) and self._map is not None and body.n_channels == len(self._map):
             # Decoded before the decoder learnt this schema (same chunk as the HELLO).
@@ -297,7 +311,7 @@ class FramedSource(PortSource):
         self.device_serial = hello.serial
         self.ledger.device(hello.serial)
 
-    def _samples(self, b: Batch, lo: int, hi: int, received: int, out: list[Reading]) -> None:
+    def _samples(self, b: Batch, lo: int, hi: int, received: int, out: list[ReadingBatch]) -> None:
         if hi <= lo:
             return
         # Which frames hold samples lo..hi: walk frame_samples (cumulative).
@@ -306,10 +320,11 @@ class FramedSource(PortSource):
         f_hi = int(np.searchsorted(ends, hi, side="left")) + 1
         keep = np.ones(hi - lo, dtype=bool)
         fseq = b.frame_seq
-        for f in range(f_lo, f_hi):
-            if not self._track(int(fseq[f]), False):
-                start = int(ends[f] - b.frame_samples[f])
-                keep[max(start, lo) - lo : int(ends[f]) - lo] = False
+        if not self._in_sequence(fseq[f_lo:f_hi]):
+            for f in range(f_lo, f_hi):
+                if not self._track(int(fseq[f]), False):
+                    start = int(ends[f] - b.frame_samples[f])
+                    keep[max(start, lo) - lo : int(ends[f]) - lo] = False
         n = int(np.count_nonzero(keep))
         if not n:
             return
@@ -320,16 +335,15 @@ class FramedSource(PortSource):
             self.ledger.add("quarantined", n)
             self.ledger.problem(f"readings quarantined: {self._quarantine}")
             return
-        vals = b.values[:, lo:hi][:, keep]
-        cols = np.full((len(self.channels), n), np.nan)
+        whole = n == hi - lo
+        vals = b.values[:, lo:hi] if whole else b.values[:, lo:hi][:, keep]
+        rows = np.full((n, len(self.channels)), np.nan)  # readings x policy channels
         known = self._map >= 0
-        cols[self._map[known]] = vals[known]
+        rows[:, self._map[known]] = vals[known].T
         with np.errstate(invalid="ignore"):
-            bad = (cols < self._low[:, None]) | (cols > self._high[:, None])
+            bad = (rows < self._low) | (rows > self._high)
         self.ledger.add("out_of_range", int(np.count_nonzero(bad)))
         self.ledger.add("samples_ok", n)
-        seqs = b.seq[lo:hi][keep].tolist()
-        dev = b.device_ms[lo:hi][keep].tolist()
-        rows = cols.T.tolist()
-        idx = self.index
-        out.extend(Reading(received, d, idx, s, tuple(r)) for d, s, r in zip(dev, seqs, rows))
+        seqs = b.seq[lo:hi] if whole else b.seq[lo:hi][keep]
+        dev = b.device_ms[lo:hi] if whole else b.device_ms[lo:hi][keep]
+        out.append(ReadingBatch.from_columns(received, dev, self.index, seqs, rows))

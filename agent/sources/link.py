@@ -22,13 +22,13 @@ import serial
 from agent.config import SourceConfig
 from agent.errors import ConfigError
 from agent.sources.quality import QualityLedger
-from agent.sources.reading import Reading
+from agent.sources.reading import ReadingBatch
 
 __all__ = ["Deliver", "PolicyChannel", "PortSource", "now_ms"]
 
 log = logging.getLogger("edgegov.source")
 
-Deliver = Callable[[list[Reading]], None]
+Deliver = Callable[[ReadingBatch], None]
 
 
 class PolicyChannel(Protocol):
@@ -71,6 +71,7 @@ class PortSource:
         self.channel_index = {c.name: i for i, c in enumerate(self.channels)}
         self.deliver = deliver
         self.config_file = config_file
+        self.clock: Callable[[], int] = now_ms  # a reading's received_ms (a replay sets its own)
         self.ledger = QualityLedger(cfg.name, cfg.protocol, cfg.serial.port)
         self.connected = threading.Event()
         self.tried = threading.Event()  # the first open has been attempted (either way)

@@ -28,7 +28,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from agent.config import ModbusRegister, ModbusSlave, SourceConfig
 from agent.sources.link import Deliver, PolicyChannel, PortSource, now_ms
-from agent.sources.reading import Reading
+from agent.sources.reading import Reading, ReadingBatch
 
 __all__ = ["SILENT_AFTER", "SILENT_RETRY_EVERY", "ModbusSource", "decode_register"]
 
@@ -99,7 +99,7 @@ class ModbusSource(PortSource):
         next_t = time.monotonic()
         cycle = 0
         while not self._stop.is_set():
-            out = []
+            out: list[Reading] = []
             for slave in self.cfg.slaves:
                 st = self._state[slave.unit_id]
                 if st.silent and cycle % SILENT_RETRY_EVERY:
@@ -111,7 +111,7 @@ class ModbusSource(PortSource):
                     t = now_ms()
                     out.append(Reading(t, t, self.index, self._polls, values))
             if out:
-                self.deliver(out)
+                self.deliver(ReadingBatch.of(out, len(self.channels)))
             if not os.path.exists(self.cfg.serial.port):
                 raise OSError(f"{self.cfg.serial.port} disappeared")
             cycle += 1

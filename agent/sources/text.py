@@ -23,7 +23,7 @@ import serial
 
 from agent.config import SourceConfig
 from agent.sources.link import Deliver, PolicyChannel, PortSource, now_ms
-from agent.sources.reading import Reading
+from agent.sources.reading import Reading, ReadingBatch
 
 __all__ = ["MAX_LINE", "LineParser", "TextSource"]
 
@@ -155,7 +155,7 @@ class TextSource(PortSource):
         self._buf = lines.pop()
         counts: dict[str, int] = {}
         received = now_ms()
-        out = []
+        out: list[Reading] = []
         for line in lines:
             if len(line) > MAX_LINE:
                 counts["overlong_lines"] = counts.get("overlong_lines", 0) + 1
@@ -170,4 +170,4 @@ class TextSource(PortSource):
             self._overlong = True
         self.ledger.add_many(counts)
         if out:
-            self.deliver(out)
+            self.deliver(ReadingBatch.of(out, len(self.channels)))

@@ -108,8 +108,13 @@ class MqttPublisher:
         # while connected (paho can send a new message ahead of its queued ones).
         self._queue: deque[OutboxItem] = deque()
         self._outstanding = 0
-        self._cond = threading.Condition(self._lock)
         self._closing = False
+        # The sender sleeps on _wake (held meanwhile) once it has set _sleeping under _lock;
+        # whoever gives it work clears _sleeping and releases _wake, under _lock. A bare
+        # lock, not a Condition: it is woken at every PUBACK of a drain, so it costs little.
+        self._wake = threading.Lock()
+        self._wake.acquire()
+        self._sleeping = False
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
         self._connected = threading.Event()
         self._last_fail_log = 0.0
@@ -139,8 +144,9 @@ class MqttPublisher:
         """Connect in the background and queue everything still in the outbox."""
         self._client.connect_in_background()
         self._sender.start()
-        for item in pending:
-            self.publish(item)
+        with self._lock:  # one hand-over for the whole backlog, not one per row
+            self._queue.extend(pending)
+            self._wake_sender()
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -163,9 +169,9 @@ class MqttPublisher:
                 retain=True,
                 wait=max(0.1, deadline - time.monotonic()),
             )
-        with self._cond:
+        with self._lock:
             self._closing = True
-            self._cond.notify_all()
+            self._wake_sender()
         self._sender.join(timeout=2)
         self._client.close()
         return left
@@ -173,24 +179,35 @@ class MqttPublisher:
     # -- publishing ------------------------------------------------------------
     def publish(self, item: OutboxItem) -> None:
         """Queue an attestation; the sender thread hands it to paho in order."""
-        with self._cond:
+        with self._lock:
             self._queue.append(item)
-            self._cond.notify_all()
+            self._wake_sender()
+
+    def _wake_sender(self) -> None:
+        """There may be work for the sender (the caller holds ``_lock``)."""
+        if self._sleeping:
+            self._sleeping = False
+            self._wake.release()
 
     def _send_loop(self) -> None:
         while True:
-            with self._cond:
-                while not self._closing and (not self._queue or self._outstanding >= _WINDOW):
-                    self._cond.wait()
+            with self._lock:
                 if self._closing:
                     return
-                item = self._queue.popleft()
-                self._outstanding += 1
+                # All the window has room for, at one lock: PUBACKs often free several.
+                room = min(len(self._queue), _WINDOW - self._outstanding)
+                batch = [self._queue.popleft() for _ in range(room)]
+                self._outstanding += len(batch)
+                self._sleeping = not batch  # nothing to send, or the window is full
+            if not batch:
+                self._wake.acquire()  # until _wake_sender
+                continue
             # Never call paho while holding our lock: its network thread holds paho's own
             # lock while it waits for ours in _on_publish. Offline, paho queues it and sends
             # it on reconnect, in order.
-            mid = self._client.publish(item.topic, item.payload, content_type=CONTENT_TYPE)
-            self._track(mid, item.seq)
+            for item in batch:
+                mid = self._client.publish(item.topic, item.payload, content_type=CONTENT_TYPE)
+                self._track(mid, item.seq)
 
     def publish_status(self, status: dict[str, Any]) -> None:
         self._status = status
@@ -253,13 +270,20 @@ class MqttPublisher:
                 self._early[mid] = rc  # PUBACK before publish() returned; _track settles it
                 return
             seq = self._inflight.pop(mid)
-        if seq is not None:  # None: a status message
-            self._settle(seq, rc)
+            if seq is None:  # a status message
+                return
+            self._outstanding -= 1  # as _settle does, at the same lock
+            self._wake_sender()
+        self._delivered(seq, rc)
 
     def _settle(self, seq: int, rc: ReasonCode) -> None:
-        with self._cond:
+        with self._lock:
             self._outstanding -= 1
-            self._cond.notify_all()
+            self._wake_sender()
+        self._delivered(seq, rc)
+
+    def _delivered(self, seq: int, rc: ReasonCode) -> None:
+        """The broker answered attestation ``seq`` (its window slot is already freed)."""
         if rc.is_failure:
             # e.g. 0x87 not authorised: the broker did NOT take it. Keep it in the outbox.
             log.error("broker rejected attestation seq %d: %s; kept in the outbox", seq, rc)

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["SECTIONS", "Row", "format_rows", "machine", "run_sections", "timeit"]
+__all__ = ["SECTIONS", "Row", "format_rows", "machine", "run_sections", "timeit", "verdict"]
 
 # Section name -> module under agent.tools.bench; order is the print order.
-SECTIONS = ("policy", "onnx", "evidence", "frames", "transport", "fleet")
+SECTIONS = ("policy", "onnx", "evidence", "frames", "transport", "fleet", "pipeline", "footprint")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,11 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def verdict(ok: bool) -> str:
+    """How a row says whether it meets its goal."""
+    return "PASS" if ok else "FAIL"
 
 
 def timeit(
@@ -89,7 +94,7 @@ def format_rows(rows: list[Row]) -> str:
             ratio = r.rate / base.rate
             line += f"  {ratio:>9,.2f}x {r.baseline}"
             if r.target is not None:
-                line += f"  (target >= {r.target:g}x: {'met' if ratio >= r.target else 'NOT met'})"
+                line += f"  (target >= {r.target:g}x: {verdict(ratio >= r.target)})"
         if r.note:
             line += f"  -- {r.note}"
         out.append(line.rstrip())

@@ -21,7 +21,7 @@ import time
 
 import serial
 
-from agent.tools.bench.core import Row, timeit
+from agent.tools.bench.core import Row, timeit, verdict
 from firmware_bridge import Data, Frame, encode_frame, open_pty
 
 _S = "frames"
@@ -72,6 +72,7 @@ def _cpu_at_115200(seconds: float) -> tuple[float, int]:
     from agent.pipeline.window import Window
     from agent.policy.model import Channel
     from agent.sources import FramedSource
+    from agent.sources.reading import ReadingBatch
 
     code = (
         "import sys; from firmware_bridge.emulator import emulate_main; "
@@ -91,10 +92,9 @@ def _cpu_at_115200(seconds: float) -> tuple[float, int]:
         window = Window(0, 1, 3)
         lock = threading.Lock()
 
-        def deliver(batch: list) -> None:  # type: ignore[type-arg]
+        def deliver(batch: ReadingBatch) -> None:
             with lock:
-                for r in batch:
-                    window.add(r)
+                window.add_batch(batch)
 
         channels = [
             Channel("temperature", "Cel", -40, 85),
@@ -137,20 +137,20 @@ def run(quick: bool) -> list[Row]:
             "frames/s",
             baseline="pure-python twin (32-byte DATA)",
             target=20.0,
-            note=f"target >= 2,000,000/s: {'met' if c_rate >= 2e6 else 'NOT met'}",
+            note=f"target >= 2,000,000/s: {verdict(c_rate >= 2e6)}",
         ),
         Row(
             _S,
             "pty + pyserial -> columnar batches",
             pty_rate,
             "frames/s",
-            note=f"target >= 300,000/s: {'met' if pty_rate >= 3e5 else 'NOT met'}",
+            note=f"target >= 300,000/s: {verdict(pty_rate >= 3e5)}",
         ),
         Row(
             _S,
             "agent CPU reading a 115200-baud device",
             cpu,
             "% of core",
-            note=f"{rate} readings/s; target < 2%: {'met' if cpu < 2.0 else 'NOT met'}",
+            note=f"{rate} readings/s; target < 2%: {verdict(cpu < 2.0)}",
         ),
     ]

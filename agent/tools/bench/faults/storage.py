@@ -138,7 +138,7 @@ def _damage(state: Path, how: str) -> None:
             elif how == "state-ahead":
                 db.execute("UPDATE state SET next_seq = next_seq + 4")
             elif how == "store-emptied":
-                for table in ("state", "attestations", "readings", "outbox"):
+                for table in ("state", "attestations", "window_readings", "outbox"):
                     db.execute(f"DELETE FROM {table}")
             db.commit()
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the main file
