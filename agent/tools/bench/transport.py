@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.evidence.store import EvidenceStore, OutboxItem
-from agent.tools.bench.core import Row
+from agent.tools.bench.core import Row, verdict
 from agent.tools.broker import MosquittoBroker, find_mosquitto
 from agent.transport.mqtt import BrokerURL
 from agent.transport.publisher import MqttPublisher
@@ -70,6 +70,8 @@ def _fill_outbox(store_path: Path, n: int) -> None:
 
 def _drain(url: str, tmp: Path, n: int) -> float:
     path = tmp / "drain.sqlite"
+    for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):  # a fresh outbox each round
+        f.unlink(missing_ok=True)
     EvidenceStore(path, "gw").close()
     _fill_outbox(path, n)
     store = EvidenceStore(path, "gw")
@@ -114,12 +116,14 @@ def _reconnect(tmp: Path) -> float:
 def run(quick: bool) -> list[Row]:
     if find_mosquitto() is None:
         return [Row("transport", "mosquitto not installed: section not run", 0.0, "")]
-    n = 5_000 if quick else 100_000
+    n, rounds = (5_000, 1) if quick else (50_000, 2)
+    raw = drain = 0.0
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         with MosquittoBroker(tmp / "broker") as broker:
-            raw = _raw_paho(broker.url, n)
-            drain = _drain(broker.url, tmp, n)
+            for _ in range(rounds):  # interleaved, best of each: neither goes first only
+                raw = max(raw, _raw_paho(broker.url, n))
+                drain = max(drain, _drain(broker.url, tmp, n))
         rc = _reconnect(tmp)
     return [
         Row(
@@ -127,7 +131,7 @@ def run(quick: bool) -> list[Row]:
             "raw paho QoS 1 publish",
             raw,
             "msgs/s",
-            note=f"{n:,} x 600 B, 16 in flight",
+            note=f"{n:,} x 600 B, 16 in flight, best of {rounds}",
         ),
         Row(
             "transport",
@@ -135,13 +139,14 @@ def run(quick: bool) -> list[Row]:
             drain,
             "atts/s",
             baseline="raw paho QoS 1 publish",
-            note=f"{n:,}-attestation backlog; target >= 5,000/s",
+            target=0.9,
+            note=f"{n:,}-attestation backlog, best of {rounds}",
         ),
         Row(
             "transport",
             "broker restart -> first PUBACK",
             1 / rc,
             "per s",
-            note=f"{rc * 1000:.0f} ms; target <= 2,000 ms",
+            note=f"{rc * 1000:.0f} ms; target <= 2,000 ms: {verdict(rc <= 2.0)}",
         ),
     ]
