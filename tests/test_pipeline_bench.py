@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from agent.tools.bench import pipeline
 from agent.tools.bench.core import format_rows
 
@@ -25,9 +27,10 @@ def test_whole_pipeline_counts_every_reading_and_every_stage():
     assert sum(stages.values()) <= wall * 1.05
 
 
-def test_flooded_pty_signs_every_reading_sent():
-    signed, seconds, sent = pipeline._pty(2.0)
-    assert sent > 1_000 and seconds > 0
+@pytest.mark.parametrize("replayed", [False, True], ids=["live-flood", "replayed-capture"])
+def test_flooded_pty_signs_every_reading_sent(replayed):
+    signed, seconds, sent, writer_cpu = pipeline._pty(1.0, replayed=replayed)
+    assert sent > 1_000 and seconds > 0 and writer_cpu > 0
     assert signed == sent  # nothing lost: intake_readings is large, so nothing shed
 
 
@@ -35,7 +38,8 @@ def test_baud_row_measures_a_device_that_sent(capsys):
     share, rate = pipeline._baud_cpu(2.0)
     assert math.isfinite(share) and share > 0
     assert 100 < rate < 400  # ~360 frames/s fit 115,200 baud
-    rows = pipeline._rows(20_000, 1.0, 0.5, {"decode": 0.1}, (5, 1.0, 5), (share, rate))
+    flood = (5, 1.0, 5, 0.5)
+    rows = pipeline._rows(20_000, 1.0, 0.5, {"decode": 0.1}, flood, flood, (share, rate))
     table = format_rows(rows)
     with capsys.disabled():
         print("\n" + table)
