@@ -83,7 +83,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _cmd_emulate(a: argparse.Namespace) -> int:
-    from firmware_bridge.emulator import emulate_main
+    from firmware_bridge.emulate_cli import emulate_main
 
     return emulate_main(a.rest)
 
@@ -726,7 +726,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["emulate"]:  # the emulator owns its own argument parser
-        from firmware_bridge.emulator import emulate_main
+        from firmware_bridge.emulate_cli import emulate_main
 
         return emulate_main(args_list[1:])
     args = _parser().parse_args(args_list)

@@ -8,6 +8,8 @@ with cross-language test vectors in ``firmware_bridge/vectors/frames.hex``.
   never raises; it is counted in :class:`DecoderStats` and skipped.
 * :class:`Emulator` -- an emulated sensor device; :func:`open_pty` gives it a
   raw pseudo-terminal that the agent opens like any serial port.
+  ``firmware_bridge.line.replay`` sends a capture file's bytes as fast as the line
+  takes them, and ``firmware_bridge.emulate_cli.emulate_main`` is ``edgegov emulate``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-import firmware_bridge.emulator
+import firmware_bridge.line
 from firmware_bridge import (
     Command,
     CommandCode,
@@ -35,13 +35,14 @@ from firmware_bridge import (
     encode_frame,
     open_pty,
 )
-from firmware_bridge.emulator import emulate_main, replay
+from firmware_bridge.emulate_cli import emulate_main
+from firmware_bridge.line import replay
 from native.frames import BatchDecoder
 
 REPO = Path(__file__).resolve().parent.parent
 START_MS = 1_700_000_000_000
 EMULATE = (
-    "import sys; from firmware_bridge.emulator import emulate_main; "
+    "import sys; from firmware_bridge.emulate_cli import emulate_main; "
     "sys.exit(emulate_main(sys.argv[1:]))"
 )
 
@@ -262,7 +263,7 @@ def test_a_capture_replayed_through_a_pty_decodes_to_the_same_frames(scenario, t
 
 def test_replay_stops_on_request_after_a_whole_frame(tmp_path, monkeypatch):
     # Reads of 1,000 bytes cut frames everywhere: a stop between two must still cut none.
-    monkeypatch.setattr(firmware_bridge.emulator, "REPLAY_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(firmware_bridge.line, "REPLAY_CHUNK_BYTES", 1000)
     path = tmp_path / "big.bin"
     Emulator("normal").capture(path, 300_000, start_ms=START_MS)
     stop = threading.Event()

@@ -31,12 +31,12 @@ from firmware_bridge import (
     encode_frame,
     open_pty,
 )
-from firmware_bridge.emulator import emulate_main
+from firmware_bridge.emulate_cli import emulate_main
 
 REPO = Path(__file__).resolve().parent.parent
 START_MS = 1_700_000_000_000
 EMULATE = (
-    "import sys; from firmware_bridge.emulator import emulate_main; "
+    "import sys; from firmware_bridge.emulate_cli import emulate_main; "
     "sys.exit(emulate_main(sys.argv[1:]))"
 )
 CONTROL_BYTES = bytes([0x0D, 0x0A, 0x03, 0x11, 0x13, 0x1A, 0x04, 0x7F, 0x00, 0xFF])

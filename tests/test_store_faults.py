@@ -38,8 +38,8 @@ from agent.evidence.attester import Attester
 from agent.evidence.claims import ConfigInForce
 from agent.evidence.leaves import decode_record
 from agent.evidence.log_head import read_log_head
-from agent.evidence.store import EvidenceStore, read_retained
-from agent.evidence.store_reader import stored_records
+from agent.evidence.store import EvidenceStore
+from agent.evidence.store_reader import read_retained, stored_records
 from agent.identity.keys import Signer, generate_key, load_public_key
 from agent.pipeline.evaluate import WindowVerdicts
 from agent.pipeline.held_windows import FILE as HELD

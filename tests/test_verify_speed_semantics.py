@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.audit import format_result
+from agent.audit import parallel as P
 from agent.audit import verify as V
 from agent.audit.trust import TrustStore, load_trust
 from agent.evidence import cose
@@ -271,15 +272,15 @@ def test_whatever_libsodium_raises_is_a_bad_signature_never_a_crash(world, monke
 
 
 def test_jobs_give_the_result_of_one_job_on_every_tamper_case(corpus, monkeypatch):
-    monkeypatch.setattr(V, "_PARALLEL_MIN", 1)  # the corpus's streams are short
+    monkeypatch.setattr(P, "_PARALLEL_MIN", 1)  # the corpus's streams are short
     used: list[list[bytes | None] | None] = []  # each chunk's verdicts, as handed back
-    verdicts = V._verdicts
+    verdicts = P._verdicts
 
     def spy(chunk):
         used.append(verdicts(chunk))
         return used[-1]
 
-    monkeypatch.setattr(V, "_verdicts", spy)
+    monkeypatch.setattr(P, "_verdicts", spy)
     picked = [c for c in corpus if c[0].startswith(("tamper", "es256", "ed25519"))]
     picked += [c for c in corpus if c[0] in ("envelope: trailing byte", "claim: score NaN")]
     for name, msgs, anchors, device in picked:
@@ -293,14 +294,14 @@ def test_jobs_give_the_result_of_one_job_on_every_tamper_case(corpus, monkeypatc
 def test_a_worker_verdict_spares_only_the_arithmetic_it_did(world):
     s = world["stream"]
     trust = TrustStore.of_keys([world["a"].public])
-    V._start_worker(trust)
+    P._start_worker(trust)
     try:
         unknown = encode_sign1(decode_sign1(s[1]).payload, world["b"])
-        kids = V._checked_kids([s[0], _flip(s[1], 5), b"\x00garbage", unknown])
+        kids = P._checked_kids([s[0], _flip(s[1], 5), b"\x00garbage", unknown])
     finally:
-        V._start_worker(None)  # type: ignore[arg-type]
+        P._start_worker(None)  # type: ignore[arg-type]
     assert kids == [world["a"].kid, None, None, None]
-    assert V._checked_kids([s[0]]) == [None]  # no trust store: nothing is vouched for
+    assert P._checked_kids([s[0]]) == [None]  # no trust store: nothing is vouched for
     # a verdict for another key than the one resolved here is ignored: checked again
     findings: list[V.Finding] = []
     bad = (_flip(s[1], 5), "0001.cose", None)
@@ -311,7 +312,7 @@ def test_a_worker_verdict_spares_only_the_arithmetic_it_did(world):
 def test_too_few_messages_for_workers_stay_in_one_process(world):
     framed = [(m, f"{i}.cose", None) for i, m in enumerate(world["stream"])]
     trust = TrustStore.of_keys([world["a"].public])
-    assert V._SignatureChecks.start(framed, trust, 2) is None
+    assert P.SignatureChecks.start(world["stream"], trust, 2) is None
     assert V.verify_messages(framed, trust, jobs=4).ok
     with pytest.raises(ValueError, match="at least 1"):
         V.verify_messages(framed, trust, jobs=0)
@@ -357,11 +358,11 @@ def test_a_trust_store_pickles_to_one_that_decides_the_same(tmp_path, monkeypatc
     files = write(tmp_path / "f", msgs)
     one = _outcome(V.verify_paths([files], trust))
     assert _outcome(V.verify_paths([files], copy)) == one
-    monkeypatch.setattr(V, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(P, "_PARALLEL_MIN", 1)
     import multiprocessing
 
     ctx = multiprocessing.get_context("forkserver")  # the store travels pickled
-    monkeypatch.setattr(V, "_pool_context", lambda: ctx)
+    monkeypatch.setattr(P, "_pool_context", lambda: ctx)
     assert _outcome(V.verify_paths([files], trust, jobs=2)) == one
 
 
@@ -372,7 +373,7 @@ def test_cli_jobs_prints_what_one_job_prints_and_refuses_zero(tmp_path, run_cli)
     signer = generate_key(tmp_path / "dev.key")
     pub = tmp_path / "dev.pub.pem"
     pub.write_bytes(signer.public.pem())
-    msgs = make_stream(tmp_path / "e.sqlite", signer, windows=V._PARALLEL_MIN + 40)
+    msgs = make_stream(tmp_path / "e.sqlite", signer, windows=P._PARALLEL_MIN + 40)
     msgs[100] = _flip(msgs[100], 5)  # a bad signature, and the gap it leaves
     del msgs[300]
     msgs.insert(200, msgs[10])  # a redelivery out of order

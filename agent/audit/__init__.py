@@ -2,7 +2,8 @@
 
 In: attestations (files, a collector's store, a gateway's evidence store) and trust
 anchors (``trust``). Out: two verdicts and the numbers behind them. ``verify`` checks
-integrity (signatures, chains, Merkle logs) and yields an :class:`AuditResult`;
+integrity (signatures, chains, Merkle logs; ``parallel`` checks the signatures ahead in
+worker processes for ``--jobs``) and yields an :class:`AuditResult`;
 ``analyze`` turns it, with the policy when given, into the one :class:`Analysis` that the
 text (``format_result``, ``text_report``), the JSON and the HTML report (``report``)
 render. ``collector`` keeps a fleet's attestations from MQTT (``evidence_db``), ``prove``

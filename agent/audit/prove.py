@@ -28,7 +28,7 @@ from agent.evidence.cbor_limits import check_cbor
 from agent.evidence.claims import Evidence
 from agent.evidence.leaves import LeafRecord, decode_record
 from agent.evidence.merkle import ProofError, leaf_hash, verify_inclusion
-from agent.evidence.store import read_retained
+from agent.evidence.store_reader import read_retained
 from agent.identity.keys import PublicKey
 
 __all__ = ["ProvenReading", "check_proof", "make_proof"]

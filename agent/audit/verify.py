@@ -27,24 +27,24 @@ verifier never stops at the first one, so an auditor sees the whole picture. A f
 about two attestations names both files and, where the rest of the chain decides it,
 blames the one out of line (:func:`_blame`, :func:`_gap`). What
 the verified evidence *says* (periods, completeness, episodes, restarts, goals) is
-:func:`agent.audit.analysis.analyze`'s job: one analysis for every rendering.
+:func:`agent.audit.analysis.analyze`'s job: one analysis for every rendering. With
+``audit verify --jobs N`` the signatures are checked ahead in worker processes
+(:mod:`agent.audit.parallel`); every check and finding is still made here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
-import os
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import cbor2
 
+from agent.audit.parallel import SignatureChecks
 from agent.audit.trust import CertificateError, RevokedKey, TrustStore, UnknownKey
 from agent.errors import Error, VerificationError
 from agent.evidence.cbor_limits import check_cbor
@@ -251,8 +251,9 @@ def verify_messages(
     message already verified is not verified again: it is the same evidence.
 
     ``jobs`` > 1 checks the signatures ahead in ``jobs - 1`` worker processes besides this one
-    (:class:`_SignatureChecks`, ``audit verify --jobs``); everything else runs here, in
-    delivery order, as with one job, so the result is the same to the byte.
+    (:class:`SignatureChecks`, in :mod:`agent.audit.parallel`: ``audit verify --jobs``);
+    everything else runs here, in delivery order, as with one job, so the result is the same
+    to the byte.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
@@ -260,7 +261,7 @@ def verify_messages(
     if jobs == 1:
         return _verify_all(messages, trust, device, None)
     msgs = list(messages)
-    checks = _SignatureChecks.start(msgs, trust, jobs)
+    checks = SignatureChecks.start([m[0] for m in msgs], trust, jobs)
     try:
         return _verify_all(msgs, trust, device, checks)
     finally:
@@ -272,7 +273,7 @@ def _verify_all(
     messages: Iterable[Message | tuple[bytes, str, str | None]],
     trust: TrustStore,
     device: str | None,
-    checks: _SignatureChecks | None,
+    checks: SignatureChecks | None,
 ) -> AuditResult:
     """:func:`verify_messages`, with the signatures ``checks`` has checked ahead (if any)."""
     res = AuditResult()
@@ -324,7 +325,7 @@ def _verify_one(
 ) -> _Entry | None:
     """One message through every check of its own, or None and its finding.
 
-    ``checked_kid``: a worker process (:class:`_SignatureChecks`) has run
+    ``checked_kid``: a worker process (:class:`SignatureChecks`) has run
     :meth:`Sign1.verify` on these exact bytes and it passed with the trusted key of that
     kid; if the key resolved here is the same one, the signature arithmetic is not
     repeated. Every other step is, so the findings are those of one job.
@@ -388,167 +389,6 @@ def _verify_one(
         findings.append(Finding(ev.device_id, ev.seq, "CERTIFICATE", str(e), src))
         return None
     return _Entry(ev, raw, src, tk.how, order)
-
-
-# --- audit verify --jobs: signatures checked ahead in worker processes ------------------
-
-# Below this many distinct messages (about 50 ms of work for one process) workers do not
-# pay: starting them takes about 15 ms by fork, and a fork server's first start 0.2 s.
-_PARALLEL_MIN = 512
-_CHUNK = 64  # messages per task: a few ms of work, so the workers soon run ahead
-
-
-class _SignatureChecks:
-    """The signatures of a stream, checked ahead in ``jobs - 1`` worker processes and this one.
-
-    The signature arithmetic is the largest part of an audit (about half of a message's
-    time with libsodium, more with ES256) and the only part that needs nothing but the
-    message; the chain, the findings and the analysis read the whole stream in delivery
-    order, and handing parsed claims between processes costs as much as parsing them. So
-    the workers do only what each message needs alone (:func:`_checked_kids`: decode,
-    resolve the key, :meth:`Sign1.verify`) on chunks of the stream, and hand back, per
-    message, the kid of the key it verified with, or None. What stays here (about 60 % of
-    one job's time, with the analysis ``audit verify`` prints) bounds the speed-up,
-    whatever the number of workers.
-
-    This process runs the one verification path as with one job, skipping only the
-    signature arithmetic a worker has done for the same bytes and key: a worker's verdict
-    can spare work, never decide a finding, so ``--jobs N`` prints what ``--jobs 1``
-    prints. A chunk no worker has started when this process reaches it is taken back and
-    checked here: this process is the ``jobs``-th worker, the one that takes up the slack
-    (``make -j`` counts the same way: ``--jobs 2`` on two cores is two busy processes).
-    """
-
-    def __init__(
-        self,
-        pool: ProcessPoolExecutor,
-        chunks: list[Future[list[bytes | None]]],
-        where: dict[int, tuple[int, int]],
-    ) -> None:
-        self._pool = pool
-        self._chunks = chunks
-        self._where = where  # message order -> (chunk, index in it)
-        self._kids: list[list[bytes | None] | None] = []  # chunks decided, in order
-
-    @classmethod
-    def start(
-        cls,
-        messages: Sequence[Message | tuple[bytes, str, str | None]],
-        trust: TrustStore,
-        jobs: int,
-    ) -> _SignatureChecks | None:
-        """Hand the first delivery of each distinct message to ``jobs - 1`` workers, in chunks
-        in stream order; None when there are too few messages for workers to pay off."""
-        seen: set[bytes] = set()
-        todo: list[int] = []
-        for order, m in enumerate(messages):
-            if m[0] not in seen:
-                seen.add(m[0])
-                todo.append(order)
-        if len(todo) < _PARALLEL_MIN:
-            return None
-        workers = min(jobs - 1, -(-len(todo) // _CHUNK))  # no more workers than chunks
-        try:
-            pool = ProcessPoolExecutor(
-                workers, mp_context=_pool_context(), initializer=_start_worker, initargs=(trust,)
-            )
-        except (OSError, NotImplementedError):  # no processes or semaphores here (a sandbox)
-            return None  # one process gives the same result, only later
-        chunks: list[Future[list[bytes | None]]] = []
-        where: dict[int, tuple[int, int]] = {}
-        try:
-            for i in range(0, len(todo), _CHUNK):
-                orders = todo[i : i + _CHUNK]
-                where.update((o, (len(chunks), j)) for j, o in enumerate(orders))
-                chunks.append(pool.submit(_checked_kids, [messages[o][0] for o in orders]))
-        except BaseException as e:
-            pool.shutdown(wait=True, cancel_futures=True)
-            if isinstance(e, OSError):  # a worker could not be started: as above
-                return None
-            raise
-        return cls(pool, chunks, where)
-
-    def kid(self, order: int) -> bytes | None:
-        """For the message at ``order``: the kid its signature verified with in a worker,
-        or None (not handed out, taken back, or it did not verify there: this process
-        checks it, and finds out why)."""
-        spot = self._where.get(order)
-        if spot is None:
-            return None
-        chunk, j = spot
-        while len(self._kids) <= chunk:
-            self._kids.append(_verdicts(self._chunks[len(self._kids)]))
-        kids = self._kids[chunk]
-        return kids[j] if kids is not None else None
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _verdicts(chunk: Future[list[bytes | None]]) -> list[bytes | None] | None:
-    """A chunk's verdicts (waiting while a worker is on it), or None: not started yet (taken
-    back: checked here), or its worker died (killed, out of memory: checked here too)."""
-    if chunk.cancel():
-        return None
-    try:
-        return chunk.result()
-    except Exception:
-        return None
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """Fork where it is safe, else a fork server (else spawn, where neither exists).
-
-    A fork starts a worker in milliseconds with the trust store already in memory, but a
-    fork of a process with other threads may inherit a lock one of them held (Python 3.12
-    warns of it): so only from a single-threaded process, counted by the kernel
-    (``/proc/self/task``, C libraries' threads too: numpy's OpenBLAS starts some). Else the
-    trust store travels pickled (:meth:`TrustStore.__reduce__`) to workers forked from a
-    server that has imported this module once (about 0.2 s, then milliseconds a worker).
-    """
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods:
-        try:
-            alone = len(os.listdir("/proc/self/task")) == 1
-        except OSError:  # not Linux: no way to count threads, and fork is unsafe on macOS
-            alone = False
-        if alone:
-            return multiprocessing.get_context("fork")
-    if "forkserver" not in methods:
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])  # read when the server starts (once a process)
-    return ctx
-
-
-_worker_trust: TrustStore | None = None  # a worker process's copy of the trust store
-
-
-def _start_worker(trust: TrustStore) -> None:
-    global _worker_trust
-    _worker_trust = trust
-
-
-def _checked_kids(raws: list[bytes]) -> list[bytes | None]:
-    """In a worker: for each message, the kid of the trusted key whose :meth:`Sign1.verify`
-    it passes, else None.
-
-    Anything that goes wrong is None, never an exception: this process then takes the
-    message through the whole path itself and meets the problem just as one job would.
-    """
-    trust = _worker_trust
-    out: list[bytes | None] = []
-    for raw in raws:
-        try:
-            if trust is None:
-                raise RuntimeError("worker started without a trust store")
-            msg = decode_sign1(raw)
-            key = trust.resolve(msg).key
-            msg.verify(key)
-            out.append(key.kid)
-        except Exception:
-            out.append(None)
-    return out
 
 
 def _unverified(

@@ -43,12 +43,11 @@ from agent.evidence.chain_check import check_chain_state, new_log_steps
 from agent.evidence.leaves import (
     WindowRecords,
     decode_record,
-    record_leaf_hashes,
     split_records,
 )
 from agent.evidence.log_head import FILE as LOG_HEAD_FILE
 from agent.evidence.log_head import LogHead, read_log_head, write_log_head
-from agent.evidence.merkle import CompactRange, RangeHasher
+from agent.evidence.merkle import CompactRange
 
 if TYPE_CHECKING:
     from agent.identity.keys import PublicKey
@@ -58,12 +57,7 @@ __all__ = [
     "ChainState",
     "EvidenceStore",
     "OutboxItem",
-    "RetainedReading",
-    "StoreSummary",
-    "StoredAttestation",
     "read_only",
-    "read_retained",
-    "read_summary",
     "records_before",
     "store_path",
 ]
@@ -540,17 +534,6 @@ class EvidenceStore:
                 self._db.close()
 
 
-@dataclass(frozen=True)
-class RetainedReading:
-    """One retained reading with what proves it: the attestation of its window."""
-
-    index: int
-    record: bytes
-    tree_size: int
-    proof: tuple[bytes, ...]
-    attestation: bytes
-
-
 def records_before(
     db: sqlite3.Connection, seq: int | None, keep_ms: int, keep_rows: int
 ) -> list[bytes]:
@@ -642,114 +625,6 @@ def _migrate_readings(db: sqlite3.Connection, path: Path) -> None:
         if dropped
         else "",
     )
-
-
-def read_retained(path: Path, index: int) -> RetainedReading:
-    """Inclusion proof for reading ``index`` from a store, opened read-only.
-
-    The proof is against the checkpoint of the reading's own window: the
-    window's leaves plus the compact range stored before it are all it needs.
-    """
-
-    def read(db: sqlite3.Connection) -> tuple[int, bytes, int, bytes, int, list[bytes]]:
-        row = db.execute(
-            "SELECT seq, first_idx, n FROM window_readings WHERE first_idx <= ? "
-            "ORDER BY first_idx DESC LIMIT 1",
-            (index,),
-        ).fetchone()
-        if row is None or index >= row[1] + row[2]:
-            raise StorageError(
-                f"{path}: reading {index} is not retained (never recorded, or removed "
-                "by the retention setting)"
-            )
-        seq = row[0]
-        cose, size_before, nodes = db.execute(
-            "SELECT cose, log_size_before, log_before FROM attestations WHERE seq = ?", (seq,)
-        ).fetchone()
-        first, records = window_records(db, seq) or (row[1], [])
-        return seq, cose, size_before, nodes, first, records
-
-    seq, cose, size_before, nodes, first, records = read_only(path, f"read reading {index}", read)
-    if first != size_before:
-        raise StorageError(f"{path}: the readings of window seq {seq} are incomplete")
-    hasher = RangeHasher(CompactRange(size_before, cbor2.loads(nodes)), record_leaf_hashes(records))
-    return RetainedReading(
-        index,
-        records[index - size_before],
-        hasher.size,
-        tuple(hasher.inclusion_proof(index)),
-        cose,
-    )
-
-
-@dataclass(frozen=True)
-class StoredAttestation:
-    """One stored attestation as the store holds it (the COSE bytes are not verified here)."""
-
-    seq: int
-    window_start_ms: int
-    window_end_ms: int
-    cose: bytes
-
-
-@dataclass(frozen=True)
-class StoreSummary:
-    """What the store says about the agent, read without changing anything (``edgegov status``).
-
-    ``window_ms`` is the longest of the last few windows: the policy's window length
-    (the first window after a start and the last before a stop are shorter).
-    """
-
-    origin: str
-    next_seq: int
-    bootcount: int  # starts so far (the store counts one at each open)
-    attestations: int
-    last: StoredAttestation | None
-    window_ms: int | None
-    outbox: int  # attestations not yet acknowledged by the broker (or written to the spool)
-    oldest_undelivered: StoredAttestation | None
-    readings: int  # raw readings retained
-
-
-def read_summary(path: Path) -> StoreSummary:
-    """The chain state, newest attestation and outbox of a store, opened read-only.
-
-    Raises:
-        StorageError: no store at ``path``, or not an edgegov evidence store.
-    """
-
-    def read(db: sqlite3.Connection) -> StoreSummary:
-        state = db.execute("SELECT origin, next_seq, bootcount FROM state").fetchone()
-        if state is None:
-            raise StorageError(f"{path}: no chain state (not an edgegov evidence store?)")
-        recent = db.execute(
-            "SELECT seq, window_start_ms, window_end_ms, cose FROM attestations "
-            "ORDER BY seq DESC LIMIT 8"
-        ).fetchall()
-        oldest = db.execute(
-            "SELECT a.seq, a.window_start_ms, a.window_end_ms, o.payload "
-            "FROM outbox o JOIN attestations a ON a.seq = o.seq ORDER BY o.seq LIMIT 1"
-        ).fetchone()
-        count = db.execute("SELECT COUNT(*) FROM attestations").fetchone()[0]
-        outbox = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        readings = db.execute("SELECT COALESCE(SUM(n), 0) FROM window_readings").fetchone()[0]
-        return StoreSummary(
-            origin=state[0],
-            next_seq=state[1],
-            bootcount=state[2],
-            attestations=count,
-            last=_stored(recent[0]) if recent else None,
-            window_ms=max(r[2] - r[1] for r in recent) if recent else None,
-            outbox=outbox,
-            oldest_undelivered=_stored(oldest) if oldest else None,
-            readings=readings,
-        )
-
-    return read_only(path, "read the store's state", read)
-
-
-def _stored(row: tuple[int, int, int, bytes]) -> StoredAttestation:
-    return StoredAttestation(row[0], row[1], row[2], bytes(row[3]))
 
 
 def read_only(path: Path, what: str, read: Callable[[sqlite3.Connection], _T]) -> _T:

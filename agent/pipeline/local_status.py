@@ -1,8 +1,9 @@
 """``edgegov status``: what the agent has done, from its own files alone (no broker).
 
-It reads the agent config, the evidence store (read-only: :func:`agent.evidence.store.read_summary`
-creates and changes nothing, even while the agent runs) and, for a fleet-managed gateway
-(``tuf:``), the fleet config activated on disk. The newest attestation's claims are decoded
+It reads the agent config, the evidence store (read-only:
+:func:`agent.evidence.store_reader.read_summary` creates and changes nothing, even while
+the agent runs) and, for a fleet-managed gateway (``tuf:``), the fleet config activated on
+disk. The newest attestation's claims are decoded
 as the agent signed them; their signature is not checked here (``edgegov audit verify``
 does that with the device's public key).
 
@@ -30,7 +31,8 @@ from agent.config import AgentConfig
 from agent.errors import VerificationError
 from agent.evidence.claims import Evidence, parse_claims
 from agent.evidence.cose import decode_sign1
-from agent.evidence.store import StoreSummary, read_summary, store_path
+from agent.evidence.store import store_path
+from agent.evidence.store_reader import StoreSummary, read_summary
 from agent.pipeline.held_windows import FILE as HELD_FILE
 
 __all__ = ["LocalStatus", "SourceQuality", "Thresholds", "local_status"]

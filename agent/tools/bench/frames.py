@@ -75,7 +75,7 @@ def _cpu_at_115200(seconds: float) -> tuple[float, int]:
     from agent.sources.reading import ReadingBatch
 
     code = (
-        "import sys; from firmware_bridge.emulator import emulate_main; "
+        "import sys; from firmware_bridge.emulate_cli import emulate_main; "
         "sys.exit(emulate_main(sys.argv[1:]))"
     )
     # ~33-byte DATA frames at 340 Hz plus a heartbeat: ~11,300 bytes/s = a 115200 baud line.

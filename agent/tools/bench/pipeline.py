@@ -36,7 +36,7 @@ import yaml
 from agent.identity.keys import generate_key
 from agent.tools.bench.core import Row, verdict
 from firmware_bridge import Emulator, open_pty
-from firmware_bridge.emulator import replay
+from firmware_bridge.line import replay
 
 _S = "pipeline"
 _CHUNK = 65536
@@ -256,7 +256,7 @@ def _readings_in(data: bytes) -> int:
 def _pty(seconds: float, replayed: bool = False) -> tuple[int, float, int, float]:
     """(readings signed, seconds of flood, readings sent, writer CPU s) through
     ``edgegov run``. The writer is the flood emulator generating frames as it goes, or
-    (``replayed``) :func:`~firmware_bridge.emulator.replay` of a flood captured first: the
+    (``replayed``) :func:`~firmware_bridge.line.replay` of a flood captured first: the
     same bytes with no encoding on the way, so the agent, not the writer, sets the pace."""
     with tempfile.TemporaryDirectory() as tmp, open_pty() as pty:
         root = Path(tmp)
