@@ -58,15 +58,18 @@ WENT_BACK_UNSEEN = (
     "the device frame counter went back from {last} to {seq} while no agent was recording "
     "(a reboot whose HELLO was not received?): the frames sent meanwhile cannot be counted"
 )
-# A slow line is read a few times a second, a busy one as fast as it delivers. Each read
-# costs ~0.7 ms of CPU on a gateway-class core whatever it holds (a thread waking from
-# sleep with cold caches), so reading a 115,200-baud device 20 times a second cost 1.5 %
-# of a core and 5 times a second under 0.5 % (``edgegov bench --only pipeline``).
+# A line is read in pauses long enough for about _BATCH_BYTES to gather (at most
+# _COALESCE_S), so that the per-read work is shared by many frames: each read costs
+# ~0.7 ms of CPU on a gateway-class core however little it holds (a thread waking with
+# cold caches). A 115,200-baud device is read five times a second (the agent's reader
+# under 0.5 % of a core; reading it 20 times a second cost 1.5 %), 1 kHz of 3-channel
+# DATA about 18 times. A line faster than _BATCH_BYTES per _MIN_PAUSE_S is busy: read as
+# fast as it delivers, never paused (a pty never reports more than its 4 KiB buffer
+# waiting, whatever the device sends, so the measured rate decides, not one read).
 _COALESCE_S = 0.2  # at most this much latency added on a slow line
-# Busy: more than this many bytes a second over the last _COALESCE_S or more (about
-# 160 kbaud; a 115,200-baud line carries 11,520). A pty never reports more than its 4 KiB
-# buffer waiting, whatever the device sends, so the rate, not one read, decides.
-_BUSY_BYTES_PER_S = 16384
+_MIN_PAUSE_S = 0.01
+_BATCH_BYTES = 2048
+_BUSY_BYTES_PER_S = _BATCH_BYTES / _MIN_PAUSE_S
 _BUSY_READ_BYTES = 1 << 16  # one read(2) on a busy line takes up to this much
 
 
@@ -151,26 +154,25 @@ class FramedSource(PortSource):
         self._ser = ser
         self._request_hello()  # pyserial flushed the input: a HELLO sent earlier is gone
         fd = _fd_of(ser)
-        busy = False
-        since, got = time.monotonic(), 0  # the rate: bytes since `since`
+        rate = 0.0  # bytes a second, measured over the last _COALESCE_S or more
+        since, got = time.monotonic(), 0
         while not self._stop.is_set():
+            busy = rate > _BUSY_BYTES_PER_S
             chunk = _read_now(fd) if busy and fd is not None else b""
             if not chunk:
                 chunk = ser.read(1)  # up to the port timeout, then take what is buffered
                 if not chunk:
-                    busy, since, got = False, time.monotonic(), 0
+                    rate, since, got = 0.0, time.monotonic(), 0
                     continue
                 if not busy:
-                    # A slow line: let a few frames gather, so that the per-read work
-                    # (syscalls, one batch) is shared by many frames.
-                    time.sleep(_COALESCE_S)
+                    time.sleep(_pause(rate))
                 waiting = ser.in_waiting
                 if waiting:
                     chunk += ser.read(waiting)
             got += len(chunk)
-            elapsed = time.monotonic() - since
-            if elapsed >= _COALESCE_S:
-                busy, since, got = got > _BUSY_BYTES_PER_S * elapsed, since + elapsed, 0
+            now = time.monotonic()
+            if now - since >= _COALESCE_S:
+                rate, since, got = got / (now - since), now, 0
             self.feed(chunk)
 
     def feed(self, chunk: bytes) -> None:
@@ -362,6 +364,13 @@ class FramedSource(PortSource):
         seqs = b.seq[lo:hi] if whole else b.seq[lo:hi][keep]
         dev = b.device_ms[lo:hi] if whole else b.device_ms[lo:hi][keep]
         out.append(ReadingBatch.from_columns(received, dev, self.index, seqs, rows))
+
+
+def _pause(rate: float) -> float:
+    """Seconds to let a line at ``rate`` bytes a second gather about _BATCH_BYTES."""
+    if rate <= 0.0:
+        return _COALESCE_S
+    return min(_COALESCE_S, max(_MIN_PAUSE_S, _BATCH_BYTES / rate))
 
 
 def _fd_of(ser: serial.Serial) -> int | None:
