@@ -18,6 +18,11 @@ from agent.tools.broker import MosquittoBroker, find_mosquitto
 from agent.transport.mqtt import BrokerURL
 
 ROOT = Path(__file__).resolve().parent.parent
+# `python -c EMULATE --pty ...`: the emulator's command line in a process of its own
+EMULATE = (
+    "import sys; from firmware_bridge.emulate_cli import emulate_main; "
+    "sys.exit(emulate_main(sys.argv[1:]))"
+)
 ORACLE_PYTHON = Path(
     os.environ.get("EDGEGOV_COSE_ORACLE", ROOT / ".venv-oracle" / "bin" / "python")
 )

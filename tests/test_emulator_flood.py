@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
@@ -38,13 +37,9 @@ from firmware_bridge import (
 from firmware_bridge.emulate_cli import emulate_main
 from firmware_bridge.line import replay
 from native.frames import BatchDecoder
+from tests.conftest import EMULATE, ROOT
 
-REPO = Path(__file__).resolve().parent.parent
 START_MS = 1_700_000_000_000
-EMULATE = (
-    "import sys; from firmware_bridge.emulate_cli import emulate_main; "
-    "sys.exit(emulate_main(sys.argv[1:]))"
-)
 
 
 class Reader:
@@ -287,7 +282,7 @@ def cli_through_pty(*args: str) -> tuple[bytes, str, int]:
     """Run ``edgegov emulate --pty ARGS``, read its pty to the end: (bytes, stderr, rc)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", EMULATE, "--pty", *args],
-        cwd=REPO,
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import serial
@@ -32,13 +31,9 @@ from firmware_bridge import (
     open_pty,
 )
 from firmware_bridge.emulate_cli import emulate_main
+from tests.conftest import EMULATE, ROOT
 
-REPO = Path(__file__).resolve().parent.parent
 START_MS = 1_700_000_000_000
-EMULATE = (
-    "import sys; from firmware_bridge.emulate_cli import emulate_main; "
-    "sys.exit(emulate_main(sys.argv[1:]))"
-)
 CONTROL_BYTES = bytes([0x0D, 0x0A, 0x03, 0x11, 0x13, 0x1A, 0x04, 0x7F, 0x00, 0xFF])
 
 
@@ -217,7 +212,7 @@ def test_run_stops_after_duration():
 def test_emulate_pty_prints_the_path_and_serves_a_device_there():
     proc = subprocess.Popen(
         [sys.executable, "-c", EMULATE, "--pty", "--seconds", "1", "--rate", "50"],
-        cwd=REPO,
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -245,7 +240,7 @@ def test_emulate_pty_prints_the_path_and_serves_a_device_there():
 def test_emulate_stops_cleanly_on_ctrl_c_or_sigterm(sig):
     proc = subprocess.Popen(
         [sys.executable, "-c", EMULATE, "--pty"],
-        cwd=REPO,
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

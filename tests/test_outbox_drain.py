@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 from agent.evidence.store import _ACK_BATCH, EvidenceStore, _runs
 from agent.transport.mqtt import BrokerURL
@@ -19,21 +20,27 @@ from tests.conftest import Listener
 N = 3000
 
 
-def test_backlog_drains_in_order_and_empties_the_outbox(tmp_path, broker):
+def _filled_store(
+    tmp_path, n: int, payload: Callable[[int], bytes] = lambda i: b"x" * 600
+) -> tuple[EvidenceStore, object]:
+    """A store whose outbox holds attestations 0..n-1 (``payload(seq)``), opened."""
     path = tmp_path / "e.sqlite"
     EvidenceStore(path, "gw").close()
     db = sqlite3.connect(path)
     with db:
         db.executemany(
             "INSERT INTO outbox VALUES (?, ?, ?)",
-            ((i, "edgegov/f/gw/attestation", i.to_bytes(4, "big") * 100) for i in range(N)),
+            ((i, "edgegov/f/gw/attestation", payload(i)) for i in range(n)),
         )
     db.close()
+    return EvidenceStore(path, "gw"), path
 
+
+def test_backlog_drains_in_order_and_empties_the_outbox(tmp_path, broker):
+    store, _ = _filled_store(tmp_path, N, lambda i: i.to_bytes(4, "big") * 100)
     listener = Listener(broker.url, "edgegov/f/gw/attestation")
     u = BrokerURL.parse(broker.url)
 
-    store = EvidenceStore(path, "gw")
     pub = MqttPublisher(u, DeviceTopics("edgegov", "f", "gw"), store.acknowledge)
     pub.start(store.pending())
     deadline = time.monotonic() + 60
@@ -55,19 +62,6 @@ def _outbox_seqs(path) -> list[int]:
         return [r[0] for r in db.execute("SELECT seq FROM outbox ORDER BY seq")]
     finally:
         db.close()
-
-
-def _filled_store(tmp_path, n: int) -> tuple[EvidenceStore, object]:
-    path = tmp_path / "e.sqlite"
-    EvidenceStore(path, "gw").close()
-    db = sqlite3.connect(path)
-    with db:
-        db.executemany(
-            "INSERT INTO outbox VALUES (?, ?, ?)",
-            ((i, "edgegov/f/gw/attestation", b"x" * 600) for i in range(n)),
-        )
-    db.close()
-    return EvidenceStore(path, "gw"), path
 
 
 def test_acknowledge_never_waits_for_sqlite(tmp_path):
