@@ -25,6 +25,8 @@ def test_whole_pipeline_counts_every_reading_and_every_stage():
     for stage in ("decode and readings", "store (SQLite)", "risk models", "leaves", "sign"):
         assert stages.get(stage, 0) > 0, stages
     assert sum(stages.values()) <= wall * 1.05
+    long_readings, _, _, _ = pipeline._whole(20_000, window_s=60.0)
+    assert long_readings == readings  # the same capture in longer windows: the same readings
 
 
 @pytest.mark.parametrize("replayed", [False, True], ids=["live-flood", "replayed-capture"])
