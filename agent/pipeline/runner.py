@@ -439,10 +439,16 @@ class Agent(ContinuityMixin, ReloadMixin):
                 self.fleet.stop()
             for s in self.sources:
                 s.stop()
-            while not self._queue.empty():
-                self._add(window, self._queue.get_nowait())
-            window.end_ms = max(window.start_ms + 1, int(time.time() * 1000))
+            now_ms = int(time.time() * 1000)
             try:
+                if now_ms >= window.end_ms:  # it ended while we were stopping: on time, too
+                    start, end = self.next_window_bounds(window.end_ms, now_ms)
+                    nxt = Window(start, end, len(self.policy.channels))
+                    self._close(window, nxt)
+                    window = nxt
+                while not self._queue.empty():
+                    self._add(window, self._queue.get_nowait())
+                window.end_ms = max(window.start_ms + 1, now_ms)
                 self._close(window)  # the partial last window is attested too
                 self._checkpoint_now(window.end_ms)
             except Error as e:  # e.g. the signing token failed: the windows stay unsigned
