@@ -73,6 +73,9 @@ class MosquittoBroker:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "persistence false\n"
+            # as configs/broker/mosquitto-tls.conf: mosquitto's default (1000) drops QoS 1
+            # messages for a subscriber that falls behind, e.g. a collector on a busy machine
+            "max_queued_messages 100000\n"
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             # Run as root, mosquitto drops to user 'mosquitto', which cannot read our files.
