@@ -34,7 +34,6 @@ __all__ = [
     "LeafRecord",
     "WindowRecords",
     "decode_record",
-    "encode_batch",
     "encode_columns",
     "encode_records",
     "encode_window",
@@ -97,9 +96,24 @@ def encode_columns(
     Returns the records, each preceded by the 0x00 leaf prefix, back to back,
     and the stride; :func:`leaf_hashes` hashes them.
     """
+    a = _records(first_index, secret, received_ms, device_ms, source, frame_seq, values, True)
+    return a.tobytes(), a.dtype.itemsize
+
+
+def _records(
+    first_index: int,
+    secret: bytes,
+    received_ms: np.ndarray,
+    device_ms: np.ndarray,
+    source: np.ndarray,
+    frame_seq: np.ndarray,
+    values: np.ndarray,
+    prefix: bool,
+) -> np.ndarray:
+    """The records as one structured array (:func:`_dtype`), salted and indexed."""
     n = len(received_ms)
     n_values = values.shape[1] if values.ndim == 2 else 0
-    a = np.zeros(n, _dtype(n_values))
+    a = np.zeros(n, _dtype(n_values, prefix))
     a["salt"] = np.frombuffer(window_salts(secret, n), "S16")
     a["index"] = np.arange(first_index, first_index + n, dtype=np.uint64)
     a["received_ms"] = received_ms
@@ -109,7 +123,7 @@ def encode_columns(
     a["n"] = n_values
     if n_values:
         a["values"] = values
-    return a.tobytes(), a.dtype.itemsize
+    return a
 
 
 def encode_records(first_index: int, secret: bytes, readings: Sequence[Reading]) -> list[bytes]:
@@ -121,21 +135,7 @@ def encode_records(first_index: int, secret: bytes, readings: Sequence[Reading])
         if len(widths) != 1:
             raise ValueError("every reading of a window has the same channels")
         readings = ReadingBatch.of(readings, widths.pop())
-    buf, stride = encode_batch(first_index, secret, readings)
-    return [buf[i + 1 : i + stride] for i in range(0, len(buf), stride)]
-
-
-def encode_batch(first_index: int, secret: bytes, readings: ReadingBatch) -> tuple[bytes, int]:
-    """:func:`encode_columns` of a batch: its records, each after the 0x00 leaf prefix."""
-    return encode_columns(
-        first_index,
-        secret,
-        readings.received_ms,
-        readings.device_ms,
-        readings.source,
-        readings.frame_seq & 0xFFFFFFFF,
-        readings.values,
-    )
+    return encode_window(first_index, secret, readings).records()
 
 
 @dataclass(frozen=True)
@@ -166,16 +166,16 @@ def split_records(blob: bytes, stride: int) -> list[bytes]:
 
 def encode_window(first_index: int, secret: bytes, readings: ReadingBatch) -> WindowRecords:
     """The records of one window's readings (salted, indexed from ``first_index``)."""
-    n_values = readings.n_channels
-    a = np.zeros(len(readings), _dtype(n_values, prefix=False))
-    a["salt"] = np.frombuffer(window_salts(secret, len(readings)), "S16")
-    a["index"] = np.arange(first_index, first_index + len(readings), dtype=np.uint64)
-    a["received_ms"] = readings.received_ms
-    a["device_ms"] = readings.device_ms
-    a["source"] = readings.source
-    a["frame_seq"] = readings.frame_seq & 0xFFFFFFFF
-    a["n"] = n_values
-    a["values"] = readings.values
+    a = _records(
+        first_index,
+        secret,
+        readings.received_ms,
+        readings.device_ms,
+        readings.source,
+        readings.frame_seq & 0xFFFFFFFF,
+        readings.values,
+        False,
+    )
     return WindowRecords(a.tobytes(), a.dtype.itemsize)
 
 
@@ -187,6 +187,10 @@ def leaf_hashes(buf: bytes, stride: int) -> list[bytes]:
 
 
 def record_leaf_hashes(records: Sequence[bytes]) -> list[bytes]:
+    """SHA-256(0x00 || record) of each record (``native.hashing`` in one call when the
+    records have one size, as a window's do)."""
+    if records and len({len(r) for r in records}) == 1 and len(records[0]):
+        return WindowRecords(b"".join(records), len(records[0])).leaf_hashes()
     sha = hashlib.sha256
     return [sha(b"\x00" + r).digest() for r in records]
 

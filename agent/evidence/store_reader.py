@@ -141,8 +141,8 @@ def read_retained(path: Path, index: int) -> RetainedReading:
 
     def read(db: sqlite3.Connection) -> tuple[int, bytes, int, bytes, int, list[bytes]]:
         row = db.execute(
-            "SELECT seq, first_idx, n FROM window_readings WHERE first_idx <= ? "
-            "ORDER BY first_idx DESC LIMIT 1",
+            "SELECT seq, first_idx, n, stride, records FROM window_readings "
+            "WHERE first_idx <= ? ORDER BY first_idx DESC LIMIT 1",
             (index,),
         ).fetchone()
         if row is None or index >= row[1] + row[2]:
@@ -150,12 +150,11 @@ def read_retained(path: Path, index: int) -> RetainedReading:
                 f"{path}: reading {index} is not retained (never recorded, or removed "
                 "by the retention setting)"
             )
-        seq = row[0]
+        seq, first, _, stride, blob = row
         cose, size_before, nodes = db.execute(
             "SELECT cose, log_size_before, log_before FROM attestations WHERE seq = ?", (seq,)
         ).fetchone()
-        first, records = window_records(db, seq) or (row[1], [])
-        return seq, cose, size_before, nodes, first, records
+        return seq, cose, size_before, nodes, first, split_records(bytes(blob), stride)
 
     seq, cose, size_before, nodes, first, records = read_only(path, f"read reading {index}", read)
     if first != size_before:

@@ -420,10 +420,9 @@ class Agent(ContinuityMixin, ReloadMixin):
                     self._reload_config()
                 fleet_cfg = self.fleet.take_pending() if self.fleet is not None else None
                 if fleet_cfg is not None:  # end the window at the switch: one config per window
-                    window.end_ms = max(window.start_ms + 1, int(time.time() * 1000))
-                    self._close(window)
-                    self.apply_bundle(fleet_cfg, window.end_ms)
-                    start, end = self.next_window_bounds(window.end_ms, window.end_ms)
+                    at = self._close_now(window)
+                    self.apply_bundle(fleet_cfg, at)
+                    start, end = self.next_window_bounds(at, at)
                     window = Window(start, end, len(self.policy.channels))
                 now_ms = int(time.time() * 1000)
                 if now_ms >= end:
@@ -439,18 +438,8 @@ class Agent(ContinuityMixin, ReloadMixin):
                 self.fleet.stop()
             for s in self.sources:
                 s.stop()
-            now_ms = int(time.time() * 1000)
             try:
-                if now_ms >= window.end_ms:  # it ended while we were stopping: on time, too
-                    start, end = self.next_window_bounds(window.end_ms, now_ms)
-                    nxt = Window(start, end, len(self.policy.channels))
-                    self._close(window, nxt)
-                    window = nxt
-                while not self._queue.empty():
-                    self._add(window, self._queue.get_nowait())
-                window.end_ms = max(window.start_ms + 1, now_ms)
-                self._close(window)  # the partial last window is attested too
-                self._checkpoint_now(window.end_ms)
+                self._checkpoint_now(self._close_now(window))  # the partial last one too
             except Error as e:  # e.g. the signing token failed: the windows stay unsigned
                 log.error("the last window(s) could not be signed: %s", e)
             self._save_held()  # what was not signed: kept for the next start, or counted
@@ -467,6 +456,22 @@ class Agent(ContinuityMixin, ReloadMixin):
             parts = [f"stopped: {self._fatal}"] if self._fatal is not None else []
             raise EvidenceAtRiskError("; ".join([*parts, *([self._lost] if self._lost else [])]))
         return self.stats
+
+    def _close_now(self, window: Window) -> int:
+        """Close the open window now (a stop, a fleet config switch); returns where it ended.
+
+        If its end has passed meanwhile, it closes at its end, as the loop would have, and
+        a last short window from there to now takes the readings received since.
+        """
+        now_ms = int(time.time() * 1000)
+        if now_ms > window.end_ms:
+            start, end = self.next_window_bounds(window.end_ms, now_ms)
+            nxt = Window(start, end, len(self.policy.channels))
+            self._close(window, nxt)
+            window = nxt
+        window.end_ms = max(window.start_ms + 1, now_ms)
+        self._close(window)  # drains the reading queue into it first
+        return window.end_ms
 
     def _shed_overload(self, batch: ReadingBatch) -> None:
         """A batch the intake shed (its reader's thread): counted on its source's ledger, so

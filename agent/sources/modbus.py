@@ -27,7 +27,7 @@ from pymodbus.client import ModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from agent.config import ModbusRegister, ModbusSlave, SourceConfig
-from agent.sources.link import Deliver, PolicyChannel, PortSource, now_ms
+from agent.sources.link import Deliver, PolicyChannel, PortSource
 from agent.sources.reading import Reading, ReadingBatch
 
 __all__ = ["SILENT_AFTER", "SILENT_RETRY_EVERY", "ModbusSource", "decode_register"]
@@ -108,7 +108,7 @@ class ModbusSource(PortSource):
                 values = self._poll(handle, slave, st)
                 if values is not None:
                     self._polls += 1
-                    t = now_ms()
+                    t = self.clock()
                     out.append(Reading(t, t, self.index, self._polls, values))
             if out:
                 self.deliver(ReadingBatch.of(out, len(self.channels)))

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import serial
 
 from agent.config import SourceConfig
-from agent.sources.link import Deliver, PolicyChannel, PortSource, now_ms
+from agent.sources.link import Deliver, PolicyChannel, PortSource
 from agent.sources.reading import Reading, ReadingBatch
 
 __all__ = ["MAX_LINE", "LineParser", "TextSource"]
@@ -154,7 +154,7 @@ class TextSource(PortSource):
         lines = (self._buf + chunk).split(b"\n")
         self._buf = lines.pop()
         counts: dict[str, int] = {}
-        received = now_ms()
+        received = self.clock()
         out: list[Reading] = []
         for line in lines:
             if len(line) > MAX_LINE:
