@@ -279,6 +279,8 @@ def test_without_a_local_policy_nothing_is_signed_until_the_first_signed_config(
     # Every attestation is attributed to the signed config; the first declares the switch.
     assert all(e.config.config_version == 1 and e.config.tuf is not None for e in evs)
     assert evs[0].config.changed is not None and evs[0].config.changed[0] == 0
+    # ... inside its window, however long the sources took to open after the switch
+    assert evs[0].window_start_ms <= evs[0].config.changed[1] < evs[0].window_end_ms
     assert not any("no fleet-signed config" in d for e in evs for d in e.degraded)
 
 

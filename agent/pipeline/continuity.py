@@ -100,6 +100,7 @@ class ContinuityMixin:
         journal: Journal | None
         _queue: Intake
         _started_ms: int
+        _in_force_ms: int | None
         _next_flush: float
         _storage_problem: str | None
         _journal_problem: str | None
@@ -415,9 +416,13 @@ class ContinuityMixin:
     def _first_window(self, recovered: Sequence[Reading]) -> Window:
         """The first window of this run. After a crash it holds the readings recovered from
         the journal and starts where the last signed window ended, so the window the last
-        run was in continues in it."""
+        run was in continues in it. After waiting for the first signed fleet config it
+        starts when that config took force (the sources opened then), so its readings and
+        the switch it declares are in it however long the sources took to open."""
         last_end = self.store.last_window_end()
         start, end = self.window_bounds(int(time.time() * 1000), last_end)
+        if self._in_force_ms is not None and self._in_force_ms < start:
+            start = max(self._in_force_ms, last_end or 0)
         if recovered:
             start = last_end if last_end is not None else min(r.received_ms for r in recovered)
         window = Window(start, end, len(self.policy.channels))

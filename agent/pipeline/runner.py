@@ -172,6 +172,7 @@ class Agent(ContinuityMixin, ReloadMixin):
         # tuf: and no local policy, and no signed config yet: nothing to attribute evidence to
         local = config.policy_path
         self._waiting = self.fleet is not None and self.fleet.policy_path(local) is None
+        self._in_force_ms: int | None = None  # when the first signed config took force
         bundle = None if self._waiting else self._load_first_policy()
         prefix = config.mqtt.topic_prefix if config.mqtt else "edgegov"
         self.topics = DeviceTopics(prefix, config.fleet, config.device_id)
@@ -729,9 +730,11 @@ class Agent(ContinuityMixin, ReloadMixin):
                     told = self.fleet.client.last_error
                     self.publisher.publish_status(self._status())
                 continue
-            self.apply_bundle(cfg, int(time.time() * 1000))
+            at = int(time.time() * 1000)
+            self.apply_bundle(cfg, at)
             self.publisher.publish_status(self._status())
             if not self._waiting:
+                self._in_force_ms = at  # the first window starts here and declares it
                 return True
         return False
 
