@@ -7,6 +7,10 @@ Every topic edgegov publishes to or subscribes to is spelled here and nowhere el
     {prefix}/{fleet}/{device}/status        retained JSON; Last Will   DeviceTopics.status
     {prefix}/{fleet}/{device}/alert         JSON, violation start/end  DeviceTopics.alert
     {prefix}/{fleet}/{device}/config/ack    retained JSON              DeviceTopics.config_ack
+    {prefix}/{fleet}/{device}/explanation   COSE, a person's signed explanation of a
+                                            deviation (QoS 1)          DeviceTopics.explanation
+    {prefix}/{fleet}/{device}/calibration   COSE, a lab's signed calibration certificate
+                                            (QoS 1, retained per cert) DeviceTopics.calibration
     {prefix}/{fleet}/tuf/metadata/{N}.{role}.json, …/timestamp.json   FleetTopics.metadata
     {prefix}/{fleet}/tuf/targets/{dir}/{sha256}.{name}                FleetTopics.target
 
@@ -42,6 +46,7 @@ __all__ = [
     "check_target_name",
     "device_of",
     "matches",
+    "statements",
 ]
 
 METADATA_URL = "mqtt:/metadata/"
@@ -130,6 +135,14 @@ class DeviceTopics:
     def config_ack(self) -> str:
         return f"{self.base}/config/ack"
 
+    @property
+    def explanation(self) -> str:
+        return f"{self.base}/explanation"
+
+    @property
+    def calibration(self) -> str:
+        return f"{self.base}/calibration"
+
 
 @dataclass(frozen=True)
 class FleetTopics:
@@ -201,3 +214,13 @@ def attestations(prefix: str = "edgegov", fleet: str = _ANY, share: str | None =
     Not validated: an auditor's command line may name levels an agent config would refuse.
     """
     return Filter(f"{prefix}/{fleet}/{_ANY}/attestation", share)
+
+
+def statements(
+    prefix: str = "edgegov", fleet: str = _ANY, share: str | None = None
+) -> tuple[Filter, ...]:
+    """Every signed governance statement in ``fleet``: people's explanations of deviations
+    and labs' calibration certificates, for a collector."""
+    return tuple(
+        Filter(f"{prefix}/{fleet}/{_ANY}/{kind}", share) for kind in ("explanation", "calibration")
+    )
