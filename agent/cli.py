@@ -574,6 +574,11 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help="exit 1 unless every goal (or rule) is met, naming those that are not",
         )
+        sp.add_argument(
+            "--as-of",
+            metavar="TIME",
+            help="judge explanation deadlines at this ISO 8601 time (default: now)",
+        )
 
     sources(av)
     av.add_argument("--json", action="store_true", help="machine-readable result")
@@ -720,6 +725,9 @@ def _parser() -> argparse.ArgumentParser:
         ksub,
     )
     token_args(ke)
+    from agent.governance.commands import add_commands as governance_commands
+
+    governance_commands(sub, asub, ksub, cmd, sources)
     return p
 
 

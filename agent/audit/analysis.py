@@ -28,6 +28,8 @@ from agent.errors import Error
 from agent.evidence.claims import Evidence
 
 if TYPE_CHECKING:
+    from agent.governance.review import Governance
+    from agent.governance.score import DeviceScore
     from agent.policy.model import PolicyBundle
 
 __all__ = [
@@ -168,6 +170,15 @@ class Analysis:
     compliance: list[ComplianceItem]
     scope: str  # "goals" (a policy was given) or "rules"
     policy: dict[str, Any] | None = None  # id, version, digest, file; windows judged
+    governance: Governance | None = None  # deviations, calibration (agent.governance)
+
+    def scores(self) -> list[DeviceScore]:
+        """The evidence-quality score of each device (``agent.governance.score``)."""
+        from agent.governance.review import Governance
+        from agent.governance.score import score_device
+
+        gov = self.governance or Governance(0)
+        return [score_device(d, gov) for d in self.devices if d.attestations]
 
     @property
     def evidence(self) -> str:
@@ -199,6 +210,9 @@ class Analysis:
                 "items": [c.to_json() for c in self.compliance],
             },
             "devices": [_device_json(d) for d in self.devices],
+            "governance": None
+            if self.governance is None
+            else self.governance.to_json() | {"scores": [x.to_json() for x in self.scores()]},
         }
 
 

@@ -1,13 +1,15 @@
-"""Collect a fleet's attestations from a broker into files or a database.
+"""Collect a fleet's attestations, and the signed statements about its devices
+(explanations, calibration certificates), from a broker into files or a database.
 
 Nothing is trusted here; ``audit verify`` decides. Messages are stored exactly
 as received. Both sinks are idempotent, because QoS 1 is at-least-once and
 several collectors may run:
 
 * :class:`FileCollector` writes ``DIR/<device>/<seq>-<sha256 prefix>.cose``
-  (the same bytes always land on the same file; names sort in seq order);
+  (the same bytes always land on the same file; names sort in seq order), and a
+  statement to ``DIR/<device>/<kind>/<sha256 prefix>.<kind>``;
 * :class:`StoreCollector` inserts into SQLite or PostgreSQL keyed on
-  (device, seq, digest) (``agent.audit.evidence_db``).
+  (device, seq, digest), a statement keyed on its digest (``agent.audit.evidence_db``).
 
 With ``share`` set, the subscription is an MQTT v5 shared subscription
 (``$share/<group>/...``, MQTT 5.0 §4.8.2): the broker hands each message to
@@ -31,7 +33,7 @@ from agent.errors import Error, TransportError
 from agent.evidence.claims import EDGEGOV, SEQ
 from agent.evidence.cose import decode_sign1
 from agent.transport.mqtt import BrokerURL, Message, MqttClient, ReasonCode, TlsFiles
-from agent.transport.topics import attestations, device_of
+from agent.transport.topics import attestations, device_of, statements
 
 __all__ = ["Collector", "FileCollector", "StoreCollector", "peek_seq"]
 
@@ -63,11 +65,13 @@ class Collector:
         self.url = BrokerURL.parse(url, "broker URL")
         self.tls = tls
         self.topic = attestations(prefix, fleet, share)
+        self.topics = (self.topic, *statements(prefix, fleet, share))
         self.name = f"edgegov-collector-{os.getpid()}-{secrets.token_hex(3)}"
         self.received = 0
         self.stored: set[str] = set()
         self.errors: list[str] = []
         self._subscribed = threading.Event()
+        self._acks = 0  # SUBACKs since the last connect
         self._refused: str | None = None  # why the broker refused the subscription
         self._lock = threading.Lock()
         c = MqttClient(self.url, self.name, tls=tls)
@@ -104,7 +108,9 @@ class Collector:
     # -- MqttClient callbacks (paho's network thread) ----------------------------------
     def _on_connect(self, rc: ReasonCode) -> None:
         if not rc.is_failure:  # each (re)connect: a clean session, so subscribe again
-            self._client.subscribe(str(self.topic), qos=1)
+            self._acks = 0
+            for topic in self.topics:
+                self._client.subscribe(str(topic), qos=1)
 
     def _on_disconnect(self, rc: ReasonCode) -> None:
         if not self._subscribed.is_set() and self._refused is None:
@@ -112,16 +118,22 @@ class Collector:
 
     def _on_subscribe(self, mid: int, codes: list[ReasonCode]) -> None:
         if codes and not codes[0].is_failure:
-            self._subscribed.set()
+            self._acks += 1
+            if self._acks >= len(self.topics):  # all of them: nothing published now is missed
+                self._subscribed.set()
         elif codes:
-            self._refused = f"the broker refused the subscription to {self.topic}: {codes[0]}"
+            self._refused = f"the broker refused a subscription ({self.topic}...): {codes[0]}"
 
     def _on_message(self, msg: Message) -> None:
         payload = msg.payload
         device = device_of(msg.topic)
+        kind = msg.topic.rsplit("/", 1)[-1]
         digest = hashlib.sha256(payload).digest()
         try:
-            new = self.store(device, peek_seq(payload), digest, payload)
+            if kind == "attestation":
+                new = self.store(device, peek_seq(payload), digest, payload)
+            else:  # "explanation" or "calibration": checked by audit verify, not here
+                new = self.store_statement(kind, device, digest, payload)
         except Error as e:  # keep collecting; the message is redelivered on reconnect
             with self._lock:
                 self.errors.append(str(e))
@@ -132,6 +144,9 @@ class Collector:
                 self.stored.add(f"{device}/{digest.hex()[:32]}")
 
     def store(self, device: str, seq: int, digest: bytes, payload: bytes) -> bool:
+        raise NotImplementedError
+
+    def store_statement(self, kind: str, device: str, digest: bytes, payload: bytes) -> bool:
         raise NotImplementedError
 
 
@@ -158,7 +173,14 @@ class FileCollector(Collector):
         d = self.out_dir / device
         d.mkdir(parents=True, exist_ok=True)
         seq_name = f"{seq:010d}" if seq >= 0 else "unreadable"
-        path = d / f"{seq_name}-{digest.hex()[:32]}.cose"
+        return self._write(d / f"{seq_name}-{digest.hex()[:32]}.cose", payload)
+
+    def store_statement(self, kind: str, device: str, digest: bytes, payload: bytes) -> bool:
+        d = self.out_dir / device / kind
+        d.mkdir(parents=True, exist_ok=True)
+        return self._write(d / f"{digest.hex()[:32]}.{kind}", payload)
+
+    def _write(self, path: Path, payload: bytes) -> bool:
         if path.exists():
             return False
         tmp = path.with_suffix(f".{self.name}.tmp")
@@ -184,6 +206,9 @@ class StoreCollector(Collector):
 
     def store(self, device: str, seq: int, digest: bytes, payload: bytes) -> bool:
         return self.db.put(device, seq, digest, payload, self.name)
+
+    def store_statement(self, kind: str, device: str, digest: bytes, payload: bytes) -> bool:
+        return self.db.put_statement(kind, device, digest, payload, self.name)
 
     def stop(self, timeout: float = 5.0) -> None:
         super().stop(timeout)

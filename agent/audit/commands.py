@@ -20,8 +20,19 @@ if TYPE_CHECKING:
     from agent.audit.analysis import Analysis
     from agent.audit.trust import TrustStore
     from agent.audit.verify import AuditResult
+    from agent.governance.review import RawStatement
 
-__all__ = ["audit_collect", "audit_prove", "audit_replay", "audit_report", "audit_verify"]
+__all__ = [
+    "audit_collect",
+    "audit_prove",
+    "audit_replay",
+    "audit_report",
+    "audit_verify",
+    "governed_analysis",
+]
+
+#: signed governance statements (agent.governance.statements), found beside the evidence
+STATEMENT_SUFFIXES = (".explanation", ".calibration")
 
 
 def _trust(a: argparse.Namespace) -> TrustStore:
@@ -54,11 +65,15 @@ def _audit_result(a: argparse.Namespace) -> AuditResult:
         return verify_messages(msgs, trust, a.device, jobs=jobs)
     if not a.paths:
         raise Error("give attestation files or directories, or --store URL")
-    files = collect_files([Path(p) for p in a.paths])
+    files = [f for f in collect_files([Path(p) for p in a.paths]) if not _is_statement(f)]
     if not files:
         raise Error(f"{', '.join(a.paths)}: no attestations there (no .cose files)")
     msgs_of_files = (Message(f.read_bytes(), str(f)) for f in files)
     return verify_messages(msgs_of_files, trust, a.device, jobs=jobs)
+
+
+def _is_statement(f: Path) -> bool:
+    return f.name.endswith(STATEMENT_SUFFIXES)
 
 
 def _jobs(a: argparse.Namespace) -> int:
@@ -73,16 +88,46 @@ def _jobs(a: argparse.Namespace) -> int:
     return jobs
 
 
-def _analysis(a: argparse.Namespace) -> Analysis:
-    """Verify, then analyse (with --policy: compliance per goal)."""
-    from agent.audit.analysis import analyze
+def governed_analysis(a: argparse.Namespace) -> Analysis:
+    """Verify, analyse (with --policy: compliance per goal) and review governance: the
+    signed statements found beside the evidence (``*.explanation``, ``*.calibration`` in
+    the directories given, or the collector store's) checked against the trust file's
+    people and labs; deviations and their explanations; calibration cover
+    (``agent.governance.review``)."""
+    import time
 
+    from agent.audit.analysis import analyze
+    from agent.governance.commands import parse_time_ms
+    from agent.governance.people import load_authorities
+    from agent.governance.review import review
+
+    as_of = parse_time_ms(a.as_of, "--as-of") if a.as_of else int(time.time() * 1000)
     policy = None
     if a.policy:
         from agent.policy import load_policy
 
         policy = load_policy(Path(a.policy))
-    return analyze(_audit_result(a), policy)  # PolicyMismatch: an input error, exit 2
+    authorities = load_authorities(Path(a.trust) if a.trust else None)
+    an = analyze(_audit_result(a), policy)  # PolicyMismatch: an input error, exit 2
+    an.governance = review(an, _statements(a), authorities, policy, as_of)
+    return an
+
+
+def _statements(a: argparse.Namespace) -> list[RawStatement]:
+    from agent.audit.evidence_db import read_statements
+    from agent.governance.review import RawStatement
+
+    if a.store:
+        return [RawStatement(raw, src) for raw, src in read_statements(a.store)]
+    out: list[RawStatement] = []
+    for p in map(Path, a.paths):
+        files = (
+            sorted(f for kind in STATEMENT_SUFFIXES for f in p.rglob(f"*{kind}"))
+            if p.is_dir()
+            else [p] if p.name.endswith(STATEMENT_SUFFIXES) else []
+        )  # fmt: skip
+        out.extend(RawStatement(f.read_bytes(), str(f)) for f in files)
+    return out
 
 
 def _audit_exit(a: argparse.Namespace, an: Analysis) -> int:
@@ -99,7 +144,7 @@ def _audit_exit(a: argparse.Namespace, an: Analysis) -> int:
 def audit_verify(a: argparse.Namespace) -> int:
     from agent.audit import format_result
 
-    an = _analysis(a)
+    an = governed_analysis(a)
     # allow_nan=False: a NaN or infinity can never reach an auditor's JSON parser as
     # invalid JSON (the verifier refuses them in claims; were one to slip through, it
     # is a bug, exit 70, not a document)
@@ -110,7 +155,7 @@ def audit_verify(a: argparse.Namespace) -> int:
 def audit_report(a: argparse.Namespace) -> int:
     from agent.audit.report import render_html
 
-    an = _analysis(a)
+    an = governed_analysis(a)
     Path(a.html).write_text(render_html(an), encoding="utf-8")
     goals = ", ".join(f"{c.id} {c.status}" for c in an.compliance) or "nothing to judge"
     print(

@@ -26,7 +26,7 @@ from agent.evidence.store import read_only  # leaves no -wal/-shm behind (edgego
 from agent.evidence.store_reader import is_evidence_store, stored_log
 from agent.logs import redact
 
-__all__ = ["EvidenceDB", "open_db", "read_messages"]
+__all__ = ["EvidenceDB", "open_db", "read_messages", "read_statements"]
 
 _SQLITE = """
 CREATE TABLE IF NOT EXISTS collected (
@@ -51,6 +51,24 @@ CREATE TABLE IF NOT EXISTS collected (
     UNIQUE (device, seq, digest)
 );
 """
+# Signed governance statements (explanations, calibration certificates) as received, once
+# each (agent.governance.statements); the same table in SQLite and PostgreSQL.
+_STATEMENTS = """
+CREATE TABLE IF NOT EXISTS statements (
+    digest {blob} PRIMARY KEY,
+    kind TEXT NOT NULL,
+    device TEXT NOT NULL,
+    cose {blob} NOT NULL,
+    collector TEXT NOT NULL
+);
+"""
+_PUT_STATEMENT = (
+    "INSERT INTO statements (digest, kind, device, cose, collector) "
+    "VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (digest) DO NOTHING"
+)
+_SELECT_STATEMENTS = (
+    "SELECT kind, device, digest, cose FROM statements ORDER BY kind, device, digest"
+)
 _SELECT = "SELECT id, device, seq, cose FROM collected ORDER BY device, seq, id"
 _INSERT = (
     "INSERT INTO collected (device, seq, digest, cose, collector) VALUES ({p}, {p}, {p}, {p}, {p}) "
@@ -71,6 +89,12 @@ class EvidenceDB(Protocol):
 
     def count(self) -> int: ...
 
+    def put_statement(
+        self, kind: str, device: str, digest: bytes, cose: bytes, collector: str
+    ) -> bool:
+        """Store one signed statement; False if it was already there."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -80,6 +104,22 @@ class _SqlStore:
     url: str
     _lock: threading.Lock
     _db: Any
+    _param: str
+    _errors: tuple[type[BaseException], ...]
+
+    def put_statement(
+        self, kind: str, device: str, digest: bytes, cose: bytes, collector: str
+    ) -> bool:
+        with self._lock:
+            try:
+                cur = self._db.execute(
+                    _PUT_STATEMENT.format(p=self._param), (digest, kind, device, cose, collector)
+                )
+            except self._errors as e:
+                raise StorageError(
+                    f"{redact(self.url)}: cannot store the {kind} for {device}: {e}"
+                ) from e
+            return bool(cur.rowcount == 1)
 
     def messages(self) -> Iterator[Message]:
         with self._lock:
@@ -100,12 +140,13 @@ class _Sqlite(_SqlStore):
     def __init__(self, path: Path, url: str) -> None:
         self.url = url
         self._lock = threading.Lock()
+        self._param, self._errors = "?", (sqlite3.Error,)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SQLITE)
+            self._db.executescript(_SQLITE + _STATEMENTS.format(blob="BLOB"))
         except (sqlite3.Error, OSError) as e:
             raise StorageError(f"{url}: cannot open the collector store: {e}") from e
 
@@ -126,13 +167,14 @@ class _Postgres(_SqlStore):
 
         self.url = url
         self._lock = threading.Lock()
-        self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+        self._param, self._errors = "%s", (psycopg.Error,)
         try:
             self._db: Any = psycopg.connect(url, autocommit=True, connect_timeout=5)
             with self._db.transaction():
                 # One creator at a time: CREATE TABLE IF NOT EXISTS races on pg_type.
                 self._db.execute("SELECT pg_advisory_xact_lock(70001)")
                 self._db.execute(_PG)
+                self._db.execute(_STATEMENTS.format(blob="BYTEA"))
         except psycopg.Error as e:
             raise StorageError(f"{redact(url)}: cannot open the collector store: {e}") from e
 
@@ -216,3 +258,32 @@ def _read_postgres(url: str) -> list[Message]:
     except psycopg.Error as e:
         raise StorageError(f"{redact(url)}: cannot read the collector store: {e}") from e
     return [_collected(url, *row) for row in rows]
+
+
+def read_statements(url: str) -> list[tuple[bytes, str]]:
+    """Every signed statement a collector store holds, as (bytes, where), read-only; none
+    from a store without the table (a gateway's store, or one from before statements)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        try:
+            with psycopg.connect(url, connect_timeout=5) as db:
+                if db.execute("SELECT to_regclass('statements')").fetchone()[0] is None:  # type: ignore[index]
+                    return []
+                rows = db.execute(_SELECT_STATEMENTS).fetchall()
+        except psycopg.Error as e:
+            raise StorageError(f"{redact(url)}: cannot read the collector store: {e}") from e
+    else:
+        path = Path(url[len("sqlite://") :]) if url.startswith("sqlite:///") else Path(url)
+
+        def read(db: sqlite3.Connection) -> list[Any]:
+            has = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'statements'"
+            ).fetchone()
+            return db.execute(_SELECT_STATEMENTS).fetchall() if has else []
+
+        rows = read_only(path, "read the statements", read)
+    return [
+        (bytes(cose), f"{redact(url)}#{kind}/{device}/{bytes(digest).hex()[:16]}")
+        for kind, device, digest, cose in rows
+    ]

@@ -272,7 +272,7 @@ def load_trust(path: Path) -> TrustStore:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: a trust file is a mapping (keys, fleet_ca, revoked, ...)")
-    known = {"keys", "fleet_ca", "rotations", "revoked", "approved"}
+    known = {"keys", "fleet_ca", "rotations", "revoked", "approved", "people", "labs", "sites"}
     extra = sorted(set(map(str, data)) - known)
     if extra:
         raise ConfigError(f"{path}: unknown field(s) {', '.join(extra)}")

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from agent.errors import ModelError, PolicyError, PolicySyntaxError
-from agent.policy.compiler import DurationNode, PlanBuilder
+from agent.policy.compiler import AggNode, DurationNode, PlanBuilder
 from agent.policy.evaluator import ChannelSpec, Plan, RuleSpec
 from agent.policy.layering import check_override
 from agent.policy.model import (
@@ -123,6 +123,7 @@ class _RawRule:
     nodes: dict[str, yaml.Node] = field(default_factory=dict)
     doc: YamlCursor | None = None
     path: str = ""
+    explain_within_ms: int | None = None
 
     @property
     def where(self) -> str:
@@ -233,6 +234,7 @@ class _Loader:
                 _RawRule(
                     pr.id, pr.goal, pr.severity, pr.condition, pr.explain, pr.line, pr.for_ms,
                     pr.clear_condition, pr.clear_ms, pr.measure, pr.peak, pr.origin,
+                    explain_within_ms=pr.explain_within_ms,
                 )
             )  # fmt: skip
         for r in raw:
@@ -271,7 +273,8 @@ class _Loader:
                 Rule(
                     r.id, r.goal, r.severity, r.condition.strip(), r.explain, r.line, program,
                     r.for_ms, _strip(r.clear_condition), r.clear_ms, _strip(r.measure), r.peak,
-                    r.origin,
+                    r.origin, r.explain_within_ms,
+                    tuple(channels[i].name for i in _channel_rows(cond, channels, builder)),
                 )
             )  # fmt: skip
             rule_specs.append(
@@ -330,7 +333,10 @@ class _Loader:
         for i, item in enumerate(d.sequence(node, "goals", nonempty=parent is None)):
             p = f"goals[{i}]"
             m = d.mapping(
-                item, p, ("id", "description", "stakeholder", "source"), ("min_completeness",)
+                item,
+                p,
+                ("id", "description", "stakeholder", "source"),
+                ("min_completeness", "explain_within"),
             )
             gid = d.ident(m["id"], f"{p}.id")
             if gid in inherited:
@@ -355,6 +361,7 @@ class _Loader:
                     d.string(m["stakeholder"], f"{p}.stakeholder"),
                     d.string(m["source"], f"{p}.source"),
                     floor,
+                    self.explain_within(m, p),
                 )
             )
         return out
@@ -366,7 +373,7 @@ class _Loader:
         out: list[Channel] = []
         for i, item in enumerate(d.sequence(node, "channels", nonempty=parent is None)):
             p = f"channels[{i}]"
-            m = d.mapping(item, p, ("name", "unit", "range"), ("type",))
+            m = d.mapping(item, p, ("name", "unit", "range"), ("type", "calibration"))
             name = d.string(m["name"], f"{p}.name")
             if not _CHANNEL.fullmatch(name) or name in RESERVED:
                 raise d.error(
@@ -397,7 +404,20 @@ class _Loader:
                 raise d.error(
                     m["range"], f"{p}.range", f"low ({low:g}) must be below high ({high:g})"
                 )
-            out.append(Channel(name, d.string(m["unit"], f"{p}.unit"), low, high, ctype))
+            calibration = False
+            if "calibration" in m:
+                if d.string(m["calibration"], f"{p}.calibration") != "required":
+                    raise d.error(
+                        m["calibration"],
+                        f"{p}.calibration",
+                        "the only value is 'required' (a valid calibration certificate for "
+                        "this channel's sensor, or its goals are not quality-assured); "
+                        "leave it out when none is required",
+                    )
+                calibration = True
+            out.append(
+                Channel(name, d.string(m["unit"], f"{p}.unit"), low, high, ctype, calibration)
+            )
         return out
 
     def raw_rules(self, node: yaml.Node, goal_ids: list[str]) -> list[_RawRule]:
@@ -410,7 +430,7 @@ class _Loader:
                 item,
                 p,
                 ("id", "goal", "severity", "condition", "explain"),
-                ("for", "clear", "measure", "peak"),
+                ("for", "clear", "measure", "peak", "explain_within"),
             )
             rid = d.ident(m["id"], f"{p}.id")
             self.unique(m["id"], f"{p}.id", rid, seen)
@@ -456,9 +476,19 @@ class _Loader:
                 _RawRule(
                     rid, goal, severity, condition, explain, item.start_mark.line + 1, for_ms,
                     clear_condition, clear_ms, measure, peak, self.doc.label, nodes, self.doc, p,
+                    self.explain_within(m, p),
                 )
             )  # fmt: skip
         return out
+
+    def explain_within(self, m: dict[str, yaml.Node], p: str) -> int | None:
+        """``explain_within`` (a goal's or a rule's): the deadline for an explanation."""
+        if "explain_within" not in m:
+            return None
+        ms = self.duration(m["explain_within"], f"{p}.explain_within")
+        if ms <= 0:
+            raise self.doc.error(m["explain_within"], f"{p}.explain_within", "must be > 0")
+        return ms
 
     def expression(self, node: yaml.Node, path: str) -> str:
         """A CEL expression's raw text (not stripped, so offsets match the file)."""
@@ -578,3 +608,27 @@ class _Loader:
                 )
             )
         return out
+
+
+def _channel_rows(instrs: Sequence[Any], channels: Sequence[Channel], b: PlanBuilder) -> list[int]:
+    """The channel rows a compiled condition reads, in order, once each: loaded directly
+    or through a derived row (a window function of a channel, a duration of a condition)."""
+    n = len(channels)
+    by_row = {node.row: node for node in b.derived}
+    out: list[int] = []
+
+    def visit(ops: Sequence[Any]) -> None:
+        for op in ops:
+            if op[0] not in (fmt.LOAD_CHAN, fmt.LOAD_BCHAN):
+                continue
+            row = int(op[1])
+            node = by_row.get(row)
+            if row < n:
+                out.append(row)
+            elif isinstance(node, AggNode):
+                visit([(fmt.LOAD_CHAN, node.source)])
+            elif isinstance(node, DurationNode):
+                visit(node.instrs)
+
+    visit(instrs)
+    return list(dict.fromkeys(out))

@@ -70,6 +70,10 @@ class Goal:
     goal cannot be judged: ``audit verify --policy`` reports it *not evaluable* when
     fewer readings were received than that share of those expected
     (``agent.audit.completeness``). None: only a goal with no evaluated reading is.
+
+    ``explain_within_ms`` (optional, ``explain_within: 72h``): how long after a violation
+    episode of one of its rules starts an accountable person has to sign an explanation
+    (``edgegov explain``); past it, the audit lists the deviation as unexplained.
     """
 
     id: str
@@ -77,17 +81,24 @@ class Goal:
     stakeholder: str
     source: str
     min_completeness: float | None = None
+    explain_within_ms: int | None = None
 
 
 @dataclass(frozen=True)
 class Channel:
-    """A sensor channel: CEL identifier, unit, valid range ``[low, high]``."""
+    """A sensor channel: CEL identifier, unit, valid range ``[low, high]``.
+
+    ``calibration_required`` (``calibration: required``): the goals this channel serves
+    are judged *not quality-assured*, never *met*, for any window not covered by a valid
+    calibration certificate of the device's sensor on this channel (``agent.governance``).
+    """
 
     name: str
     unit: str
     low: float
     high: float
     type: str = "double"
+    calibration_required: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,8 @@ class Rule:
     measure: str | None = None
     peak: str = "max"
     origin: str = ""  # file that defined (or last overrode) this rule
+    explain_within_ms: int | None = None  # overrides the goal's (``explain_within``)
+    channels: tuple[str, ...] = field(default=(), compare=False)  # the condition reads them
 
     def explain_text(
         self, start_ms: int, end_ms: int | None, peak: float | None, *, goal: str = ""
@@ -206,11 +219,18 @@ class PolicyBundle:
                     "stakeholder": g.stakeholder,
                     "source": g.source,
                     "min_completeness": g.min_completeness,
+                    **_optional("explain_within_ms", g.explain_within_ms),
                 }
                 for g in self.goals
             ],
             "channels": [
-                {"name": c.name, "unit": c.unit, "range": [c.low, c.high], "type": c.type}
+                {
+                    "name": c.name,
+                    "unit": c.unit,
+                    "range": [c.low, c.high],
+                    "type": c.type,
+                    **_optional("calibration", "required" if c.calibration_required else None),
+                }
                 for c in self.channels
             ],
             "rules": [
@@ -224,6 +244,7 @@ class PolicyBundle:
                     "clear": {"condition": r.clear_condition, "for_ms": r.clear_ms},
                     "measure": r.measure,
                     "peak": r.peak,
+                    **_optional("explain_within_ms", r.explain_within_ms),
                 }
                 for r in self.rules
             ],
@@ -281,3 +302,9 @@ def _span(ms: int) -> str:
     if s < 7200:
         return f"{s / 60:.1f} min"
     return f"{s / 3600:.1f} h"
+
+
+def _optional(key: str, value: Any) -> dict[str, Any]:
+    """A canonical field added after the first format: present only when set, so the
+    digest of every bundle that does not use it stays what it was."""
+    return {} if value is None else {key: value}
