@@ -112,7 +112,7 @@ class Probe:
         self.user = user
         self._cond = threading.Condition()
         self.acks: dict[int, int] = {}
-        self.subacks: set[int] = set()
+        self.subacks: dict[int, list[int]] = {}
         self.messages: list[Message] = []
         url = BrokerURL.parse(f"mqtt://{user}:pw-{user}@127.0.0.1:{port}")
         self.client = MqttClient(url, client_id, max_inflight=100)
@@ -128,7 +128,7 @@ class Probe:
 
     def _subacked(self, mid: int, codes: list[ReasonCode]) -> None:
         with self._cond:
-            self.subacks.add(mid)
+            self.subacks[mid] = [c.value for c in codes]
             self._cond.notify_all()
 
     def _message(self, msg: Message) -> None:
@@ -136,19 +136,21 @@ class Probe:
             self.messages.append(msg)
             self._cond.notify_all()
 
-    def _wait(self, ready: Callable[[], bool], what: str) -> None:
+    def wait(self, ready: Callable[[], bool], what: str) -> None:
         with self._cond:
             assert self._cond.wait_for(ready, TIMEOUT), f"{self.user}: no {what}"
 
     def publish_all(self, payloads: dict[str, bytes], retain: bool = False) -> dict[str, int]:
         """Publish each (QoS 1) and wait for every PUBACK: topic -> reason code."""
         mids = {self.client.publish(t, p, retain=retain): t for t, p in payloads.items()}
-        self._wait(lambda: all(m in self.acks for m in mids), "PUBACK for each")
+        self.wait(lambda: all(m in self.acks for m in mids), "PUBACK for each")
         return {t: self.acks[m] for m, t in mids.items()}
 
-    def subscribe(self, topic_filter: str) -> None:
+    def subscribe(self, topic_filter: str) -> list[int]:
+        """SUBSCRIBE (QoS 1) and wait for the SUBACK: its reason codes."""
         mid = self.client.subscribe(topic_filter)
-        self._wait(lambda: mid in self.subacks, f"SUBACK for {topic_filter}")
+        self.wait(lambda: mid in self.subacks, f"SUBACK for {topic_filter}")
+        return self.subacks[mid]
 
     def received_until(self, sentinel: bytes) -> list[Message]:
         """Messages before ``sentinel`` arrived on SENTINEL (which it waits for)."""
@@ -156,7 +158,7 @@ class Probe:
         def is_sentinel(m: Message) -> bool:
             return m.topic == SENTINEL and m.payload == sentinel
 
-        self._wait(lambda: any(map(is_sentinel, self.messages)), f"sentinel {sentinel!r}")
+        self.wait(lambda: any(map(is_sentinel, self.messages)), f"sentinel {sentinel!r}")
         with self._cond:
             msgs = list(self.messages)
         return msgs[: next(i for i, m in enumerate(msgs) if is_sentinel(m))]
@@ -171,6 +173,7 @@ class Results:
     delivered: dict[str, set[str]]  # user -> topics its publishes reached the observer on
     retained: dict[str, set[str]]  # user -> topics it got a retained message on
     live: dict[str, set[str]]  # user -> topics it got a live message on
+    suback: dict[str, list[int]]  # user -> SUBACK reason codes for edgegov/#
 
 
 @pytest.fixture(scope="module")
@@ -214,9 +217,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
             # (b) each user subscribes to everything: retained messages, then live ones
             assert set(feeder.publish_all({t: b"retained" for t in TOPICS}, True).values()) == {0}
             feeder.publish_all({SENTINEL: b"retained"}, retain=True)
-            retained = {}
+            retained, suback = {}, {}
             for u, p in probes.items():
-                p.subscribe("edgegov/#")
+                suback[u] = p.subscribe("edgegov/#")
                 p.subscribe(SENTINEL)  # its retained sentinel comes after edgegov/#'s
                 msgs = p.received_until(b"retained")
                 assert all(m.retain for m in msgs), u
@@ -227,7 +230,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
             for u, p in probes.items():
                 msgs = p.received_until(b"live")
                 live[u] = {m.topic for m in msgs if m.payload == b"live"}
-            yield Results(puback, delivered, retained, live)
+            yield Results(puback, delivered, retained, live, suback)
         finally:
             for p in (*probes.values(), feeder, observer):
                 p.close()
@@ -317,6 +320,40 @@ def test_operators_write_explanations_and_calibration_of_their_site_only(results
     assert results.delivered["op-a"] == {
         f"edgegov/site-a/{d}/{kind}" for d in DEVICES for kind in ("explanation", "calibration")
     }
+
+
+def test_mosquitto_grants_every_subscription_and_checks_each_message(results):
+    """What docs/roles.md says of Mosquitto 2.0: SUBACK grants QoS 1 to a customer and a
+    device on edgegov/# alike; what arrives is filtered message by message (above)."""
+    assert results.suback["cust-b"] == [1]
+    assert results.suback["gw-1"] == [1]
+
+
+def test_a_pattern_line_applies_to_every_user_which_is_why_the_rendered_acl_has_none(tmp_path):
+    """configs/broker/edgegov.acl's device patterns let its read-only 'auditor' user write
+    an attestation under its own name (the caution in that file and in docs/roles.md)."""
+    passwd = shutil.which("mosquitto_passwd")
+    assert passwd is not None and find_mosquitto() is not None
+    pwfile = tmp_path / "passwd"
+    pwfile.touch(mode=0o600)
+    subprocess.run([passwd, "-b", str(pwfile), "auditor", "pw-auditor"], check=True)
+    acl = BROKER_DIR / "edgegov.acl"
+    config = f"allow_anonymous false\npassword_file {pwfile}\nacl_file {acl}\n"
+    with MosquittoBroker(tmp_path / "broker", extra_config=config) as broker:
+        auditor = Probe(broker.port, "auditor", "legacy-auditor")
+        try:
+            auditor.subscribe("edgegov/+/+/attestation")
+            codes = auditor.publish_all(
+                {"edgegov/f/auditor/attestation": b"x", "edgegov/f/gw-1/attestation": b"y"}
+            )
+            assert codes == {
+                "edgegov/f/auditor/attestation": 0,
+                "edgegov/f/gw-1/attestation": NOT_AUTHORIZED,
+            }
+            auditor.wait(lambda: bool(auditor.messages), "its own forged attestation")
+            assert [m.topic for m in auditor.messages] == ["edgegov/f/auditor/attestation"]
+        finally:
+            auditor.close()
 
 
 # -- the files in configs/broker and the users file's errors ---------------------------------
