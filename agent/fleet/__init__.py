@@ -2,7 +2,8 @@
 
 Repository side: :class:`FleetRepository` (``edgegov fleet init/add/assign/
 rotate/sign/publish``) and :func:`fleet_status` (``edgegov fleet status``).
-Gateway side: :class:`FleetClient` (python-tuf ngclient over
+Who may do what on the broker: :data:`ROLES` and :func:`render_acl` (``edgegov fleet
+acl``, docs/roles.md). Gateway side: :class:`FleetClient` (python-tuf ngclient over
 :class:`MqttFetcher`) activating configs atomically through :class:`ConfigStore`.
 
 In: a broker (retained TUF metadata and targets, status and acks) and the fleet's
@@ -19,6 +20,7 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "ROLES",
     "ActiveConfig",
     "Assignment",
     "ConfigRejected",
@@ -34,6 +36,8 @@ __all__ = [
     "TufVersions",
     "UpdateOutcome",
     "fleet_status",
+    "load_users",
+    "render_acl",
 ]
 
 _WHERE = {
@@ -48,6 +52,9 @@ _WHERE = {
     "FleetTopics": "agent.transport.topics",  # the one topic tree
     "MqttFetcher": "fetcher",
     "fleet_status": "status",
+    "ROLES": "roles",
+    "load_users": "roles",
+    "render_acl": "roles",
     # the fleet's branch of the one error tree
     "ConfigRejected": "agent.errors",
     "FleetError": "agent.errors",

@@ -123,8 +123,38 @@ def _status(a: argparse.Namespace) -> int:
     return 1 if any(r.rejected for r in rows) else 0
 
 
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise Error(f"{path}: cannot write: {e.strerror}") from e
+
+
+def _acl(a: argparse.Namespace) -> int:
+    from agent.fleet.roles import ROLES, load_users, render_acl, role_template
+
+    users = load_users(a.users)  # FleetError (exit 2) naming file, line and field
+    acl = render_acl(users)
+    if a.templates:
+        tdir = Path(a.templates)
+        try:
+            tdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise Error(f"--templates {tdir}: cannot create: {e.strerror}") from e
+        for name in ROLES:
+            _write(tdir / f"{name}.acl", role_template(name))
+    if a.out is None:
+        print(acl, end="")
+        return 0
+    _write(Path(a.out), acl)
+    roles = sorted({u.role.name for u in users.users})
+    print(f"{a.out}: ACL for {len(users.users)} users ({', '.join(roles)}); "
+          f"give it to Mosquitto as acl_file and reload it (SIGHUP)")  # fmt: skip
+    return 0
+
+
 def add_commands(fsub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
-    """Register ``init add assign rotate sign publish status`` under ``edgegov fleet``."""
+    """Register ``init add assign rotate sign publish status acl`` under ``edgegov fleet``."""
 
     def repo_arg(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--repo", default="fleet-repo", help="repository directory (fleet-repo)")
@@ -182,3 +212,12 @@ def add_commands(fsub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None
     p.add_argument("--fleet", required=True)
     p.add_argument("--prefix", default="edgegov")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = cmd("acl", _acl, "render a Mosquitto acl_file from a users file (user -> role -> sites): "
+            "device, operator, fleet-manager, auditor, regulator, customer, collector "
+            "(docs/roles.md)",
+            "edgegov fleet acl configs/broker/edgegov-users.yaml --out /etc/mosquitto/edgegov.acl",
+            fsub)  # fmt: skip
+    p.add_argument("users", help="users file (YAML: users: {NAME: {role: ROLE, sites: [...]}})")
+    p.add_argument("--out", help="ACL file to write (standard output)")
+    p.add_argument("--templates", metavar="DIR", help="also write each role's template here")
