@@ -577,7 +577,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--as-of",
             metavar="TIME",
-            help="judge explanation deadlines at this ISO 8601 time (default: now)",
+            help="judge explanation deadlines at this ISO 8601 time (default: the end of "
+            "the newest window, so the same evidence always gives the same verdict)",
         )
 
     sources(av)

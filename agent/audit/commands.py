@@ -101,7 +101,7 @@ def governed_analysis(a: argparse.Namespace) -> Analysis:
     from agent.governance.people import load_authorities
     from agent.governance.review import review
 
-    as_of = parse_time_ms(a.as_of, "--as-of") if a.as_of else int(time.time() * 1000)
+    as_of = parse_time_ms(a.as_of, "--as-of") if a.as_of else None
     policy = None
     if a.policy:
         from agent.policy import load_policy
@@ -109,6 +109,9 @@ def governed_analysis(a: argparse.Namespace) -> Analysis:
         policy = load_policy(Path(a.policy))
     authorities = load_authorities(Path(a.trust) if a.trust else None)
     an = analyze(_audit_result(a), policy)  # PolicyMismatch: an input error, exit 2
+    if as_of is None:  # the end of the newest window: the same evidence, the same verdict
+        ends = [d.period_end_ms for d in an.devices if d.period_end_ms is not None]
+        as_of = max(ends) if ends else int(time.time() * 1000)
     an.governance = review(an, _statements(a), authorities, policy, as_of)
     return an
 

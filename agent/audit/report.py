@@ -444,6 +444,107 @@ def _esc(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
+def _governance(a: Analysis) -> str:
+    """Deviations and explanations, calibration cover, evidence-quality scores."""
+    g = a.governance
+    if g is None:
+        return ""
+    gp = "/governance"
+    counts = g.counts()
+    rows = []
+    for j, d in enumerate(g.deviations[:MAX_ROWS]):
+        p = _ptr("governance", "deviations", "items", j)
+        ex = d.explanation
+        if ex is None:
+            said = "<span class='muted'>no explanation</span>"
+        else:
+            said = (
+                f"by {_v(p + '/explanation/signer', ex.signer, 'text')} "
+                f"({_v(p + '/explanation/role', ex.role, 'text')}) at "
+                f"{_v(p + '/explanation/signed_ms', ex.signed_ms, 'ts')}"
+                + (" <b>after the deadline</b>" if d.late else "")
+                + f"<br>cause: {_v(p + '/explanation/cause', ex.cause, 'text')}"
+                f"<br>action: {_v(p + '/explanation/action', ex.action, 'text')}"
+                f"<br>product: {_v(p + '/explanation/disposition', ex.disposition, 'text')}"
+                + (f"<br>{_v(p + '/explanation/text', ex.text, 'text')}" if ex.text else "")
+            )
+        status = "met" if d.status == "explained" else (
+            "not-quality-assured" if d.status == "awaiting explanation" else "violated"
+        )  # fmt: skip
+        rows.append(
+            f"<tr><td><code>{_v(p + '/id', d.id, 'text')}</code></td>"
+            f"<td>{_v(p + '/goal', d.goal, 'text')}</td>"
+            f"<td>{_v(p + '/start_ms', d.start_ms, 'ts')}</td>"
+            f"<td>{_v(p + '/due_ms', d.due_ms, 'ts') if d.due_ms is not None else 'none set'}</td>"
+            f"<td>{_v(p + '/status', d.status, 'text', 'status ' + status)}</td>"
+            f"<td>{said}</td></tr>"
+        )
+    devs = "".join(rows) or "<tr><td colspan=6>no violation episode in the evidence</td></tr>"
+    cal = (
+        "".join(
+            f"<tr><td>{_v(f'{gp}/calibration/channels/{j}/device', c.device, 'text')}</td>"
+            f"<td>{_v(f'{gp}/calibration/channels/{j}/channel', c.channel, 'text')}</td>"
+            f"<td>{_v(f'{gp}/calibration/channels/{j}/status', c.status, 'text')}</td>"
+            f"<td class='num'>{_v(f'{gp}/calibration/channels/{j}/covered', c.covered, 'int')} of "
+            f"{_v(f'{gp}/calibration/channels/{j}/windows', c.windows, 'int')}</td>"
+            f"<td>{_v(f'{gp}/calibration/channels/{j}/detail', c.detail, 'text')}</td></tr>"
+            for j, c in enumerate(g.calibration)
+        )
+        or "<tr><td colspan=5>no channel requires a calibration certificate</td></tr>"
+    )
+    certs = "".join(
+        f"<tr><td>{_v(f'{gp}/calibration/certificates/{j}/certificate', c.certificate, 'text')}"
+        f"</td><td>{_v(f'{gp}/calibration/certificates/{j}/device', c.device, 'text')}</td>"
+        f"<td>{_v(f'{gp}/calibration/certificates/{j}/channel', c.channel, 'text')}</td>"
+        f"<td>{_v(f'{gp}/calibration/certificates/{j}/sensor', c.sensor, 'text')}</td>"
+        f"<td>{_v(f'{gp}/calibration/certificates/{j}/valid_from_ms', c.valid_from_ms, 'ts')}"
+        f" .. {_v(f'{gp}/calibration/certificates/{j}/valid_until_ms', c.valid_until_ms, 'ts')}"
+        f"</td><td>{_v(f'{gp}/calibration/certificates/{j}/issuer', c.issuer, 'text')}</td></tr>"
+        for j, c in enumerate(g.certificates)
+    )
+    scores = []
+    for j, sc in enumerate(a.scores()):
+        p = _ptr("governance", "scores", j)
+        terms = "".join(
+            f"<tr><td>{_v(f'{p}/terms/{k}/term', t.name, 'text')}</td>"
+            f"<td class='num'>{_v(f'{p}/terms/{k}/value', t.value, 'pct')}</td>"
+            f"<td class='num'>{_v(f'{p}/terms/{k}/weight', t.weight, 'int')}</td>"
+            f"<td class='num'>{_v(f'{p}/terms/{k}/points', t.points, 'num')}</td>"
+            f"<td>{_v(f'{p}/terms/{k}/basis', t.basis, 'text')}</td></tr>"
+            for k, t in enumerate(sc.terms)
+        )
+        scores.append(
+            f"<h3>{_v(p + '/device', sc.device, 'text')}: "
+            f"{_v(p + '/score', sc.score, 'num')} / 100</h3><table><tr><th>term</th>"
+            f"<th>value</th><th>weight</th><th>points</th><th>from</th></tr>{terms}</table>"
+        )
+    return (
+        "<h2>Governance</h2>"
+        f"<p>as of {_v(gp + '/as_of_ms', g.as_of_ms, 'ts')}: "
+        f"{_v(gp + '/statements', g.statements, 'int')} signed statement(s) given, "
+        f"{_v(gp + '/statements_refused', len(g.findings), 'int')} refused (see findings)</p>"
+        "<h3>Deviations: "
+        + ", ".join(
+            f"{_v(_ptr('governance', 'deviations', 'counts', k), n, 'int')} {k}"
+            for k, n in counts.items()
+        )
+        + "</h3>"
+        "<table><tr><th>deviation</th><th>goal</th><th>start</th><th>explain by</th>"
+        f"<th>status</th><th>explanation</th></tr>{devs}</table>"
+        f"{_more(gp + '/deviations/items', g.deviations)}"
+        "<h3>Calibration</h3><table><tr><th>device</th><th>channel</th><th>status</th>"
+        f"<th>windows covered</th><th>detail</th></tr>{cal}</table>"
+        + (
+            "<table><tr><th>certificate</th><th>device</th><th>channel</th><th>sensor</th>"
+            f"<th>valid</th><th>issuer</th></tr>{certs}</table>"
+            if certs
+            else ""
+        )
+        + "<h3>Evidence-quality score</h3>"
+        + "".join(scores)
+    )
+
+
 def render_html(res: Analysis | AuditResult, title: str = "edgegov audit report") -> str:
     """The report as one HTML document (UTF-8 text); an :class:`AuditResult` is analysed
     without a policy."""
@@ -466,6 +567,7 @@ signature(s) valid: {_v("/attestations", a.attestations, "int")} distinct attest
 device log(s)</p>
 <h2>Compliance</h2>
 {_compliance(a)}
+{_governance(a)}
 {"".join(_device(i, d) for i, d in enumerate(a.devices))}
 </body></html>
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 from agent.audit._format import dur, pct, ts
 from agent.audit.analysis import Analysis, DeviceAnalysis
 from agent.audit.verify import AuditResult
+from agent.governance.text import governance_lines
 
 __all__ = ["format_result"]
 
@@ -76,6 +77,7 @@ def format_result(res: Analysis | AuditResult) -> str:
     else:
         lines.append(f"evidence:   FINDINGS ({len(a.findings)}) - listed above")
     lines.extend(_compliance(a))
+    lines.extend(governance_lines(a))
     for d in a.devices:
         lines.append("")
         lines.extend(_device(d))

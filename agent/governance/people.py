@@ -6,7 +6,7 @@ devices make up each site::
 
     people:
       - {key: alice.pub.pem, name: Alice Operator, roles: [operator], sites: [site-a]}
-      - {key: bob.pub.pem, name: Bob Manager, roles: [fleet-manager], sites: ["*"]}
+      - {key: bob.pub.pem, name: Bob Manager, roles: [fleet-manager], sites: [all]}
     labs:
       - {key: lab.pub.pem, name: ACME Calibration (ISO/IEC 17025 no. 1234)}
     sites:
@@ -14,7 +14,8 @@ devices make up each site::
 
 An explanation counts only when its key is a person's, its ``signer`` is that person's
 name, its role is one of theirs and one that may explain (``operator``,
-``fleet-manager``), and its deviation's device is at one of their sites (``"*"``: all).
+``fleet-manager``), and its deviation's device is at one of their sites (``all``: every
+site). The roles are those of ``agent.fleet.roles`` (the broker ACLs) that people hold.
 A calibration certificate counts only when its key is a lab's and its issuer is that
 lab's name. Everything else is refused with the reason, never silently dropped.
 """
@@ -29,13 +30,15 @@ from typing import Any
 import yaml
 
 from agent.errors import ConfigError, VerificationError
+from agent.fleet.roles import ALL_SITES
+from agent.fleet.roles import ROLES as _BROKER_ROLES
 from agent.governance.statements import CalibrationCertificate, Explanation, Statement
 from agent.identity.keys import PublicKey, load_public_key
 
 __all__ = ["EXPLAINING_ROLES", "ROLES", "Authorities", "load_authorities"]
 
-#: the stakeholder roles (configs/broker/ has an ACL template for each)
-ROLES = ("operator", "fleet-manager", "auditor", "regulator", "customer")
+#: the stakeholder roles people hold (configs/broker/roles/ has an ACL template for each)
+ROLES = tuple(r for r in _BROKER_ROLES if r not in ("device", "collector"))
 #: the roles accountable for a deviation: they may sign its explanation
 EXPLAINING_ROLES = ("operator", "fleet-manager")
 
@@ -45,7 +48,7 @@ class Person:
     name: str
     key: PublicKey
     roles: tuple[str, ...]
-    sites: tuple[str, ...]  # "*": every site
+    sites: tuple[str, ...]  # ALL_SITES: every site
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class Authorities:
                     "a deviation"
                 )
             sites = self.site_of.get(ex.device, set())
-            if "*" not in person.sites and not sites & set(person.sites):
+            if ALL_SITES not in person.sites and not sites & set(person.sites):
                 where = ", ".join(sorted(sites)) or f"no site ({self.source} sites: names none)"
                 raise VerificationError(
                     f"{person.name} answers for site(s) {', '.join(person.sites)}; device "

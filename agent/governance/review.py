@@ -7,7 +7,8 @@ statement (signature, signer's role and site, a deviation that exists, a channel
 device has), and returns :class:`Governance`. A refused statement is a finding of its
 own (the evidence verdict then says "findings"); nothing is dropped unsaid.
 
-Deviation status, as of ``as_of_ms`` (``--as-of``, default now):
+Deviation status, as of ``as_of_ms`` (``--as-of``; by default the end of the newest
+window, so the same evidence always gives the same verdict):
 
 ``explained``
     a valid explanation names it (``late`` if it was signed after the deadline);
