@@ -515,7 +515,7 @@ def _governance(a: Analysis) -> str:
         )
         scores.append(
             f"<h3>{_v(p + '/device', sc.device, 'text')}: "
-            f"{_v(p + '/score', sc.score, 'num')} / 100</h3><table><tr><th>term</th>"
+            f"{_v(p + '/score', sc.score, 'num')} points of a hundred</h3><table><tr><th>term</th>"
             f"<th>value</th><th>weight</th><th>points</th><th>from</th></tr>{terms}</table>"
         )
     return (
