@@ -341,3 +341,22 @@ def test_the_signed_release_records_the_preview_digest_an_auditor_can_check(
     assert main([*add, "--preview", str(other)]) == 2
     err = capsys.readouterr().err
     assert f"previews the policy with sha256 {current.digest}, not {proposed}" in err
+
+
+def test_windows_whose_readings_were_pruned_are_refused_naming_the_seq(
+    site: tuple[Path, list[tuple[int, float]]], tmp_path: Path
+) -> None:
+    import shutil
+    import sqlite3
+
+    tmp, _fed = site
+    copy = tmp_path / "evidence.sqlite"
+    shutil.copyfile(tmp / STORE, copy)
+    db = sqlite3.connect(copy)
+    db.execute("DELETE FROM window_readings WHERE seq = 2")  # what retention does
+    db.commit()
+    db.close()
+    current = load_policy(tmp / "policies" / "cold-chain.yaml")
+    with pytest.raises(Error, match=r"evidence.sqlite: seq 2 keeps 0 of its 50 readings") as e:
+        preview([copy], current, load_policy(_tightened(tmp)), trust(tmp), "30s")
+    assert type(e.value) is Error and e.value.exit_code == 2  # an input to change, not a finding

@@ -201,6 +201,15 @@ def _replay_store(
     except Error as e:
         raise Error(f"{path}: cannot replay the policy in force: {e}") from e
     if not base.ok:
+        for w in base.windows:
+            attested = run.windows[w.seq][0].readings
+            if w.readings != attested:  # pruned by retention or shed by the disk quota
+                raise Error(
+                    f"{path}: seq {w.seq} keeps {w.readings} of its {attested} readings (the "
+                    "gateway's retention or disk quota removed them): give a --since within "
+                    "the readings the gateway retains, from a window after seq "
+                    f"{w.seq} that started from a fresh evaluator state"
+                )
         bad = next(w for w in base.windows if not w.ok)
         why = "; ".join(bad.mismatches) or "the evaluator state differs from the attested one"
         raise VerificationError(
@@ -411,6 +420,8 @@ class Preview:
                 f"{g['new']} new episode(s), {g['vanished']} vanished, "
                 f"readings not evaluable {ne[0]} -> {ne[1]}"
             )
+            if old_s == new_s and not (g["new"] or g["vanished"]) and ne[0] == ne[1]:
+                change = "no difference"
             lines.append(f"goal {g['goal']}: {old_s} -> {new_s}; {change}")
         for s in self.stores:
             lines.append(
