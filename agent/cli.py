@@ -495,6 +495,9 @@ def _parser() -> argparse.ArgumentParser:
         f"{pe.epilog}"
     )
     pe.add_argument("--json", action="store_true")
+    from agent.governance.preview_command import add_command as policy_preview  # issue 16
+
+    policy_preview(psub, cmd)
 
     b = cmd(
         "bench",

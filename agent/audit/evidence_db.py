@@ -26,7 +26,7 @@ from agent.evidence.store import read_only  # leaves no -wal/-shm behind (edgego
 from agent.evidence.store_reader import is_evidence_store, stored_log
 from agent.logs import redact
 
-__all__ = ["EvidenceDB", "open_db", "read_messages", "read_statements"]
+__all__ = ["EvidenceDB", "open_db", "read_messages", "read_statements", "store_kind"]
 
 _SQLITE = """
 CREATE TABLE IF NOT EXISTS collected (
@@ -221,6 +221,32 @@ def read_messages(url: str) -> list[Message]:
     else:
         path = Path(url)
     return read_only(path, "read the attestations", lambda db: _read_sqlite(db, url))
+
+
+def store_kind(url: str) -> str:
+    """``"collector"`` or ``"gateway"``: which kind of store ``url`` is, read-only.
+
+    A PostgreSQL URL is always a collector's (gateways keep SQLite only).
+
+    Raises:
+        StorageError: no store there, or neither kind.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        return "collector"
+    path = Path(url[len("sqlite://") :]) if url.startswith("sqlite:///") else Path(url)
+
+    def kind(db: sqlite3.Connection) -> str:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "collected" in tables:
+            return "collector"
+        if is_evidence_store(tables):
+            return "gateway"
+        raise StorageError(
+            f"{url}: neither a collector store nor a gateway evidence store "
+            f"(tables: {', '.join(sorted(tables)) or 'none'})"
+        )
+
+    return read_only(path, "read the store's tables", kind)
 
 
 def _read_sqlite(db: sqlite3.Connection, url: str) -> list[Message]:

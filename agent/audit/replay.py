@@ -27,7 +27,7 @@ reading changes the Merkle root; a tampered attestation fails its signature.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,13 +46,25 @@ from agent.policy import PolicyBundle
 from agent.risk.engine import RiskEngine
 from agent.risk.onnx_model import RiskModel, load_declared
 
-__all__ = ["GPU_TOLERANCE", "ReplayResult", "WindowReplay", "replay"]
+__all__ = ["GPU_TOLERANCE", "ReplayResult", "StoredInput", "WindowReplay", "replay"]
 
 #: |replayed - attested| allowed when the attestation's score came from a non-CPU provider
 GPU_TOLERANCE = 1e-5
 _CPU = "CPUExecutionProvider"
 #: windows scored per batch while replaying
 _BATCH = 256
+
+
+@dataclass(frozen=True)
+class StoredInput:
+    """One replayed window's input, verified: its store row, its attestation (signature
+    checked), its timestamps and its readings as columns (checked against the signed
+    checkpoint; an unmasked copy, the caller's to mask)."""
+
+    row: StoredWindow
+    evidence: Evidence
+    timestamps: np.ndarray
+    columns: np.ndarray
 
 
 @dataclass
@@ -184,7 +196,10 @@ def _verified(
         row = store.window(seq)
         if row is None:
             return None
-        ev = trust.evidence(row.cose)
+        try:
+            ev = trust.evidence(row.cose)
+        except VerificationError as e:
+            raise type(e)(f"seq {seq}: {e}") from e
         if ev.seq != seq:
             raise VerificationError(f"store row {seq} holds the attestation of seq {ev.seq}")
         hit = cache[seq] = (row, ev)
@@ -321,8 +336,13 @@ def replay(
     trust: TrustStore,
     seqs: Sequence[int] = (),
     providers: Sequence[str] = (_CPU,),
+    alongside: Callable[[Sequence[StoredInput]], None] | None = None,
 ) -> ReplayResult:
     """Replay the windows ``seqs`` (default: the newest) of the store; see the module doc.
+
+    ``alongside``, if given, is called with every batch of replayed windows (the ones that
+    rebuild the state too, in order), before the bundle evaluates them: what ``edgegov
+    policy preview`` runs a proposed bundle over (``agent.governance.preview``).
 
     Raises:
         Error: the store cannot be read, a window is not there, the bundle or a model is
@@ -358,6 +378,8 @@ def replay(
                 row, ev = hit
                 _check_config(ev, bundle)
                 inputs.append((row, ev, *_window_input(store, row, ev, bundle)))
+            if alongside is not None:
+                alongside([StoredInput(r, e, ts, cols.copy()) for r, e, ts, cols, _p in inputs])
             verdicts = evaluate_windows(
                 bundle,
                 evaluator,

@@ -70,12 +70,23 @@ def _add(a: argparse.Namespace) -> int:
     except OSError as e:
         raise Error(f"{path}: cannot read: {e.strerror}") from e
     kind = a.kind or ("model" if path.suffix == ".onnx" else "policy")
+    custom: dict[str, Any] = {}
     if kind == "policy":
         from agent.policy import load_policy
 
-        load_policy(path)  # lint before signing: a broken policy is never published
-    tf = _repo(a).add_target(a.name, data, kind)
+        bundle = load_policy(path)  # lint before signing: a broken policy is never published
+        if a.preview:
+            from agent.governance.preview import preview_record
+
+            custom["preview"] = preview_record(Path(a.preview), bundle)
+    elif a.preview:
+        raise Error(f"--preview {a.preview}: a preview belongs to a policy target, not a model")
+    tf = _repo(a).add_target(a.name, data, kind, custom)
     print(f"target {a.name}: {kind}, sha256 {tf.hashes['sha256']}, {tf.length} bytes")
+    if custom:
+        print(
+            f"  preview {custom['preview']['file']} recorded: sha256 {custom['preview']['sha256']}"
+        )
     return 0
 
 
@@ -181,6 +192,12 @@ def add_commands(fsub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None
     p.add_argument("name", help="target name, e.g. policies/cold-chain.yaml")
     p.add_argument("file", help="the file")
     p.add_argument("--kind", choices=["policy", "model"], help="(from the file name)")
+    p.add_argument(
+        "--preview",
+        metavar="FILE",
+        help="the `edgegov policy preview --out` document the approver saw for this policy: "
+        "its SHA-256 is recorded in the signed targets metadata (docs/governance.md)",
+    )
 
     p = repo_arg(cmd("assign", _assign, "sign what a device or a group must run",
                      "edgegov fleet assign --group cold-stores --policy policies/cold-chain.yaml "

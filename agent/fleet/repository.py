@@ -41,7 +41,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -359,12 +359,19 @@ class FleetRepository(Repository):
         d = self.targets().delegations
         return sorted(d.roles) if d is not None and d.roles else []
 
-    def add_target(self, name: str, data: bytes, kind: str) -> TargetFile:
-        """Store ``data`` content-addressed and list it in the top-level targets."""
+    def add_target(
+        self, name: str, data: bytes, kind: str, custom: Mapping[str, Any] | None = None
+    ) -> TargetFile:
+        """Store ``data`` content-addressed and list it in the top-level targets.
+
+        ``custom``: more of what the signed targets metadata says of it, beside its kind
+        (``preview``: the digest of the policy preview the approver saw, issue 16).
+        """
         check_target_name(name)
         if name.startswith("assignments/"):
             raise FleetError(f"{name}: assignments/ is reserved for assignment documents")
         tf = self._store(name, data, kind)
+        tf.unrecognized_fields["custom"]["edgegov"].update(custom or {})
         with self.edit_targets() as targets:
             targets.targets[name] = tf
         return tf
