@@ -93,7 +93,7 @@ class ChannelCalibration:
     windows: int
     covered: int
     certificates: tuple[str, ...]  # the valid certificates that cover some window
-    status: str  # "current", "partly covered", "missing"
+    status: str  # "current", "partly covered", "not valid in the period", "missing"
     detail: str
 
     def to_json(self) -> dict[str, Any]:
@@ -286,17 +286,20 @@ def _calibration(
                     covered += 1
                     used.add(c.certificate)
             n = len(windows)
+            valid = ", ".join(
+                f"{c.certificate} valid {_day(c.valid_from_ms)}..{_day(c.valid_until_ms)}"
+                for c in mine
+            )
             if covered == n:
                 status, detail = "current", f"all {n} window(s) covered"
             elif not mine:
                 status, detail = "missing", f"no valid certificate for {ch} on {d.device}"
+            elif covered == 0:
+                status = "not valid in the period"
+                detail = f"none of the {n} window(s) lies within a certificate's validity ({valid})"
             else:
                 status = "partly covered"
-                spans = ", ".join(
-                    f"{c.certificate} valid {_day(c.valid_from_ms)}..{_day(c.valid_until_ms)}"
-                    for c in mine
-                )
-                detail = f"{n - covered} of {n} window(s) outside every certificate ({spans})"
+                detail = f"{n - covered} of {n} window(s) outside every certificate ({valid})"
             out.append(
                 ChannelCalibration(d.device, ch, n, covered, tuple(sorted(used)), status, detail)
             )
