@@ -191,6 +191,11 @@ def read_statement(raw: bytes, source: str) -> Statement:
         claims = msg.claims()
     except VerificationError as e:
         raise StatementError(f"{source}: not a signed statement: {e}") from e
+    if "profile" not in claims:  # e.g. an attestation (integer claim keys)
+        raise StatementError(
+            f"{source}: not a governance statement: its payload has no profile (an "
+            "attestation goes to audit verify as a .cose file)"
+        )
     f = _Fields(claims, source)
     profile = f.text("profile")
     signer = _Fields(f.map("signer"), source, "signer.")
