@@ -113,7 +113,8 @@ def score_device(
     term(
         "data availability",
         0.0 if c.ratio is None else c.ratio,
-        f"{c.received} of {c.expected:.0f} readings expected"
+        f"{c.received} of {c.expected:.0f} expected (frames, lines or polls, as each "
+        "source counts them)"
         if c.ratio is not None
         else "unknown (no source declares its rate)",
     )
@@ -133,7 +134,7 @@ def score_device(
         "declared losses",
         _share(d.readings, d.readings + lost),
         f"{lost} reading(s) declared lost ({r.unrecorded_readings} at restarts, {shed} shed) "
-        f"beside {d.readings} received",
+        f"beside {d.readings} readings received",
     )
     cover = [x for x in gov.calibration if x.device == d.device]
     if cover:
