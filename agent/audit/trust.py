@@ -13,6 +13,9 @@ A trust file (YAML; paths relative to it)::
     approved:                   # config digests (hex SHA-256) allowed to run
       policies: [ab12...]
       models: [cd34...]
+    people: [...]               # who may sign explanations, labs: calibration
+    labs: [...]                 # certificates, sites: devices per site; read by
+    sites: {...}                # agent/governance/people.py (docs/governance.md)
 
 ``kid`` only selects candidate keys; the key (and so the algorithm) comes from
 this file, a rotation statement it accepts, or a certificate that chains to a
