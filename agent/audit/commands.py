@@ -94,12 +94,11 @@ def governed_analysis(a: argparse.Namespace) -> Analysis:
     the directories given, or the collector store's) checked against the trust file's
     people and labs; deviations and their explanations; calibration cover
     (``agent.governance.review``)."""
-    import time
 
     from agent.audit.analysis import analyze
     from agent.governance.commands import parse_time_ms
     from agent.governance.people import load_authorities
-    from agent.governance.review import review
+    from agent.governance.review import default_as_of, review
 
     as_of = parse_time_ms(a.as_of, "--as-of") if a.as_of else None
     policy = None
@@ -109,9 +108,8 @@ def governed_analysis(a: argparse.Namespace) -> Analysis:
         policy = load_policy(Path(a.policy))
     authorities = load_authorities(Path(a.trust) if a.trust else None)
     an = analyze(_audit_result(a), policy)  # PolicyMismatch: an input error, exit 2
-    if as_of is None:  # the end of the newest window: the same evidence, the same verdict
-        ends = [d.period_end_ms for d in an.devices if d.period_end_ms is not None]
-        as_of = max(ends) if ends else int(time.time() * 1000)
+    if as_of is None:
+        as_of = default_as_of(an)
     an.governance = review(an, _statements(a), authorities, policy, as_of)
     return an
 

@@ -43,7 +43,14 @@ if TYPE_CHECKING:
     from agent.audit.analysis import Analysis, DeviceAnalysis
     from agent.policy.model import PolicyBundle
 
-__all__ = ["ChannelCalibration", "Deviation", "Governance", "RawStatement", "review"]
+__all__ = [
+    "ChannelCalibration",
+    "Deviation",
+    "Governance",
+    "RawStatement",
+    "default_as_of",
+    "review",
+]
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,12 @@ class Governance:
                 "certificates": [c.to_json() for c in self.certificates],
             },
         }
+
+
+def default_as_of(an: Analysis) -> int:
+    """The end of the newest window: the same evidence always gives the same verdict."""
+    ends = [d.period_end_ms for d in an.devices if d.period_end_ms is not None]
+    return max(ends) if ends else int(time.time() * 1000)
 
 
 def review(

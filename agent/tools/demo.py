@@ -25,6 +25,8 @@ from agent.audit.report import render_html
 from agent.config import load_config
 from agent.errors import Error
 from agent.evidence.store import store_path
+from agent.governance.people import load_authorities
+from agent.governance.review import default_as_of, review
 from agent.identity.keys import generate_key, load_public_key, public_key_path
 from agent.pipeline.runner import Agent
 from agent.policy import load_policy
@@ -52,6 +54,35 @@ def _prepare_out(out: Path) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / _MARKER).write_text("created by edgegov demo; removed by the next demo run\n")
+
+
+_OPERATOR = "Demo Operator"
+
+
+def _demo_trust(out: Path, device_pub: Path) -> tuple[Path, Path]:
+    """A trust file for the demo's evidence: the device key, and an operator of the demo
+    site who may sign explanations (their key made here, 0600)."""
+    operator = out / "people" / "operator.key"
+    generate_key(operator)
+    trust = out / "trust.yaml"
+    trust.write_text(
+        yaml.safe_dump(
+            {
+                "keys": [{"key": str(device_pub.relative_to(out)), "device": DEVICE_ID}],
+                "people": [
+                    {
+                        "key": str(public_key_path(operator).relative_to(out)),
+                        "name": _OPERATOR,
+                        "roles": ["operator"],
+                        "sites": [FLEET],
+                    }
+                ],
+                "sites": {FLEET: [DEVICE_ID]},
+            },
+            sort_keys=False,
+        )
+    )
+    return trust, operator
 
 
 def _show(path: Path) -> str:
@@ -183,7 +214,12 @@ def run_demo(
     source = "the broker delivered" if broker else "the agent spooled"
     say(f"\naudit: verifying what {source}, with only the device's public key")
     result = verify_paths([evidence_dir], [load_public_key(pub_path)])
-    analysis = analyze(result, load_policy(_packaged_policy()))  # compliance per goal
+    policy = load_policy(_packaged_policy())
+    analysis = analyze(result, policy)  # compliance per goal
+    trust_path, operator_key = _demo_trust(out, pub_path)  # an operator who may explain
+    analysis.governance = review(
+        analysis, [], load_authorities(trust_path), policy, default_as_of(analysis)
+    )
     report_path = out / "report.html"
     report_path.write_text(render_html(analysis, title="edgegov demo: audit report"))
     say("\n".join(("   " + line).rstrip() for line in format_result(analysis).splitlines()))
@@ -219,6 +255,16 @@ verify by hand (then try deleting or editing one .cose file and verify again)
 re-run the newest window from the stored readings; its verdict and scores come out the same
   {cli} audit replay --store {_show(store_path(out / "state"))} \
 --policy {_show(_packaged_policy())} --key {_show(pub_path)}""")
+    deviations = analysis.governance.deviations
+    if deviations:
+        say(f"""
+comply or explain: the demo operator signs an explanation of the first deviation with
+their own key ({_show(operator_key)}); verify again with the trust file that names them
+  {cli} explain {deviations[0].id} --cause "door left open during loading" \
+--action "crew retrained" --disposition quarantined --name "{_OPERATOR}" --role operator \
+--key {_show(operator_key)} --out {_show(evidence_dir)}/deviation-1.explanation
+  {cli} audit verify {_show(evidence_dir)} --trust {_show(trust_path)} \
+--policy {_show(_packaged_policy())}""")
     if not ok and result.verified != stats.attestations:
         say(
             f"\n{stats.attestations - result.verified} attestation(s) were signed but not "
