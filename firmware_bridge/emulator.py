@@ -149,7 +149,7 @@ class _Device:
                 temp += 5.5 * (17.0 - p) / 2.0
         elif scenario == "drift":
             temp += 0.01 * s  # +0.6 degC per minute: a failing compressor
-        values = (temp, humidity, 1.0 if door else 0.0)
+        values: tuple[float, ...] = (temp, humidity, 1.0 if door else 0.0)
         emu, prng = self.emu, self.probe_rng
         if emu.probe_offset is not None:  # a second probe beside the first, offset by that
             values += (temp + emu.probe_offset + prng.gauss(0.0, 0.02),)

@@ -16,9 +16,9 @@ import yaml
 
 from agent.errors import PolicyError, VerificationError
 from agent.evidence.claims import SelfTestResult, parse_self_test_claim, self_test_claim
+from agent.pipeline.self_tests import is_due, run_self_test
 from agent.policy import load_policy
 from agent.policy.model import SelfTest
-from agent.pipeline.self_tests import is_due, run_self_test
 from tests.conftest import ROOT
 from tests.test_agent_e2e import Device, make_site, run_agent, wait_for
 from tests.test_report_html import _check, _Scan
@@ -233,8 +233,9 @@ def test_agent_signs_passing_self_tests_and_replay_reproduces_them(tmp_path, run
     assert "self-test" not in keep_cold["reason"]
 
     seq = next(ev.seq for ev in due if ev.readings)
-    r = run_cli("audit", "replay", "--store", str(tmp_path / "state" / "evidence.sqlite"),
-                "--policy", str(policy), "--key", str(pub), "--seq", str(seq), "--json")  # fmt: skip
+    store = str(tmp_path / "state" / "evidence.sqlite")
+    r = run_cli("audit", "replay", "--store", store, "--policy", str(policy), "--key", str(pub),
+                "--seq", str(seq), "--json")  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     rep = json.loads(r.stdout)
     assert rep["verdict"] == "REPRODUCED" and rep["windows"][-1]["seq"] == seq
@@ -328,3 +329,25 @@ def test_a_reference_cell_off_by_more_than_its_tolerance_fails(tmp_path) -> None
     ]
     assert cells and all(not t.passed and t.error == pytest.approx(0.49, abs=0.02) for t in cells)
     assert all(t.observed is not None and t.reference == 0.01 for t in cells)
+
+
+def test_a_held_window_keeps_its_self_test_results(tmp_path) -> None:
+    """A window the store refused is signed at the next start with the results it had."""
+    from agent.identity.keys import generate_key
+    from agent.pipeline.evaluate import WindowVerdicts
+    from agent.pipeline.held_windows import HeldWindows, decode_held, encode_held
+    from agent.pipeline.window import Window
+    from agent.policy.evaluator import BatchResult
+    from agent.sources.reading import Reading
+
+    signer = generate_key(tmp_path / "k.key")
+    w = Window(2000, 3000, 2)
+    w.add(Reading(2000, 7, 0, 1, (4.0, 9.0)))
+    red = SelfTest("probes", "redundant", ("a", "b"), 0.5, 2000)
+    result = run_self_test(red, 3000, [_nan(4.0), _nan(9.0)])
+    codes = np.ones((0, 1), dtype=np.uint8)
+    w.results = WindowVerdicts(BatchResult(codes, []), (), (), 0, None, None, (result,))
+    data = encode_held(HeldWindows("gw", "o", "cd" * 32, b"s", [(w, {})]), signer)
+    ((back, _health),) = decode_held(data, signer.public, 2, []).windows
+    assert back.results is not None and back.results.self_tests == (result,)
+    assert not result.passed and result.error == 5.0

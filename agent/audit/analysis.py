@@ -237,9 +237,10 @@ def analyze(res: AuditResult, policy: PolicyBundle | None = None) -> Analysis:
         goal_of = {r.id: r.goal for r in policy.rules}
         for d in devices:
             d.episodes = [replace(e, goal=goal_of.get(e.rule)) for e in d.episodes]
+    tests = {d.device: summarise_self_tests(d.evidence, policy) for d in devices}
     for d in devices:
-        d.self_tests = summarise_self_tests(d.evidence, policy)
-    judge_self_tests(items, {d.device: d.self_tests for d in devices})
+        d.self_tests = tests[d.device]
+    judge_self_tests(items, tests)
     return Analysis(
         res.files,
         res.verified,

@@ -242,7 +242,8 @@ def at_most(item: ComplianceItem, device: str, status: str, reason: str) -> Comp
     )
     if devices == item.devices:
         return item
-    return replace(item, devices=devices, **dict(zip(("status", "reason"), _worst(devices))))
+    worst, why = _worst(devices)
+    return replace(item, devices=devices, status=worst, reason=why)
 
 
 def _worst(verdicts: Sequence[RuleVerdict | DeviceVerdict]) -> tuple[str, str]:

@@ -122,9 +122,7 @@ class DeviceSelfTests:
                     "passed": t.passed,
                     "failed": t.failed,
                     "last_ms": t.last_ms,
-                    "failures": [
-                        {**vars(f), "readings": list(f.readings)} for f in t.failures
-                    ],
+                    "failures": [{**vars(f), "readings": list(f.readings)} for f in t.failures],
                 }
                 for t in self.tests
             ],

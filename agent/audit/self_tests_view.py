@@ -76,7 +76,7 @@ def self_tests_html(p: str, st: DeviceSelfTests | None, v: Callable[[str, Any, s
             f"{v(f'{tp}/failures/{k}/tolerance', f.tolerance, 'num')}) "
             f"{v(f'{tp}/failures/{k}/reason', f.reason or None, 'text') if f.reason else ''}"
             "</li>"
-            for k, f in enumerate(t.failures[:_MAX_LISTED * 10])
+            for k, f in enumerate(t.failures[: _MAX_LISTED * 10])
         )
         rows.append(
             f"<tr><td>{v(tp + '/id', t.id, 'text')}</td><td>{v(tp + '/kind', t.kind, 'text')}"

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.evidence.claims import RiskResult, RuleEpisode, RuleResult, SelfTestResult
-from agent.policy import BatchResult, Evaluator, PolicyBundle
 from agent.pipeline.self_tests import run_self_tests
+from agent.policy import BatchResult, Evaluator, PolicyBundle
 from agent.risk.engine import RiskEngine
 
 __all__ = ["WindowVerdicts", "evaluate_windows", "summarise_rules"]

@@ -44,8 +44,8 @@ from agent.policy.model import (
     PolicyBundle,
     Rule,
 )
-from agent.policy.self_tests import read_self_tests
 from agent.policy.parser import RESERVED, ConditionError, parse_duration
+from agent.policy.self_tests import read_self_tests
 from agent.policy.yaml_cursor import NUMERIC_TAGS, YamlCursor
 from agent.risk.features import parse_feature
 from native import policy_format as fmt

@@ -42,6 +42,7 @@ __all__ = [
     "CHANNEL_TYPES",
     "EXPLAIN_FIELDS",
     "PLACEHOLDER",
+    "SELF_TEST_KINDS",
     "SEVERITIES",
     "Channel",
     "Goal",
@@ -50,7 +51,6 @@ __all__ = [
     "PolicyBundle",
     "Rule",
     "SelfTest",
-    "SELF_TEST_KINDS",
     "evaluate_rules",
 ]
 

@@ -57,7 +57,10 @@ def read_self_tests(
     for i, item in enumerate(d.sequence(node, "self_tests")):
         p = f"self_tests[{i}]"
         m = d.mapping(
-            item, p, ("id", "kind", "tolerance", "every"), ("channels", "channel", "reference", "goal")
+            item,
+            p,
+            ("id", "kind", "tolerance", "every"),
+            ("channels", "channel", "reference", "goal"),
         )
         kind = d.string(m["kind"], f"{p}.kind")
         if kind not in _KEYS:
@@ -108,9 +111,7 @@ def read_self_tests(
                     + ", ".join(goal_ids)
                 )  # fmt: skip
         out.append(
-            SelfTest(
-                tid, kind, names, tolerance, every, reference, goal, item.start_mark.line + 1
-            )
+            SelfTest(tid, kind, names, tolerance, every, reference, goal, item.start_mark.line + 1)
         )
     return out
 
