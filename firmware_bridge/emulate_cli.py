@@ -136,6 +136,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--serial", default=None, help="device serial in HELLO (default: EMU-0001)")
     parser.add_argument(
+        "--probe-offset",
+        type=float,
+        metavar="DEGC",
+        help="add a second temperature probe, probe_b, reading this much off (self-tests)",
+    )
+    parser.add_argument(
+        "--reference",
+        type=float,
+        metavar="DEGC",
+        help="add a reference-cell channel, ref_cell, at this value (self-tests)",
+    )
+    parser.add_argument(
         "--baud", type=int, default=115200, help="with --port: baud rate (default: 115200)"
     )
     return parser
@@ -148,9 +160,12 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     if args.rate is not None and args.rate > MAX_RATE_HZ:
         return f"--rate must be at most {MAX_RATE_HZ:g}"
     if args.replay is not None:
-        for flag in ("scenario", "rate", "seed", "serial", "frames", "record"):
+        for flag in (
+            "scenario", "rate", "seed", "serial", "frames", "record", "probe_offset", "reference",
+        ):  # fmt: skip
             if getattr(args, flag) is not None:
-                return f"--{flag}: not with --replay (the capture's bytes are sent as they are)"
+                name = flag.replace("_", "-")
+                return f"--{name}: not with --replay (the capture's bytes are sent as they are)"
     if args.capture is not None:
         if args.frames is None:
             return "--capture needs --frames N (how many frames to write)"
@@ -190,6 +205,8 @@ def emulate_main(argv: list[str] | None = None) -> int:
         20.0 if args.rate is None else args.rate,
         args.seed or 0,
         serial=args.serial or "EMU-0001",
+        probe_offset=args.probe_offset,
+        reference=args.reference,
     )
     stop = threading.Event()
 

@@ -87,6 +87,10 @@ TRICKLE_BYTE_S = 0.0005
 FLOOD_CHUNK_FRAMES = 1024
 
 
+_PROBE_B = ChannelSpec("probe_b", "Cel", ChannelKind.REAL, -40.0, 85.0)
+_REF_CELL = ChannelSpec("ref_cell", "Cel", ChannelKind.REAL, -40.0, 85.0)
+
+
 @dataclass(frozen=True, slots=True)
 class _Emission:
     seq: int  # the frame's sequence number
@@ -106,6 +110,8 @@ class _Device:
         self.origin_ms = start_ms  # never moves: maps device time to wall time
         self.boots = 1
         self.sensor_rng = random.Random(emu.seed)
+        # the self-test channels' noise: its own generator, so the others stay as they were
+        self.probe_rng = random.Random(f"edgegov-probes-{emu.seed}")
         self.line_rng = random.Random(f"edgegov-line-{emu.seed}")
         self.seq = 0
         self.rate_hz = emu.rate_hz
@@ -143,7 +149,13 @@ class _Device:
                 temp += 5.5 * (17.0 - p) / 2.0
         elif scenario == "drift":
             temp += 0.01 * s  # +0.6 degC per minute: a failing compressor
-        return Data((temp, humidity, 1.0 if door else 0.0))
+        values: tuple[float, ...] = (temp, humidity, 1.0 if door else 0.0)
+        emu, prng = self.emu, self.probe_rng
+        if emu.probe_offset is not None:  # a second probe beside the first, offset by that
+            values += (temp + emu.probe_offset + prng.gauss(0.0, 0.02),)
+        if emu.reference is not None:  # a reference cell at that value
+            values += (emu.reference + prng.gauss(0.0, 0.002),)
+        return Data(values)
 
     # -- commands ------------------------------------------------------------
     def handle(self, cmd: Command) -> None:
@@ -281,6 +293,11 @@ class Emulator:
         serial, firmware: what HELLO announces.
         ledger: keep a :class:`SentFrame` for every frame numbered, in :attr:`sent`
             (fault tests compare it with what the receiver recorded and declared).
+        probe_offset: if given, a fourth channel ``probe_b``: a second temperature probe
+            reading ``temperature`` + this offset (a drifted probe: a large one), with its
+            own noise; for redundant-probe self-tests (``docs/self-tests.md``).
+        reference: if given, a channel ``ref_cell``: a reference cell the firmware reads,
+            at this value (degC) with a little noise; for reference self-tests.
 
     Raises:
         ValueError: unknown scenario or rate out of range.
@@ -300,6 +317,8 @@ class Emulator:
         serial: str = "EMU-0001",
         firmware: str = "emu-1.0.0",
         ledger: bool = False,
+        probe_offset: float | None = None,
+        reference: float | None = None,
     ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
@@ -311,6 +330,13 @@ class Emulator:
         self.serial = serial
         self.firmware = firmware
         self.sent: list[SentFrame] | None = [] if ledger else None
+        self.probe_offset = probe_offset
+        self.reference = reference
+        self.channels = (
+            self.CHANNELS
+            + (_PROBE_B,) * (probe_offset is not None)
+            + (_REF_CELL,) * (reference is not None)
+        )
 
     def _note(self, device: _Device, e: _Emission, on_line: bool) -> None:
         if self.sent is not None:
@@ -318,7 +344,7 @@ class Emulator:
 
     def hello(self) -> Hello:
         """The HELLO body this device sends."""
-        return Hello(self.serial, self.firmware, self.CHANNELS)
+        return Hello(self.serial, self.firmware, self.channels)
 
     def frames(self, start_ms: int) -> Iterator[tuple[int, bytes]]:
         """Yield ``(device time ms, wire bytes)`` forever, for a boot at *start_ms*.

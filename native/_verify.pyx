@@ -948,6 +948,7 @@ cdef object _claims_fast(dict claims):
         "sensors": {},
         "extra": {},
         "restart": None,  # -70001/12: agent.evidence.claims.parse_claims reads it
+        "self_tests": (),  # -70001/13: agent.evidence.claims.parse_claims reads it
         # set by evidence_from_claims; here so the dict is sized for them up front
         "checkpoint": None,
         "config": None,

@@ -602,6 +602,7 @@ def claims_fields(claims: Mapping[Any, Any]) -> ClaimsFields:
         "sensors": {},
         "extra": {},
         "restart": None,  # -70001/12: agent.evidence.claims.parse_claims reads it
+        "self_tests": (),  # -70001/13: agent.evidence.claims.parse_claims reads it
     }
     return evidence, checkpoint, config, rules, risk
 

@@ -60,10 +60,11 @@ def make_site(
 class Device:
     """An emulated device on a real pty, in a thread."""
 
-    def __init__(self, scenario: str = "excursion", rate_hz: float = 50.0) -> None:
+    def __init__(self, scenario: str = "excursion", rate_hz: float = 50.0, **extra: float) -> None:
         self.pty = open_pty()
         self.stop = threading.Event()
-        self.emu = Emulator(scenario=scenario, rate_hz=rate_hz, seed=1)
+        # extra: the emulator's optional channels (probe_offset, reference)
+        self.emu = Emulator(scenario=scenario, rate_hz=rate_hz, seed=1, **extra)
         self.thread = threading.Thread(
             target=self.emu.run, args=(self.pty.master_fd, self.stop), daemon=True
         )

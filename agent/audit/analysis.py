@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.audit.completeness import Completeness, WindowSources, measure
 from agent.audit.compliance import ComplianceItem, judge_goals, judge_rules
+from agent.audit.self_tests import DeviceSelfTests, judge_self_tests, summarise_self_tests
 from agent.audit.verify import AuditResult, Finding, VerifiedLog
 from agent.errors import Error
 from agent.evidence.claims import Evidence
@@ -157,6 +158,7 @@ class DeviceAnalysis:
     # what compliance re-reads: the chain, and each window's completeness inputs
     evidence: list[Evidence] = field(default_factory=list, repr=False)
     window_sources: list[WindowSources] = field(default_factory=list, repr=False)
+    self_tests: DeviceSelfTests | None = None  # set by analyze (self_tests.py)
 
 
 @dataclass
@@ -249,6 +251,10 @@ def analyze(res: AuditResult, policy: PolicyBundle | None = None) -> Analysis:
         goal_of = {r.id: r.goal for r in policy.rules}
         for d in devices:
             d.episodes = [replace(e, goal=goal_of.get(e.rule)) for e in d.episodes]
+    tests = {d.device: summarise_self_tests(d.evidence, policy) for d in devices}
+    for d in devices:
+        d.self_tests = tests[d.device]
+    judge_self_tests(items, tests)
     return Analysis(
         res.files,
         res.verified,
@@ -494,6 +500,7 @@ def _device_json(d: DeviceAnalysis) -> dict[str, Any]:
         "risk": d.risk,
         "health": d.health,
         "config_changes": d.config_changes,
+        "self_tests": d.self_tests.to_json() if d.self_tests is not None else None,
         "windows": [
             {
                 "seq": w.seq,

@@ -21,7 +21,7 @@ every window is, per rule, with no completeness floor.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from agent.audit.completeness import measure
@@ -35,6 +35,7 @@ __all__ = [
     "ComplianceItem",
     "DeviceVerdict",
     "RuleVerdict",
+    "at_most",
     "judge_goals",
     "judge_rules",
 ]
@@ -227,6 +228,22 @@ class _Facts:
             status = "met"
             reason = f"{evaluated} reading(s) evaluated, none violated"
         return RuleVerdict(rid, status, reason, evaluated, violated, errors, episodes)
+
+
+def at_most(item: ComplianceItem, device: str, status: str, reason: str) -> ComplianceItem:
+    """``item`` with ``device``'s verdict no better than ``status`` (for ``reason``; a worse
+    one stays as it is), and the item's status the worst of its devices' again. Used for
+    findings beside the rules, such as failed or overdue self-tests (``self_tests.py``)."""
+    devices = tuple(
+        replace(dv, status=status, reason=reason)
+        if dv.device == device and _RANK[dv.status] < _RANK[status]
+        else dv
+        for dv in item.devices
+    )
+    if devices == item.devices:
+        return item
+    worst, why = _worst(devices)
+    return replace(item, devices=devices, status=worst, reason=why)
 
 
 def _worst(verdicts: Sequence[RuleVerdict | DeviceVerdict]) -> tuple[str, str]:

@@ -387,6 +387,7 @@ def replay(
                 [(ts, cols) for _row, _ev, ts, cols, _p in inputs],
                 # a model the agent had refused (no result in the attestation) did not run
                 ran=[{r.model_id for r in ev.risk} for _row, ev, _ts, _cols, _p in inputs],
+                bounds=[(ev.window_start_ms, ev.window_end_ms) for _r, ev, _t, _c, _p in inputs],
             )
             for (row, ev, ts, _cols, problems), v in zip(inputs, verdicts):
                 state_ok = v.state_in == ev.config.state_in
@@ -395,6 +396,10 @@ def replay(
                     list(v.rules), list(v.risk), list(problems),
                 )  # fmt: skip
                 _compare(w, ev)
+                if v.self_tests != ev.self_tests:
+                    w.mismatches.append(
+                        f"self-tests: replayed {list(v.self_tests)}, attested {list(ev.self_tests)}"
+                    )
                 windows.append(w)
                 cache.pop(row.seq, None)
         return ReplayResult(

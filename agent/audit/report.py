@@ -24,6 +24,7 @@ from typing import Any
 from agent import __version__
 from agent.audit._format import dur, pct, ts
 from agent.audit.analysis import Analysis, DeviceAnalysis
+from agent.audit.self_tests_view import self_tests_html
 from agent.audit.verify import AuditResult
 
 __all__ = ["render_html"]
@@ -412,6 +413,7 @@ def _device(i: int, d: DeviceAnalysis) -> str:
 <p>{_v(p + "/degraded/windows", d.degraded_windows, "int")} window(s) degraded</p>
 <table><tr><th>seq</th><th>windows</th><th>from</th><th>to</th><th>why</th></tr>
 {degraded or "<tr><td colspan=5>none</td></tr>"}</table>{_more(p + "/degraded/runs", d.degraded)}
+{self_tests_html(p, d.self_tests, _v)}
 <h3>Restarts</h3>
 {restarts}
 <h3>Risk over time</h3>

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from agent.audit._format import dur, pct, ts
 from agent.audit.analysis import Analysis, DeviceAnalysis
+from agent.audit.self_tests_view import self_tests_text
 from agent.audit.verify import AuditResult
 from agent.governance.text import governance_lines
 
@@ -208,6 +209,7 @@ def _device(d: DeviceAnalysis) -> list[str]:
                 f"                 seq {ev.seq}: started {ts(ev.started_ms)}, "
                 f"down {dur(ev.down_ms)}, {stop} stop; no data: {dark or '-'}"
             )
+    lines.extend(self_tests_text(d.self_tests))
     known = [k for k in HEALTH_WORDS if k in d.health]
     problems = [
         f"{d.health[key]} {HEALTH_WORDS.get(key, key)}"

@@ -31,6 +31,7 @@ from agent.evidence.claims import (
     Restart,
     RiskResult,
     RuleResult,
+    SelfTestResult,
     encode_claims,
 )
 from agent.evidence.cose import encode_sign1
@@ -95,6 +96,7 @@ class Attester:
         degraded: tuple[str, ...],
         nonce: bytes | None = None,
         journal: Callable[[sqlite3.Connection], None] | None = None,
+        self_tests: tuple[SelfTestResult, ...] = (),
     ) -> OutboxItem:
         """Sign and durably store one window; returns the outbox item to publish.
 
@@ -139,6 +141,7 @@ class Attester:
             agent_digest=self._digest,
             sensors=self.sensors,
             restart=self.restart,
+            self_tests=self_tests,
         )
         cose = encode_sign1(encode_claims(ev), self.signer, self.x5chain)
         new_state = ChainState(

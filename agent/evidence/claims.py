@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -30,9 +31,12 @@ __all__ = [
     "RiskResult",
     "RuleEpisode",
     "RuleResult",
+    "SelfTestResult",
     "SourceDowntime",
     "encode_claims",
     "parse_claims",
+    "parse_self_test_claim",
+    "self_test_claim",
     "ueid_for",
 ]
 
@@ -55,6 +59,7 @@ SEQ, PREV, CHECKPOINT, WINDOW, CONFIG, RULES, RISK, HEALTH, DEVICE, READINGS, DE
     1, 12
 )
 RESTART = 12
+SELF_TESTS = 13
 
 
 def ueid_for(device_id: str) -> bytes:
@@ -173,6 +178,32 @@ class Restart:
 
 
 @dataclass(frozen=True)
+class SelfTestResult:
+    """One scheduled self-test's result (claim -70001/13, ``docs/self-tests.md``).
+
+    ``channels``: (a, b) of a ``redundant`` test, (channel,) of a ``reference`` one;
+    ``readings``: the valid readings used, per channel. Redundant: ``observed`` = mean(a),
+    ``reference`` = mean(b), ``error`` = |a - b|; reference: ``observed`` = mean(channel),
+    ``error`` = observed - reference. ``passed`` when |error| <= ``tolerance``. A value
+    that could not be computed is None and ``reason`` says why (``no readings``).
+    ``time_ms`` is the end of the window it ran in, ``every_ms`` the declared period.
+    """
+
+    test_id: str
+    kind: str
+    channels: tuple[str, ...]
+    reference: float | None
+    observed: float | None
+    error: float | None
+    tolerance: float
+    passed: bool
+    time_ms: int
+    readings: tuple[int, ...]
+    every_ms: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Evidence:
     """Everything one attestation says."""
 
@@ -200,6 +231,7 @@ class Evidence:
     source_health: tuple[Mapping[str, Any], ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
     restart: Restart | None = None  # -70001/12: the first attestation of an agent process
+    self_tests: tuple[SelfTestResult, ...] = ()  # -70001/13: only when a self-test was due
 
 
 def _measured(digest_hex: str) -> list[list[Any]]:
@@ -291,6 +323,8 @@ def encode_claims(ev: Evidence) -> bytes:
     }
     if ev.restart is not None:
         private[RESTART] = _restart_claim(ev.restart)
+    if ev.self_tests:
+        private[SELF_TESTS] = [self_test_claim(t) for t in ev.self_tests]
     claims = {
         IAT: ev.issued_at,
         CTI: ev.cti,
@@ -363,6 +397,74 @@ def _parse_restart(c: Any) -> Restart:
     for k, name in ((7, "new_log"), (8, "previous_log")):
         need(c.get(k) is None or type(c.get(k)) is str, f"{k} ({name}) must be text")
     return Restart(c[1], c.get(2), c[3], tuple(sources), c.get(5, 0), c.get(6), c.get(7), c.get(8))
+
+
+def self_test_claim(t: SelfTestResult) -> dict[int, Any]:
+    """One entry of -70001/13 (CDDL ``self-test-result``, docs/attestation-profile.md)."""
+    return {
+        1: t.test_id,
+        2: t.kind,
+        3: list(t.channels),
+        4: t.reference,
+        5: t.observed,
+        6: t.error,
+        7: t.tolerance,
+        8: t.passed,
+        9: t.time_ms,
+        10: list(t.readings),
+        11: t.every_ms,
+        12: t.reason,
+    }
+
+
+_ST_KINDS = {"redundant": 2, "reference": 1}  # kind -> channels it names
+
+
+def parse_self_test_claim(c: Any) -> tuple[SelfTestResult, ...]:
+    """-70001/13 as :class:`SelfTestResult` values; VerificationError names the bad key."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise VerificationError(f"claim -70001/13 self-tests: {what}")
+
+    def num(v: Any) -> bool:
+        return type(v) is float and math.isfinite(v)
+
+    need(isinstance(c, list) and len(c) > 0, "must be a non-empty list (absent when none ran)")
+    out = []
+    for t in c:
+        need(isinstance(t, Mapping) and set(t) == set(range(1, 13)), "each needs keys 1 to 12")
+        need(type(t[1]) is str and t[1] != "", "1 (id) must be text")
+        need(t[2] in _ST_KINDS, "2 (kind) must be redundant or reference")
+        n = _ST_KINDS[t[2]]
+        need(
+            isinstance(t[3], list) and len(t[3]) == n and all(type(x) is str for x in t[3]),
+            f"3 (channels) must name {n} channel(s) for a {t[2]} test",
+        )
+        for k, name in ((4, "reference"), (5, "observed"), (6, "error")):
+            need(t[k] is None or num(t[k]), f"{k} ({name}) must be a finite float or null")
+        need(num(t[7]) and t[7] > 0, "7 (tolerance) must be a float > 0")
+        need(type(t[8]) is bool, "8 (passed) must be a bool")
+        need(type(t[9]) is int and 0 <= t[9] <= MAX_TIME_MS, "9 (time) must be a time in ms")
+        need(
+            isinstance(t[10], list)
+            and len(t[10]) == n
+            and all(type(x) is int and 0 <= x <= INT_MAX for x in t[10]),
+            "10 (readings) must count the readings used per channel",
+        )
+        need(type(t[11]) is int and 0 < t[11] <= INT_MAX, "11 (every) must be a period in ms")
+        need(type(t[12]) is str, "12 (reason) must be text")
+        need(
+            not t[8] or (t[6] is not None and abs(t[6]) <= t[7]),
+            "8 (passed) is true but the error is not within the tolerance",
+        )
+        out.append(
+            SelfTestResult(
+                t[1], t[2], tuple(t[3]), t[4], t[5], t[6], t[7], t[8], t[9], tuple(t[10]),
+                t[11], t[12],
+            )
+        )  # fmt: skip
+    return tuple(out)
 
 
 def _fleet_config(c: ConfigInForce) -> dict[int, Any]:
@@ -439,7 +541,10 @@ def parse_claims(claims: Mapping[Any, Any]) -> Evidence:
         ev: Evidence = evidence_from_claims(claims, _TYPES)
     except ClaimsError as e:
         raise VerificationError(str(e)) from None
-    restart = claims[EDGEGOV].get(RESTART)  # rare (once per agent start): parsed here
+    private = claims[EDGEGOV]
+    restart = private.get(RESTART)  # rare (once per agent start): parsed here
     if restart is not None:
         ev = dataclasses.replace(ev, restart=_parse_restart(restart))
+    if SELF_TESTS in private:  # only in the windows a self-test was due in
+        ev = dataclasses.replace(ev, self_tests=parse_self_test_claim(private[SELF_TESTS]))
     return ev

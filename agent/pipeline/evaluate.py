@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.evidence.claims import RiskResult, RuleEpisode, RuleResult
+from agent.evidence.claims import RiskResult, RuleEpisode, RuleResult, SelfTestResult
+from agent.pipeline.self_tests import run_self_tests
 from agent.policy import BatchResult, Evaluator, PolicyBundle
 from agent.risk.engine import RiskEngine
 
@@ -41,6 +42,7 @@ class WindowVerdicts:
     out_of_range: int  # readings outside a channel's valid range: masked, not evaluated
     state_in: str | None  # SHA-256 (hex) of the evaluator state the window started from
     state_after: str | None  # SHA-256 (hex) of the evaluator state after it (None: not known)
+    self_tests: tuple[SelfTestResult, ...] = ()  # the self-tests due in it (claim -70001/13)
 
 
 def evaluate_windows(
@@ -49,12 +51,15 @@ def evaluate_windows(
     engine: RiskEngine,
     windows: Sequence[tuple[np.ndarray, np.ndarray]],
     ran: Sequence[Collection[str]] | None = None,
+    bounds: Sequence[tuple[int, int]] | None = None,
 ) -> list[WindowVerdicts]:
     """The verdicts of ``windows`` (``(timestamps, columns)``, in time order).
 
     ``columns`` (float64, n_channels x n) are masked in place. ``ran``: per window, the
     models whose results count (replay: those the attestation has; a model the agent had
-    refused did not run); ``None``: every model's. The evaluator's state moves on.
+    refused did not run); ``None``: every model's. ``bounds``: per window, its
+    ``[start_ms, end_ms)``, to run the self-tests due in it (``agent.pipeline.self_tests``;
+    ``None``: none run). The evaluator's state moves on.
     """
     out_of_range = [sum(bundle.mask_invalid(cols)[1].values()) for _ts, cols in windows]
     risks = engine.score(windows)
@@ -67,7 +72,10 @@ def evaluate_windows(
         batch = evaluator.run(ts, cols, {r.model_id: r.score for r in risk})
         after = evaluator.state_digest()
         rules = summarise_rules(rule_ids, batch, ts)
-        out.append(WindowVerdicts(batch, rules, tuple(risk), out_of_range[i], state_in, after))
+        tests = run_self_tests(bundle, *bounds[i], cols) if bounds is not None else ()
+        out.append(
+            WindowVerdicts(batch, rules, tuple(risk), out_of_range[i], state_in, after, tests)
+        )
         state_in = after
     return out
 

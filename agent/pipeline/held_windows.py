@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 import numpy as np
 
-from agent.errors import StorageError
-from agent.evidence.claims import RiskResult
+from agent.errors import StorageError, VerificationError
+from agent.evidence.claims import RiskResult, SelfTestResult, parse_self_test_claim, self_test_claim
 from agent.pipeline.evaluate import WindowVerdicts, summarise_rules
 from agent.pipeline.window import Window
 from agent.policy.evaluator import BatchResult, Episode
@@ -203,6 +203,7 @@ def _window(w: Window, health: Mapping[str, Any]) -> dict[str, Any]:
         ],
         "out_of_range": out_of_range,
         "state_in": state_in,
+        "self_tests": [self_test_claim(t) for t in v.self_tests],
     }
 
 
@@ -231,6 +232,9 @@ def _unwindow(
     # windows of another policy (another rule count) get no summary: the runner refuses
     # them by the policy digest the file names (its _held_problem), before any use
     rules = summarise_rules(rule_ids, batch, w.timestamps) if len(codes) == len(rule_ids) else ()
+    # the self-tests due in the window ran when it closed; a file written before they
+    # existed has none
+    tests = _self_tests(d["self_tests"]) if d.get("self_tests") else ()
     w.results = WindowVerdicts(
         batch,
         rules,
@@ -238,8 +242,16 @@ def _unwindow(
         int(d["out_of_range"]),
         None if state_in is None else str(state_in),
         None,
+        tests,
     )
     return w, dict(d["health"])
+
+
+def _self_tests(x: Any) -> tuple[SelfTestResult, ...]:
+    try:
+        return parse_self_test_claim(x)
+    except VerificationError as e:
+        raise ValueError(str(e)) from None
 
 
 def _bytes(x: object, what: str) -> bytes:

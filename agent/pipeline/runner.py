@@ -541,7 +541,8 @@ class Agent(ContinuityMixin, ReloadMixin):
         if not windows:
             return
         inputs = [(w.timestamps, w.columns) for w in windows]  # columns: a copy, masked
-        verdicts = evaluate_windows(self.policy, self.evaluator, self.risk, inputs)
+        bounds = [(w.start_ms, w.end_ms) for w in windows]
+        verdicts = evaluate_windows(self.policy, self.evaluator, self.risk, inputs, bounds=bounds)
         for w, v in zip(windows, verdicts):
             w.results = v
             if v.state_after is not None:  # recorded by the commit that signs w
@@ -587,6 +588,7 @@ class Agent(ContinuityMixin, ReloadMixin):
             health,
             degraded,
             journal=self._journal_commit(window, self._stage_policy_state(window)),
+            self_tests=v.self_tests,
         )
         del self._clock_steps[:steps]  # stated in this attestation (a failed commit: the next)
         if self._carry is not None and self._carry[0] is window:

@@ -10,7 +10,7 @@ rejected (``yaml_cursor.py``). The content becomes the values of
 :class:`~agent.policy.evaluator.Plan` (``compiler.py``).
 
 A bundle may ``extend`` a baseline (a path relative to it): it inherits the
-baseline's goals, channels, rules, models and window, may add its own, and
+baseline's goals, channels, rules, models, self-tests and window, may add its own, and
 may *override* an inherited rule only by tightening it (``layering.py``);
 a layer that would loosen one, redefine a goal or channel, or an ``extend``
 cycle is refused with an explanation.
@@ -45,6 +45,7 @@ from agent.policy.model import (
     Rule,
 )
 from agent.policy.parser import RESERVED, ConditionError, parse_duration
+from agent.policy.self_tests import read_self_tests
 from agent.policy.yaml_cursor import NUMERIC_TAGS, YamlCursor
 from agent.risk.features import parse_feature
 from native import policy_format as fmt
@@ -139,7 +140,7 @@ class _Loader:
 
     def bundle(self, root: yaml.Node) -> PolicyBundle:
         d = self.doc
-        sections = ("goals", "channels", "rules", "window", "models")
+        sections = ("goals", "channels", "rules", "window", "models", "self_tests")
         top = d.mapping(root, "", ("policy",), (*sections, "extend"))
         parent = self.parent(top["extend"]) if "extend" in top else None
         self.extending = parent is not None
@@ -178,6 +179,11 @@ class _Loader:
                 )
             seconds = new
         rules, plan, used = self.compile_rules(raw_rules, parent, channels, models)
+        self_tests = list(parent.self_tests) if parent else []
+        if "self_tests" in top:
+            self_tests += read_self_tests(
+                d, top["self_tests"], channels, goal_ids, self_tests, self.duration
+            )
         fields: dict[str, Any] = {
             "id": d.ident(meta["id"], "policy.id"),
             "version": version,
@@ -196,6 +202,7 @@ class _Loader:
             ),
             "used_channels": frozenset(used[0]),
             "used_models": frozenset(used[1]),
+            "self_tests": tuple(self_tests),
         }
         unsigned = PolicyBundle(digest="", **fields)
         digest = hashlib.sha256(unsigned.canonical_bytes()).hexdigest()

@@ -42,6 +42,7 @@ __all__ = [
     "CHANNEL_TYPES",
     "EXPLAIN_FIELDS",
     "PLACEHOLDER",
+    "SELF_TEST_KINDS",
     "SEVERITIES",
     "Channel",
     "Goal",
@@ -49,12 +50,15 @@ __all__ = [
     "ModelRef",
     "PolicyBundle",
     "Rule",
+    "SelfTest",
     "evaluate_rules",
 ]
 
 #: Identifies the canonical form; bump if its shape changes.
 CANONICAL_FORMAT = "edgegov-policy/4"  # 4: goals[].min_completeness
 SEVERITIES = ("info", "warning", "critical")
+#: ``self_tests[].kind``: two channels compared, or one channel against a reference value
+SELF_TEST_KINDS = ("redundant", "reference")
 CHANNEL_TYPES = ("double", "bool")
 #: placeholders an ``explain`` template may use
 EXPLAIN_FIELDS = ("rule", "goal", "severity", "start", "end", "duration", "peak")
@@ -171,6 +175,37 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class SelfTest:
+    """A scheduled self-test (``docs/self-tests.md``), due every ``every_ms``.
+
+    ``redundant``: two channels measuring the same quantity (``channels`` = (a, b));
+    error = |mean(a) - mean(b)|. ``reference``: one channel against ``reference``;
+    error = mean(channel) - reference. Passed when |error| <= ``tolerance`` (in the
+    channels' unit). ``goal``: the goal whose evidence quality it supports, if any.
+    """
+
+    id: str
+    kind: str
+    channels: tuple[str, ...]
+    tolerance: float
+    every_ms: int
+    reference: float | None = None
+    goal: str | None = None
+    line: int = field(default=0, compare=False)
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "channels": list(self.channels),
+            "tolerance": self.tolerance,
+            "every_ms": self.every_ms,
+            "reference": self.reference,
+            "goal": self.goal,
+        }
+
+
+@dataclass(frozen=True)
 class PolicyBundle:
     id: str
     version: int
@@ -186,6 +221,7 @@ class PolicyBundle:
     plan: Plan | None = field(default=None, compare=False, repr=False)
     used_channels: frozenset[str] = frozenset()
     used_models: frozenset[str] = frozenset()
+    self_tests: tuple[SelfTest, ...] = ()
 
     def evaluator(self) -> Evaluator:
         """A fresh stateful evaluator for this bundle."""
@@ -267,6 +303,8 @@ class PolicyBundle:
             ],
             "window": {"seconds": self.window_seconds},
         }
+        if self.self_tests:  # absent when none: the digests of bundles without stay as they were
+            doc["self_tests"] = [t.canonical() for t in self.self_tests]
         return json.dumps(
             doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode("utf-8")
