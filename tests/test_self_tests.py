@@ -286,6 +286,20 @@ def test_a_drifted_probe_fails_and_a_stopped_agent_leaves_the_self_test_overdue(
     # the other goals are not served by these self-tests
     humidity = next(c for c in doc["compliance"]["items"] if c["id"] == "control-humidity")
     assert "self-test" not in humidity["reason"]
+    # the evidence-quality score's self-test term: results passed / due, each overdue span
+    # counting the due times it skipped (docs/governance.md)
+    score = next(
+        t
+        for t in doc["governance"]["scores"][0]["terms"]
+        if t["term"] == "self-tests on time"
+    )  # fmt: skip
+    passed = sum(t["passed"] for t in st["tests"])
+    due = (
+        passed
+        + sum(t["failed"] for t in st["tests"])
+        + sum(max(1, o["span_ms"] // o["every_ms"]) for o in st["overdue"])
+    )
+    assert score["value"] == round(passed / due, 6) < 1.0
 
     text = _verify(run_cli, tmp_path, pub, policy)
     assert text.returncode == 0, text.stderr

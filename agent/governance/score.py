@@ -16,8 +16,9 @@ declared losses              10    readings received / (received + readings decl
 calibration currency         15    windows whose required channels all had a valid
                                    calibration certificate / windows judged (1: none
                                    required, or no --policy)
-self-tests on time           10    self-test results passed and on time / results due
-                                   (1: none declared)
+self-tests on time           10    self-test results passed / results due: every result
+                                   signed, plus each due time an overdue span skipped
+                                   (span // period, at least 1); 1: none declared
 explained deviations         10    explained / (explained + unexplained); deviations
                                    still within their deadline are left out (1: none)
 config freshness             10    windows not degraded for the fleet config (stale,
@@ -100,10 +101,18 @@ def _share(num: float, den: float, none: float = 1.0) -> float:
     return none if den <= 0 else max(0.0, min(1.0, num / den))
 
 
-def score_device(
-    d: DeviceAnalysis, gov: Governance, self_tests: tuple[int, int] = (0, 0)
-) -> DeviceScore:
-    """``self_tests``: (results due, of them passed and on time)."""
+def _self_tests_due(d: DeviceAnalysis) -> tuple[int, int]:
+    """(results due, of them passed): each result signed, and each due time an overdue
+    span of the self-test skipped (at least one per span)."""
+    st = d.self_tests
+    if st is None:
+        return 0, 0
+    passed = sum(t.passed for t in st.tests)
+    missed = sum(max(1, o.span_ms // o.every_ms) for o in st.overdue)
+    return passed + sum(t.failed for t in st.tests) + missed, passed
+
+
+def score_device(d: DeviceAnalysis, gov: Governance) -> DeviceScore:
     t: list[Term] = []
 
     def term(name: str, value: float, basis: str) -> None:
@@ -143,7 +152,7 @@ def score_device(
         term("calibration currency", _share(ok, judged), f"{ok} of {judged} window(s) covered")
     else:
         term("calibration currency", 1.0, "no channel requires calibration (or no --policy)")
-    due, passed = self_tests
+    due, passed = _self_tests_due(d)
     term(
         "self-tests on time",
         _share(passed, due),
