@@ -256,7 +256,12 @@ def test_a_drifted_probe_fails_and_a_stopped_agent_leaves_the_self_test_overdue(
     pub.write_bytes(agent.signer.public.pem())
     chain = _windows(tmp_path)
     failed = [(ev, t) for ev in chain for t in ev.self_tests if not t.passed]
-    assert failed and all(t.test_id == "probes-agree" for _ev, t in failed)
+    # the reference cell fails only where its window had no reading (a short window at a
+    # stop or start, on a loaded machine): recorded as failed, with the reason
+    assert all(t.test_id == "probes-agree" or t.reason.startswith("no readings")
+               for _ev, t in failed)  # fmt: skip
+    failed = [(ev, t) for ev, t in failed if t.test_id == "probes-agree"]
+    assert failed and any(t.error is not None and t.error > 1.5 for _ev, t in failed)
     assert all(t.error is None or t.error > 1.5 for _ev, t in failed)
 
     v = _verify(run_cli, tmp_path, pub, policy, "--json")

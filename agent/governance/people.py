@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -57,6 +57,9 @@ class Lab:
     key: PublicKey
 
 
+_S = TypeVar("_S", Person, Lab)
+
+
 @dataclass
 class Authorities:
     people: dict[bytes, Person] = field(default_factory=dict)
@@ -67,15 +70,8 @@ class Authorities:
     def check(self, st: Statement) -> None:
         """Raise VerificationError (why, in words) unless ``st`` is signed by someone
         allowed to make it."""
-        kid = st.msg.kid
         if isinstance(st.body, Explanation):
-            person = self.people.get(kid)
-            if person is None:
-                raise VerificationError(
-                    f"signed by kid {kid.hex()}, not the key of a person in {self.source}'s "
-                    f"people ({len(self.people)} listed)"
-                )
-            st.msg.verify(person.key)
+            person = self._signer(st, self.people, "a person", "people")
             ex = st.body
             if ex.signer != person.name:
                 raise VerificationError(
@@ -100,17 +96,22 @@ class Authorities:
                 )
         else:
             assert isinstance(st.body, CalibrationCertificate)
-            lab = self.labs.get(kid)
-            if lab is None:
-                raise VerificationError(
-                    f"signed by kid {kid.hex()}, not the key of a calibration lab in "
-                    f"{self.source}'s labs ({len(self.labs)} listed)"
-                )
-            st.msg.verify(lab.key)
+            lab = self._signer(st, self.labs, "a calibration lab", "labs")
             if st.body.issuer != lab.name:
                 raise VerificationError(
                     f"names its issuer {st.body.issuer!r}, but the key is {lab.name!r}'s"
                 )
+
+    def _signer(self, st: Statement, table: Mapping[bytes, _S], who: str, section: str) -> _S:
+        """The entry whose key signed ``st``, its signature checked."""
+        entry = table.get(st.msg.kid)
+        if entry is None:
+            raise VerificationError(
+                f"signed by kid {st.msg.kid.hex()}, not the key of {who} in {self.source}'s "
+                f"{section} ({len(table)} listed)"
+            )
+        st.msg.verify(entry.key)
+        return entry
 
 
 def load_authorities(path: Path | None) -> Authorities:

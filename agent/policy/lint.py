@@ -93,13 +93,14 @@ def lint(bundle: PolicyBundle) -> list[Finding]:
             )
     # (a feature naming an undeclared channel is refused by the loader)
     features = {parse_feature(f).channel for m in bundle.models for f in m.features}
+    checked = {ch for t in bundle.self_tests for ch in t.channels}
     for c in bundle.channels:
-        if c.name not in bundle.used_channels and c.name not in features:
+        if c.name not in bundle.used_channels | features | checked:
             out.append(
                 Finding(
                     "unused-channel",
                     f"channel {c.name}",
-                    "declared but used by no rule, measure or model feature",
+                    "declared but used by no rule, measure, model feature or self-test",
                 )
             )
     return out
