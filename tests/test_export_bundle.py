@@ -91,7 +91,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 "roles": ["operator"],
                 "sites": ["site-a"],
             },
-        ],  # fmt: skip
+        ],
         "labs": [{"key": "lab.pub.pem", "name": "ACME Lab"}],
         "sites": {"site-a": ["gw-1", "gw-2"], "site-b": ["gw-3"]},
     }
