@@ -639,6 +639,9 @@ def _parser() -> argparse.ArgumentParser:
         help="onnxruntime execution provider to replay on (default CPUExecutionProvider)",
     )
     arp.add_argument("--json", action="store_true", help="machine-readable verdict")
+    from agent.audit.export import add_command as audit_export  # issue 16: export bundles
+
+    audit_export(asub, cmd, trust)
     ac = cmd(
         "collect",
         _audit("audit_collect"),

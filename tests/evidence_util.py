@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.evidence.attester import Attester
-from agent.evidence.claims import ConfigInForce, RiskResult, RuleResult
+from agent.evidence.claims import ConfigInForce, RiskResult, RuleEpisode, RuleResult
 from agent.evidence.store import EvidenceStore
 from agent.identity.keys import SigningKey
 from agent.sources.reading import Reading
@@ -29,8 +29,11 @@ def make_stream(
     x5chain: tuple[bytes, ...] = (),
     config: ConfigInForce = CONFIG,
     retention_ms: int | None = None,
+    rule: str = "temp-range",
+    episode: bool = False,
 ) -> list[bytes]:
-    """``windows`` signed attestations, one window per second, ``per_window`` readings each."""
+    """``windows`` signed attestations, one window per second, ``per_window`` readings each;
+    window 2 violates ``rule`` (``episode``: listing it as an episode, closed in the window)."""
     store = EvidenceStore(db, device)
     att = Attester(
         device,
@@ -52,12 +55,13 @@ def make_stream(
             config,
             (
                 RuleResult(
-                    "temp-range",
+                    rule,
                     n,
                     violated,
                     0,
                     t0 if violated else None,
                     t0 + 10 if violated else None,
+                    (RuleEpisode(t0, t0 + 10, 9.0),) if violated and episode else (),
                 ),
             ),
             (

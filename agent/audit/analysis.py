@@ -173,6 +173,7 @@ class Analysis:
     scope: str  # "goals" (a policy was given) or "rules"
     policy: dict[str, Any] | None = None  # id, version, digest, file; windows judged
     governance: Governance | None = None  # deviations, calibration (agent.governance)
+    disclosure: list[dict[str, Any]] | None = None  # export bundles (agent.audit.bundle)
 
     def scores(self) -> list[DeviceScore]:
         """The evidence-quality score of each device (``agent.governance.score``)."""
@@ -215,7 +216,7 @@ class Analysis:
             "governance": None
             if self.governance is None
             else self.governance.to_json() | {"scores": [x.to_json() for x in self.scores()]},
-        }
+        } | ({"disclosure": self.disclosure} if self.disclosure is not None else {})
 
 
 def analyze(res: AuditResult, policy: PolicyBundle | None = None) -> Analysis:

@@ -49,12 +49,12 @@ def _trust(a: argparse.Namespace) -> TrustStore:
     return trust
 
 
-def _audit_result(a: argparse.Namespace) -> AuditResult:
+def _audit_result(a: argparse.Namespace, trust: TrustStore | None = None) -> AuditResult:
     """Verify --store or the paths given; nothing to verify is an input error (exit 2)."""
     from agent.audit.evidence_db import read_messages
     from agent.audit.verify import Message, collect_files, verify_messages
 
-    trust = _trust(a)
+    trust = trust or _trust(a)
     jobs = _jobs(a)
     if a.store and a.paths:
         raise Error("give attestation files or directories, or --store URL, not both")
@@ -96,6 +96,7 @@ def governed_analysis(a: argparse.Namespace) -> Analysis:
     (``agent.governance.review``)."""
 
     from agent.audit.analysis import analyze
+    from agent.audit.bundle import check_bundles
     from agent.governance.commands import parse_time_ms
     from agent.governance.people import load_authorities
     from agent.governance.review import default_as_of, review
@@ -107,7 +108,11 @@ def governed_analysis(a: argparse.Namespace) -> Analysis:
 
         policy = load_policy(Path(a.policy))
     authorities = load_authorities(Path(a.trust) if a.trust else None)
-    an = analyze(_audit_result(a), policy)  # PolicyMismatch: an input error, exit 2
+    trust = _trust(a)
+    res = _audit_result(a, trust)
+    disclosed = check_bundles([Path(p) for p in a.paths], res, trust)  # export bundles
+    an = analyze(res, policy)  # PolicyMismatch: an input error, exit 2
+    an.disclosure = [d.to_json() for d in disclosed] or None
     if as_of is None:
         as_of = default_as_of(an)
     an.governance = review(an, _statements(a), authorities, policy, as_of)

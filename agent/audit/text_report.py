@@ -79,6 +79,10 @@ def format_result(res: Analysis | AuditResult) -> str:
         lines.append(f"evidence:   FINDINGS ({len(a.findings)}) - listed above")
     lines.extend(_compliance(a))
     lines.extend(governance_lines(a))
+    if a.disclosure:  # an export bundle: what it discloses
+        from agent.audit.bundle import disclosure_lines
+
+        lines.extend(disclosure_lines(a.disclosure))
     for d in a.devices:
         lines.append("")
         lines.extend(_device(d))
