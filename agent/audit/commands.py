@@ -219,7 +219,11 @@ def audit_collect(a: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     c.start()
-    print(f"collecting {c.topic} from {c.url} into {a.store} (Ctrl-C to stop)", file=sys.stderr)
+    print(
+        f"collecting {c.topic} and the signed statements beside it (explanations, calibration "
+        f"certificates) from {c.url} into {a.store} (Ctrl-C to stop)",
+        file=sys.stderr,
+    )
     try:
         deadline = time.monotonic() + a.seconds if a.seconds else None
         while not stop.wait(0.2) and (deadline is None or time.monotonic() < deadline):

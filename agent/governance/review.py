@@ -157,7 +157,11 @@ def review(
     refused statements are added to ``an.findings``."""
     g = Governance(as_of_ms, policy.digest if policy is not None else None)
     explanations: list[tuple[Statement, Explanation]] = []
+    seen: set[bytes] = set()
     for s in statements:
+        if s.raw in seen:  # the same signed bytes twice (two copies of a file): once
+            continue
+        seen.add(s.raw)
         g.statements += 1
         try:
             st = read_statement(s.raw, s.source)
