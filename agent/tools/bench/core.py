@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["SECTIONS", "Row", "format_rows", "machine", "run_sections", "timeit", "verdict"]
+__all__ = [
+    "SECTIONS",
+    "Row",
+    "format_rows",
+    "machine",
+    "proc_cpu_s",
+    "run_sections",
+    "timeit",
+    "verdict",
+]
 
 # Section name -> module under agent.tools.bench; order is the print order.
 SECTIONS = ("policy", "onnx", "evidence", "frames", "transport", "fleet", "pipeline", "footprint")
@@ -99,3 +110,21 @@ def format_rows(rows: list[Row]) -> str:
             line += f"  -- {r.note}"
         out.append(line.rstrip())
     return "\n".join(out)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds of a process's threads: each thread's schedstat (ns), since
+    /proc/PID/stat counts in clock ticks (10 ms), too coarse for a process that uses 1 %
+    of a core for 2 s. A thread that ends meanwhile is left out (the agent's threads live
+    as long as it does); the ticks on a kernel without schedstat."""
+    total, read = 0, 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+            read += 1
+        except (OSError, ValueError, IndexError):
+            continue
+    if read:
+        return total / 1e9
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

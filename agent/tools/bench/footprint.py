@@ -40,7 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
-from agent.tools.bench.core import Row, verdict
+from agent.tools.bench.core import Row, proc_cpu_s, verdict
 
 __all__ = ["Footprint", "measure", "run"]
 
@@ -49,7 +49,6 @@ RSS_GOAL_MB = 80.0
 READY_GOAL_S = 1.0
 RATE_HZ = 1000.0
 TEN_MIN_MS = 600_000
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _policy_path() -> Path:
@@ -64,13 +63,6 @@ def _status_kib(pid: int) -> dict[str, int]:
             if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")):
                 out[line.split(":")[0]] = int(line.split()[1])
     return out
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
 
 
 @dataclass
@@ -243,13 +235,13 @@ def measure(
             if now - t_load >= seconds:
                 break
             if c_half is None and now >= half:
-                c_half, w_half = _cpu_s(pid), now
+                c_half, w_half = proc_cpu_s(pid), now
             fp.samples.append((now - t_load, _status_kib(pid)["VmRSS"] / 1024))
             if progress is not None:
                 print(f"  t={fp.samples[-1][0]:6.1f}s  RSS {fp.samples[-1][1]:7.1f} MB",
                       file=progress, flush=True)  # fmt: skip
             time.sleep(min(1.0, max(0.0, t_load + seconds - now)))
-        c_end, w_end = _cpu_s(pid), time.monotonic()
+        c_end, w_end = proc_cpu_s(pid), time.monotonic()
         st = _status_kib(pid)
         fp.steady_rss_mb, fp.steady_hwm_mb = st["VmRSS"] / 1024, st["VmHWM"] / 1024
         fp.steady_anon_mb, fp.steady_file_mb = st["RssAnon"] / 1024, st["RssFile"] / 1024

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from agent.identity.keys import generate_key
-from agent.tools.bench.core import Row, verdict
+from agent.tools.bench.core import Row, proc_cpu_s, verdict
 from firmware_bridge import Emulator, open_pty
 from firmware_bridge.line import replay
 
@@ -203,11 +203,6 @@ def _whole(frames: int, window_s: float = 5.0) -> tuple[int, float, float, dict[
     return readings, wall, cpu, st.seconds
 
 
-def _proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _spooled_readings(spool: Path) -> int:
     from agent.evidence.claims import parse_claims
     from agent.evidence.cose import decode_sign1
@@ -307,9 +302,9 @@ def _baud_cpu(seconds: float) -> tuple[float, float]:
         )
         writer.start()
         time.sleep(3.0)  # settled: the port open, the first windows signed
-        c0, t0 = _proc_cpu_s(proc.pid), time.monotonic()
+        c0, t0 = proc_cpu_s(proc.pid), time.monotonic()
         time.sleep(seconds)
-        cpu, wall = _proc_cpu_s(proc.pid) - c0, time.monotonic() - t0
+        cpu, wall = proc_cpu_s(proc.pid) - c0, time.monotonic() - t0
         stop.set()
         writer.join(10)
         err = _stop(proc)
