@@ -15,11 +15,23 @@ With ``share`` set, the subscription is an MQTT v5 shared subscription
 (``$share/<group>/...``, MQTT 5.0 §4.8.2): the broker hands each message to
 one member of the group, so several collectors split the load and together
 store each attestation once.
+
+A message is acknowledged (PUBACK, paho's ``manual_ack``) only once it is stored. When
+the store is unavailable (:class:`StoreUnavailable`: a PostgreSQL restart), it and every
+message after it wait, unacknowledged, in arrival order, and a thread retries them (0.1 s
+doubling to 2 s) until the store is back: the outage is logged once, with the store's URL
+(password redacted), and its end with how many waited. The MQTT connection stays up
+meanwhile (paho's thread is not blocked). Stopped during an outage, the collector leaves
+those messages unacknowledged: the broker redelivers them on a resumed session, or to
+another member of a shared subscription; a clean session loses them, as it loses what
+is published while no collector is connected.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import logging
 import os
 import secrets
 import threading
@@ -28,14 +40,17 @@ from pathlib import Path
 
 import cbor2
 
-from agent.audit.evidence_db import EvidenceDB, open_db
+from agent.audit.evidence_db import EvidenceDB, StoreUnavailable, open_db
 from agent.errors import Error, TransportError
 from agent.evidence.claims import EDGEGOV, SEQ
 from agent.evidence.cose import decode_sign1
+from agent.logs import redact
 from agent.transport.mqtt import BrokerURL, Message, MqttClient, ReasonCode, TlsFiles
 from agent.transport.topics import attestations, device_of, statements
 
 __all__ = ["Collector", "FileCollector", "StoreCollector", "peek_seq"]
+
+log = logging.getLogger("edgegov.collector")
 
 
 def peek_seq(payload: bytes) -> int:
@@ -45,7 +60,7 @@ def peek_seq(payload: bytes) -> int:
         seq = claims[EDGEGOV][SEQ]
     except (Error, KeyError, TypeError, cbor2.CBORDecodeError):
         return -1
-    return seq if isinstance(seq, int) and seq >= 0 else -1
+    return seq if type(seq) is int and 0 <= seq < 2**63 else -1  # a BIGINT in the store
 
 
 class Collector:
@@ -74,7 +89,13 @@ class Collector:
         self._acks = 0  # SUBACKs since the last connect
         self._refused: str | None = None  # why the broker refused the subscription
         self._lock = threading.Lock()
-        c = MqttClient(self.url, self.name, tls=tls)
+        self._waiting: collections.deque[Message] = collections.deque()  # store unavailable
+        self._outage: float | None = None  # since when (monotonic), while it lasts
+        self._held = 0  # messages that waited in this outage
+        self.store_name = ""  # the store, for the log (password redacted)
+        self._retrier: threading.Thread | None = None
+        self._stopping = threading.Event()
+        c = MqttClient(self.url, self.name, tls=tls, manual_ack=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
@@ -103,6 +124,10 @@ class Collector:
         Every message is stored as it arrives, so nothing is lost by not waiting longer;
         one the broker had not seen acknowledged is redelivered to the next collector.
         """
+        self._stopping.set()
+        retrier = self._retrier
+        if retrier is not None:
+            retrier.join(timeout)
         self._client.close(timeout)
 
     # -- MqttClient callbacks (paho's network thread) ----------------------------------
@@ -125,6 +150,25 @@ class Collector:
             self._refused = f"the broker refused a subscription ({self.topic}...): {codes[0]}"
 
     def _on_message(self, msg: Message) -> None:
+        with self._lock:
+            if self._waiting:  # the store is out: keep the order, the retry thread stores it
+                self._waiting.append(msg)
+                self._held += 1
+                return
+        if self._handle(msg):
+            self._client.ack(msg)
+            return
+        with self._lock:
+            self._waiting.append(msg)
+            self._held += 1
+            if self._retrier is None or not self._retrier.is_alive():
+                self._retrier = threading.Thread(
+                    target=self._retry, name=f"{self.name}-retry", daemon=True
+                )
+                self._retrier.start()
+
+    def _handle(self, msg: Message) -> bool:
+        """Store one message; False if the store is unavailable (retry it later)."""
         payload = msg.payload
         device = device_of(msg.topic)
         kind = msg.topic.rsplit("/", 1)[-1]
@@ -134,14 +178,50 @@ class Collector:
                 new = self.store(device, peek_seq(payload), digest, payload)
             else:  # "explanation" or "calibration": checked by audit verify, not here
                 new = self.store_statement(kind, device, digest, payload)
-        except Error as e:  # keep collecting; the message is redelivered on reconnect
+        except StoreUnavailable as e:
+            with self._lock:
+                if self._outage is None:  # once per outage
+                    self._outage = time.monotonic()
+                    self.errors.append(str(e))
+                    log.warning("collector store unavailable, retrying: %s", e)
+            return False
+        except Error as e:  # this message cannot be stored (not the store): recorded
             with self._lock:
                 self.errors.append(str(e))
-            return
+            log.error("collector: %s", e)
+            return True
         with self._lock:
             self.received += 1
             if new:
                 self.stored.add(f"{device}/{digest.hex()[:32]}")
+        return True
+
+    def _retry(self) -> None:
+        """Store the messages that wait, oldest first, until none is left or stop()."""
+        delay = 0.1
+        while not self._stopping.is_set():
+            with self._lock:
+                if not self._waiting:
+                    since, self._outage, held, self._held = self._outage, None, self._held, 0
+                    break
+                msg = self._waiting[0]
+            if self._handle(msg):
+                self._client.ack(msg)
+                with self._lock:
+                    self._waiting.popleft()
+                delay = 0.1
+            else:
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 2.0)
+        else:
+            return
+        if since is not None:
+            log.warning(
+                "collector store %s is back after %.1f s: %d messages had waited, all stored",
+                self.store_name,
+                time.monotonic() - since,
+                held,
+            )
 
     def store(self, device: str, seq: int, digest: bytes, payload: bytes) -> bool:
         raise NotImplementedError
@@ -203,6 +283,7 @@ class StoreCollector(Collector):
     ) -> None:
         super().__init__(url, fleet, prefix, share, tls)
         self.db: EvidenceDB = open_db(store_url)
+        self.store_name = redact(store_url)
 
     def store(self, device: str, seq: int, digest: bytes, payload: bytes) -> bool:
         return self.db.put(device, seq, digest, payload, self.name)

@@ -58,6 +58,15 @@ def _audit_result(a: argparse.Namespace, trust: TrustStore | None = None) -> Aud
     jobs = _jobs(a)
     if a.store and a.paths:
         raise Error("give attestation files or directories, or --store URL, not both")
+    postgres = a.store and a.store.startswith(("postgresql://", "postgres://"))
+    if postgres and not a.device and jobs == 1:  # streamed: agent/audit/verify_stream.py
+        from agent.audit.evidence_db import iter_messages
+        from agent.audit.verify_stream import verify_stream
+
+        res = verify_stream(iter_messages(a.store), trust)
+        if not res.files:
+            raise Error(f"{a.store}: no attestations in that store")
+        return res
     if a.store:
         msgs: list[Message] = read_messages(a.store)
         if not msgs:

@@ -20,13 +20,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.audit import pgstore
 from agent.audit.verify import Message
 from agent.errors import StorageError
 from agent.evidence.store import read_only  # leaves no -wal/-shm behind (edgegov status)
 from agent.evidence.store_reader import is_evidence_store, stored_log
 from agent.logs import redact
 
-__all__ = ["EvidenceDB", "open_db", "read_messages", "read_statements", "store_kind"]
+__all__ = [
+    "EvidenceDB",
+    "StoreUnavailable",
+    "iter_messages",
+    "open_db",
+    "read_messages",
+    "read_statements",
+    "store_kind",
+]
 
 _SQLITE = """
 CREATE TABLE IF NOT EXISTS collected (
@@ -36,18 +45,6 @@ CREATE TABLE IF NOT EXISTS collected (
     digest BLOB NOT NULL,
     cose BLOB NOT NULL,
     collector TEXT NOT NULL,
-    UNIQUE (device, seq, digest)
-);
-"""
-_PG = """
-CREATE TABLE IF NOT EXISTS collected (
-    id BIGSERIAL PRIMARY KEY,
-    device TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    digest BYTEA NOT NULL,
-    cose BYTEA NOT NULL,
-    collector TEXT NOT NULL,
-    received_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     UNIQUE (device, seq, digest)
 );
 """
@@ -96,6 +93,11 @@ class EvidenceDB(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class StoreUnavailable(StorageError):
+    """The store cannot be reached now (a PostgreSQL restart, a lost connection): the
+    same insert may succeed later, so a collector retries it (a StorageError otherwise)."""
 
 
 class _SqlStore:
@@ -156,34 +158,60 @@ class _Sqlite(_SqlStore):
                 cur = self._db.execute(
                     _INSERT.format(p="?"), (device, seq, digest, cose, collector)
                 )
+            except sqlite3.OperationalError as e:  # locked, disk full: may pass later
+                raise StoreUnavailable(f"{self.url}: cannot store {device} seq {seq}: {e}") from e
             except sqlite3.Error as e:
                 raise StorageError(f"{self.url}: cannot store {device} seq {seq}: {e}") from e
             return bool(cur.rowcount == 1)
 
 
 class _Postgres(_SqlStore):
+    """``collected`` partitioned by month (:mod:`agent.audit.pgstore`); reconnects after
+    a lost connection, on the next put."""
+
     def __init__(self, url: str) -> None:
         import psycopg
 
         self.url = url
         self._lock = threading.Lock()
         self._param, self._errors = "%s", (psycopg.Error,)
+        self._months: set[Any] = set()  # partitions known to exist
         try:
             self._db: Any = psycopg.connect(url, autocommit=True, connect_timeout=5)
             with self._db.transaction():
                 # One creator at a time: CREATE TABLE IF NOT EXISTS races on pg_type.
-                self._db.execute("SELECT pg_advisory_xact_lock(70001)")
-                self._db.execute(_PG)
+                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (pgstore.LOCK_SCHEMA,))
+                pgstore.create_schema(self._db)
                 self._db.execute(_STATEMENTS.format(blob="BYTEA"))
         except psycopg.Error as e:
             raise StorageError(f"{redact(url)}: cannot open the collector store: {e}") from e
 
     def put(self, device: str, seq: int, digest: bytes, cose: bytes, collector: str) -> bool:
+        import psycopg
+
+        t = pgstore.claimed_window(cose)
         with self._lock:
             try:
-                cur = self._db.execute(
-                    _INSERT.format(p="%s"), (device, seq, digest, cose, collector)
-                )
+                if self._db.closed:
+                    self._db = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+                if t is not None and pgstore.month_of(t) not in self._months:
+                    with self._db.transaction():
+                        pgstore.ensure_partition(self._db, pgstore.month_of(t))
+                    self._months.add(pgstore.month_of(t))
+                row = (device, seq, digest, cose, collector, t)
+                try:
+                    cur = self._db.execute(pgstore.INSERT, row)
+                except psycopg.errors.CheckViolation:  # its month was dropped since: again
+                    self._months.clear()
+                    if t is not None:
+                        with self._db.transaction():
+                            pgstore.ensure_partition(self._db, pgstore.month_of(t))
+                    cur = self._db.execute(pgstore.INSERT, row)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                self._db.close()  # reconnect on the next put
+                raise StoreUnavailable(
+                    f"{redact(self.url)}: cannot store {device} seq {seq}: {e}"
+                ) from e
             except self._errors as e:
                 raise StorageError(
                     f"{redact(self.url)}: cannot store {device} seq {seq}: {e}"
@@ -284,6 +312,28 @@ def _read_postgres(url: str) -> list[Message]:
     except psycopg.Error as e:
         raise StorageError(f"{redact(url)}: cannot read the collector store: {e}") from e
     return [_collected(url, *row) for row in rows]
+
+
+def iter_messages(url: str, batch: int = 2000) -> Iterator[Message]:
+    """A PostgreSQL collector store's messages in (device, seq, arrival) order, fetched
+    ``batch`` rows at a time by a server-side cursor: never the whole store in memory.
+
+    Raises:
+        StorageError: no collector table there, or the server fails mid-read.
+    """
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=5) as db:
+            if db.execute("SELECT to_regclass('collected')").fetchone()[0] is None:  # type: ignore[index]
+                raise StorageError(f"{redact(url)}: no collector table there (nothing collected)")
+            with db.cursor(name="edgegov_verify") as cur:
+                cur.itersize = batch
+                cur.execute(_SELECT)
+                for row in cur:
+                    yield _collected(url, *row)
+    except psycopg.Error as e:
+        raise StorageError(f"{redact(url)}: cannot read the collector store: {e}") from e
 
 
 def read_statements(url: str) -> list[tuple[bytes, str]]:

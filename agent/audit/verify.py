@@ -277,9 +277,26 @@ def _verify_all(
 ) -> AuditResult:
     """:func:`verify_messages`, with the signatures ``checks`` has checked ahead (if any)."""
     res = AuditResult()
+    logs, rejected = _verify_each(messages, trust, device, checks, res, {})
+    for origin, entries in sorted(logs.items()):
+        dev = entries[0].ev.device_id
+        here = [(o, f) for o, f, d in rejected if d in (dev, "?")]
+        res.logs.append(_check_log(origin, entries, res.findings, trust, here))
+    return res
+
+
+def _verify_each(
+    messages: Iterable[Message | tuple[bytes, str, str | None]],
+    trust: TrustStore,
+    device: str | None,
+    checks: SignatureChecks | None,
+    res: AuditResult,
+    known: dict[bytes, _Entry],
+) -> tuple[dict[str, list[_Entry]], list[tuple[int, str, str]]]:
+    """Every message's own checks, into ``res``: the logs' entries and the rejected
+    (order, file, device label); ``known``: the messages verified so far, by bytes."""
     logs: dict[str, list[_Entry]] = defaultdict(list)
-    known: dict[bytes, _Entry] = {}
-    rejected: list[tuple[int, str, str]] = []  # (order, file, device label)
+    rejected: list[tuple[int, str, str]] = []
     for order, m in enumerate(messages):
         raw, src, via = m[0], m[1], m[2]
         res.files += 1
@@ -309,11 +326,7 @@ def _verify_all(
             )
             continue
         logs[ev.checkpoint.origin].append(entry)
-    for origin, entries in sorted(logs.items()):
-        dev = entries[0].ev.device_id
-        here = [(o, f) for o, f, d in rejected if d in (dev, "?")]
-        res.logs.append(_check_log(origin, entries, res.findings, trust, here))
-    return res
+    return logs, rejected
 
 
 def _verify_one(

@@ -135,6 +135,8 @@ class Message:
     payload: bytes
     dup: bool = False  # the broker flagged it as a redelivery (§3.3.1.1)
     retain: bool = False  # a retained message, sent because we subscribed
+    mid: int = 0  # its packet id, for :meth:`MqttClient.ack` (manual_ack)
+    qos: int = 0
 
 
 class _PackedProperties(Properties):
@@ -179,8 +181,11 @@ class MqttClient:
         will: Will | None = None,
         max_inflight: int = 20,
         reconnect_delay: tuple[float, float] = (1.0, 120.0),
+        manual_ack: bool = False,
     ) -> None:
-        """Raises ConfigError (from :func:`client_context`) when a TLS file is unusable."""
+        """``manual_ack``: a QoS 1 message is acknowledged by :meth:`ack`, not when
+        ``on_message`` returns. Raises ConfigError (from :func:`client_context`) when a
+        TLS file is unusable."""
         self.url = url
         self.tls = tls
         self.session = session or Session()
@@ -196,7 +201,12 @@ class MqttClient:
         self._connack: ReasonCode | None = None  # the latest CONNACK
         self._dropped: ReasonCode | None = None  # a disconnect before any CONNACK
         self._props: dict[str, Properties] = {}  # PUBLISH properties per content type
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=manual_ack,
+        )
         c.max_queued_messages_set(0)  # unbounded: callers bound what they hand us
         c.max_inflight_messages_set(max_inflight)
         c.reconnect_delay_set(*reconnect_delay)  # type: ignore[arg-type]
@@ -326,6 +336,10 @@ class MqttClient:
             raise TransportError(f"subscribe {topic_filter} failed: {reason(rc)}")
         return mid
 
+    def ack(self, msg: Message) -> None:
+        """PUBACK a message received with ``manual_ack`` (any thread)."""
+        self._paho.ack(msg.mid, msg.qos)
+
     def unsubscribe(self, topic_filter: str) -> int:
         """UNSUBSCRIBE; returns its message id (the UNSUBACK comes to ``on_unsubscribe``)."""
         rc, mid = self._paho.unsubscribe(topic_filter)
@@ -376,4 +390,6 @@ class MqttClient:
         if self.on_message is not None:
             p = msg.payload
             payload = p if isinstance(p, bytes) else bytes(p)
-            self.on_message(Message(msg.topic, payload, bool(msg.dup), bool(msg.retain)))
+            self.on_message(
+                Message(msg.topic, payload, bool(msg.dup), bool(msg.retain), msg.mid, msg.qos)
+            )
