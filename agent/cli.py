@@ -658,7 +658,9 @@ def _parser() -> argparse.ArgumentParser:
     ac.add_argument("--ca", help="CA certificate of the broker (mqtts; default: the system's)")
     ac.add_argument("--cert", help="client certificate (mutual TLS)")
     ac.add_argument("--key", help="client key (mutual TLS)")
-    __import__("agent.audit.pgstore").audit.pgstore.add_command(asub, cmd)  # audit retention
+    from agent.audit.pgstore import add_command as audit_retention  # PostgreSQL partitions
+
+    audit_retention(asub, cmd)
 
     fleet = sub.add_parser("fleet", help="fleet identity (CA) and signed configuration (TUF)")
     fsub = fleet.add_subparsers(dest="fleet_command", metavar="COMMAND")
