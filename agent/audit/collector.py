@@ -14,7 +14,12 @@ several collectors may run:
 With ``share`` set, the subscription is an MQTT v5 shared subscription
 (``$share/<group>/...``, MQTT 5.0 §4.8.2): the broker hands each message to
 one member of the group, so several collectors split the load and together
-store each attestation once.
+store each attestation once. 3.1.1 has no shared subscriptions: Mosquitto takes
+``$share/`` from a 3.1.1 client too, another broker may read it as a plain
+topic and deliver nothing (docs/scaling.md, "Any broker").
+
+``url``: one broker or a cluster's nodes; the collector connects to the first that
+accepts it and fails over to the next when its node goes (``MqttClient``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import cbor2
@@ -32,7 +38,15 @@ from agent.audit.evidence_db import EvidenceDB, open_db
 from agent.errors import Error, TransportError
 from agent.evidence.claims import EDGEGOV, SEQ
 from agent.evidence.cose import decode_sign1
-from agent.transport.mqtt import BrokerURL, Message, MqttClient, ReasonCode, TlsFiles
+from agent.transport.mqtt import (
+    BrokerURL,
+    Message,
+    MqttClient,
+    MqttVersion,
+    ReasonCode,
+    Session,
+    TlsFiles,
+)
 from agent.transport.topics import attestations, device_of, statements
 
 __all__ = ["Collector", "FileCollector", "StoreCollector", "peek_seq"]
@@ -52,17 +66,19 @@ class Collector:
     """Subscribes to ``{prefix}/{fleet}/+/attestation``; subclasses store each message.
 
     ``tls``: the CA, client certificate and key for an ``mqtts://`` broker (mutual TLS).
+    ``version``: MQTT ``"5"`` or ``"3.1.1"``.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         fleet: str = "+",
         prefix: str = "edgegov",
         share: str | None = None,
         tls: TlsFiles | None = None,
+        version: MqttVersion = "5",
     ) -> None:
-        self.url = BrokerURL.parse(url, "broker URL")
+        urls = BrokerURL.parse_all(url if isinstance(url, str) else list(url), "broker URL")
         self.tls = tls
         self.topic = attestations(prefix, fleet, share)
         self.topics = (self.topic, *statements(prefix, fleet, share))
@@ -74,12 +90,17 @@ class Collector:
         self._acks = 0  # SUBACKs since the last connect
         self._refused: str | None = None  # why the broker refused the subscription
         self._lock = threading.Lock()
-        c = MqttClient(self.url, self.name, tls=tls)
+        c = MqttClient(urls, self.name, tls=tls, session=Session(version=version))
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
         self._client = c
+
+    @property
+    def url(self) -> BrokerURL:
+        """The broker node in use now."""
+        return self._client.url
 
     def start(self, timeout: float = 5.0) -> None:
         """Connect and subscribe; TransportError says why not (TLS: what to pass)."""
@@ -155,14 +176,15 @@ class FileCollector(Collector):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         out_dir: Path,
         fleet: str = "+",
         prefix: str = "edgegov",
         share: str | None = None,
         tls: TlsFiles | None = None,
+        version: MqttVersion = "5",
     ) -> None:
-        super().__init__(url, fleet, prefix, share, tls)
+        super().__init__(url, fleet, prefix, share, tls, version)
         self.out_dir = out_dir
 
     def start(self, timeout: float = 5.0) -> None:
@@ -194,14 +216,15 @@ class StoreCollector(Collector):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         store_url: str,
         fleet: str = "+",
         prefix: str = "edgegov",
         share: str | None = None,
         tls: TlsFiles | None = None,
+        version: MqttVersion = "5",
     ) -> None:
-        super().__init__(url, fleet, prefix, share, tls)
+        super().__init__(url, fleet, prefix, share, tls, version)
         self.db: EvidenceDB = open_db(store_url)
 
     def store(self, device: str, seq: int, digest: bytes, payload: bytes) -> bool:
