@@ -640,6 +640,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     arp.add_argument("--json", action="store_true", help="machine-readable verdict")
     from agent.audit.export import add_command as audit_export  # issue 16: export bundles
+    from agent.transport.options import add_broker_args
 
     audit_export(asub, cmd, trust)
     ac = cmd(
@@ -650,14 +651,11 @@ def _parser() -> argparse.ArgumentParser:
         "--share auditors",
         asub,
     )
-    ac.add_argument("--broker", required=True, help="mqtt:// or mqtts:// URL")
+    add_broker_args(ac)  # --broker (repeat: a cluster), --mqtt-version, --ca, --cert, --key
     ac.add_argument("--store", default="collected.sqlite", help="sqlite path/URL or postgresql://")
     ac.add_argument("--fleet", default="+", help="fleet to follow (all)")
-    ac.add_argument("--share", help="MQTT v5 shared-subscription group (several collectors)")
+    ac.add_argument("--share", help="shared-subscription group (several collectors; MQTT 5)")
     ac.add_argument("--seconds", type=float, default=0, help="stop after this long (never)")
-    ac.add_argument("--ca", help="CA certificate of the broker (mqtts; default: the system's)")
-    ac.add_argument("--cert", help="client certificate (mutual TLS)")
-    ac.add_argument("--key", help="client key (mutual TLS)")
     from agent.audit.pgstore import add_command as audit_retention  # PostgreSQL partitions
 
     audit_retention(asub, cmd)

@@ -11,6 +11,8 @@ Example (``configs/agent.example.yaml``)::
     output:
       mqtt: {url: "mqtts://broker.example:8883", ca: ca.pem, cert: dev.pem, key: dev.key}
       # or: spool: /var/lib/edgegov/spool
+      # a cluster, tried in order with failover, and MQTT 3.1.1 (default 5):
+      #   mqtt: {url: ["mqtt://node-1:1883", "mqtt://node-2:1883"], version: "3.1.1"}
     risk: {providers: [CPUExecutionProvider], threads: 1}
 
 Relative paths are relative to the config file. Every error starts with the config
@@ -35,6 +37,7 @@ import yaml
 
 from agent.errors import ConfigError
 from agent.logs import LEVELS as _LOG_LEVELS
+from agent.transport.options import MqttVersion, parse_version
 
 __all__ = [
     "AgentConfig",
@@ -140,11 +143,12 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class MqttOutput:
-    url: str
+    urls: tuple[str, ...]  # output.mqtt.url: one URL or a list (a cluster's nodes, in order)
     topic_prefix: str = "edgegov"
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
+    version: MqttVersion = "5"  # output.mqtt.version: 5 or 3.1.1
 
 
 @dataclass(frozen=True)
@@ -272,13 +276,14 @@ def _readable(f: _Fields, key: str, path: Path | None, what: str, hint: str = ""
         raise f.err(key, f"{path}: cannot read the {what}: {e.strerror or e}{hint}") from e
 
 
-def _broker_url(m: _Fields) -> tuple[str, bool]:
-    """``output.mqtt.url``, parsed as the publisher will parse it; returns (url, tls)."""
+def _broker_urls(m: _Fields) -> tuple[tuple[str, ...], bool]:
+    """``output.mqtt.url`` (one URL or a list), parsed as the publisher will parse it;
+    returns (urls, tls). A bad entry is named by its index (``output.mqtt.url[1]``)."""
     from agent.transport.mqtt import BrokerURL  # paho: only once a config names a broker
 
-    url: str = m.get("url", str)
-    parsed = BrokerURL.parse(url, f"{m.file}: {m._name('url')}")
-    return url, parsed.tls
+    raw: str | list[Any] = m.get("url", (str, list))
+    parsed = BrokerURL.parse_all(raw, f"{m.file}: {m._name('url')}")
+    return ((raw,) if isinstance(raw, str) else tuple(raw)), parsed[0].tls
 
 
 def _check_tls(m: _Fields, mqtt: MqttOutput, tls: bool) -> None:
@@ -474,14 +479,15 @@ def load_config(path: str | Path) -> AgentConfig:
     tls = False
     if "mqtt" in out.data:
         m = out.sub("mqtt")
-        m.reject_unknown({"url", "topic_prefix", "ca", "cert", "key"})
-        url, tls = _broker_url(m)
+        m.reject_unknown({"url", "topic_prefix", "ca", "cert", "key", "version"})
+        urls, tls = _broker_urls(m)
         mqtt_cfg = MqttOutput(
-            url,
+            urls,
             _topic_level(m, "topic_prefix", "edgegov"),
             m.path_of("ca", None),
             m.path_of("cert", None),
             m.path_of("key", None),
+            parse_version(m.data.get("version", "5"), f"{file}: {m._name('version')}"),
         )
     spool = out.path_of("spool", None)
     if (mqtt_cfg is None) == (spool is None):

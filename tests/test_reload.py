@@ -41,7 +41,9 @@ def test_plan_reload_applies_live_fields_and_names_each_restart_only_one(tmp_pat
         running,
         sources=(new_port,),
         device_id="gw-other",
-        mqtt=dataclasses.replace(running.mqtt, url="mqtt://10.0.0.2:1883", topic_prefix="other"),
+        mqtt=dataclasses.replace(
+            running.mqtt, urls=("mqtt://10.0.0.2:1883",), topic_prefix="other"
+        ),
         evidence_max_mb=5.0,
         risk_threads=2,
         log_level="debug",
@@ -52,7 +54,7 @@ def test_plan_reload_applies_live_fields_and_names_each_restart_only_one(tmp_pat
     c = plan.config  # restart-only fields keep their running values, the rest is new
     assert c.sources == running.sources and c.device_id == running.device_id
     assert c.mqtt is not None and c.mqtt.topic_prefix == "edgegov"
-    assert c.mqtt.url == "mqtt://10.0.0.2:1883" and c.evidence_max_mb == 5.0
+    assert c.mqtt.urls == ("mqtt://10.0.0.2:1883",) and c.evidence_max_mb == 5.0
     assert plan_reload(running, load_config(cfg)) == plan_reload(running, running)
     assert plan_reload(running, running).changed == plan_reload(running, running).refused == ()
     # with tuf: the fleet client shares the broker settings, so they need a restart too

@@ -14,7 +14,9 @@ several collectors may run:
 With ``share`` set, the subscription is an MQTT v5 shared subscription
 (``$share/<group>/...``, MQTT 5.0 §4.8.2): the broker hands each message to
 one member of the group, so several collectors split the load and together
-store each attestation once.
+store each attestation once. 3.1.1 has no shared subscriptions: Mosquitto takes
+``$share/`` from a 3.1.1 client too, another broker may read it as a plain
+topic and deliver nothing (docs/scaling.md, "Any broker").
 
 A message is acknowledged (PUBACK, paho's ``manual_ack``) only once it is stored. When
 the store is unavailable (:class:`StoreUnavailable`: a PostgreSQL restart), it and every
@@ -25,6 +27,9 @@ meanwhile (paho's thread is not blocked). Stopped during an outage, the collecto
 those messages unacknowledged: the broker redelivers them on a resumed session, or to
 another member of a shared subscription; a clean session loses them, as it loses what
 is published while no collector is connected.
+
+``url``: one broker or a cluster's nodes; the collector connects to the first that
+accepts it and fails over to the next when its node goes (``MqttClient``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import cbor2
@@ -45,7 +51,15 @@ from agent.errors import Error, TransportError
 from agent.evidence.claims import EDGEGOV, SEQ
 from agent.evidence.cose import decode_sign1
 from agent.logs import redact
-from agent.transport.mqtt import BrokerURL, Message, MqttClient, ReasonCode, TlsFiles
+from agent.transport.mqtt import (
+    BrokerURL,
+    Message,
+    MqttClient,
+    MqttVersion,
+    ReasonCode,
+    Session,
+    TlsFiles,
+)
 from agent.transport.topics import attestations, device_of, statements
 
 __all__ = ["Collector", "FileCollector", "StoreCollector", "peek_seq"]
@@ -67,17 +81,19 @@ class Collector:
     """Subscribes to ``{prefix}/{fleet}/+/attestation``; subclasses store each message.
 
     ``tls``: the CA, client certificate and key for an ``mqtts://`` broker (mutual TLS).
+    ``version``: MQTT ``"5"`` or ``"3.1.1"``.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         fleet: str = "+",
         prefix: str = "edgegov",
         share: str | None = None,
         tls: TlsFiles | None = None,
+        version: MqttVersion = "5",
     ) -> None:
-        self.url = BrokerURL.parse(url, "broker URL")
+        urls = BrokerURL.parse_all(url if isinstance(url, str) else list(url), "broker URL")
         self.tls = tls
         self.topic = attestations(prefix, fleet, share)
         self.topics = (self.topic, *statements(prefix, fleet, share))
@@ -95,12 +111,17 @@ class Collector:
         self.store_name = ""  # the store, for the log (password redacted)
         self._retrier: threading.Thread | None = None
         self._stopping = threading.Event()
-        c = MqttClient(self.url, self.name, tls=tls, manual_ack=True)
+        c = MqttClient(urls, self.name, tls=tls, session=Session(version=version), manual_ack=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
         self._client = c
+
+    @property
+    def url(self) -> BrokerURL:
+        """The broker node in use now."""
+        return self._client.url
 
     def start(self, timeout: float = 5.0) -> None:
         """Connect and subscribe; TransportError says why not (TLS: what to pass)."""
@@ -235,14 +256,15 @@ class FileCollector(Collector):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         out_dir: Path,
         fleet: str = "+",
         prefix: str = "edgegov",
         share: str | None = None,
         tls: TlsFiles | None = None,
+        version: MqttVersion = "5",
     ) -> None:
-        super().__init__(url, fleet, prefix, share, tls)
+        super().__init__(url, fleet, prefix, share, tls, version)
         self.out_dir = out_dir
 
     def start(self, timeout: float = 5.0) -> None:
@@ -274,14 +296,15 @@ class StoreCollector(Collector):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         store_url: str,
         fleet: str = "+",
         prefix: str = "edgegov",
         share: str | None = None,
         tls: TlsFiles | None = None,
+        version: MqttVersion = "5",
     ) -> None:
-        super().__init__(url, fleet, prefix, share, tls)
+        super().__init__(url, fleet, prefix, share, tls, version)
         self.db: EvidenceDB = open_db(store_url)
         self.store_name = redact(store_url)
 

@@ -218,10 +218,10 @@ def audit_collect(a: argparse.Namespace) -> int:
     import time
 
     from agent.audit.collector import StoreCollector
-    from agent.transport.mqtt_tls import TlsFiles
+    from agent.transport.options import broker_tls
 
-    tls = TlsFiles.given(a.ca, a.cert, a.key)
-    c = StoreCollector(a.broker, a.store, fleet=a.fleet, share=a.share, tls=tls)
+    c = StoreCollector(a.broker, a.store, fleet=a.fleet, share=a.share, tls=broker_tls(a),
+                       version=a.mqtt_version)  # fmt: skip
     # SIGTERM (systemd, kill) and SIGINT (Ctrl-C) stop it; set here, since a process started
     # in the background of a shell inherits SIGINT ignored and Python would leave it so
     stop = threading.Event()

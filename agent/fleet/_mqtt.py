@@ -1,4 +1,4 @@
-"""A small synchronous MQTT v5 session for fleet tooling and the fleet client.
+"""A small synchronous MQTT session (5 or 3.1.1) for fleet tooling and the fleet client.
 
 Three things on one :class:`~agent.transport.mqtt.MqttClient`: publish a batch
 of retained messages and wait for every PUBACK; read the retained message on one
@@ -8,23 +8,26 @@ Reading "the retained message, or none" is made deterministic without a
 timeout guess: SUBSCRIBE (QoS 0), wait for SUBACK, UNSUBSCRIBE, wait for
 UNSUBACK. A broker sends a new subscription's retained messages before it
 handles our next packet, so when UNSUBACK arrives anything retained has
-arrived too (MQTT v5 §3.3.1.3, §4.6 ordering on one network connection).
+arrived too (MQTT v5 §3.3.1.3, §4.6 ordering on one network connection; 3.1.1
+§4.6 the same).
 
 Payload caps come before any length is known: CONNECT carries Maximum Packet
 Size (MQTT v5 §3.1.2.11.4), so a conforming broker never sends us more, and a
-message above the cap that arrives anyway is counted and dropped unread.
+message above the cap that arrives anyway is counted and dropped unread. 3.1.1
+has no Maximum Packet Size: there the cap is only that drop, after receiving.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from agent.errors import TransportError
 from agent.transport.mqtt import (
     BrokerURL,
     Message,
     MqttClient,
+    MqttVersion,
     ReasonCode,
     Session,
     TlsFiles,
@@ -38,19 +41,20 @@ _PACKET_OVERHEAD = 64 * 1024  # topic, properties and fixed header beside the pa
 
 
 class FleetSession:
-    """One connected MQTT v5 client (``with FleetSession(...) as s:``)."""
+    """One connected MQTT client (``with FleetSession(...) as s:``); ``url``: one broker
+    or a cluster's nodes (the first that accepts us; failover: :class:`MqttClient`)."""
 
     def __init__(
         self,
-        url: BrokerURL,
+        url: BrokerURL | Sequence[BrokerURL],
         client_id: str,
         *,
         tls: TlsFiles | None = None,
         max_payload: int = 64 * 1024 * 1024,
         timeout: float = 10.0,
         will: tuple[str, bytes] | None = None,
+        version: MqttVersion = "5",
     ) -> None:
-        self.url = url
         self.max_payload = max_payload
         self.timeout = timeout
         self.oversized = 0  # messages over the cap that arrived anyway (dropped)
@@ -65,7 +69,9 @@ class FleetSession:
             url,
             client_id,
             tls=tls,
-            session=Session(clean_start=True, max_packet=max_payload + _PACKET_OVERHEAD),
+            session=Session(
+                clean_start=True, max_packet=max_payload + _PACKET_OVERHEAD, version=version
+            ),
             will=Will(*will) if will is not None else None,
         )
         c.on_connect = self._on_connect
@@ -75,6 +81,11 @@ class FleetSession:
         c.on_publish = lambda mid, rc: self._on_ack(mid, [rc])
         c.on_message = self._on_message
         self._client = c
+
+    @property
+    def url(self) -> BrokerURL:
+        """The broker node in use now."""
+        return self._client.url
 
     # -- lifecycle -------------------------------------------------------------
     def connect(self) -> FleetSession:

@@ -41,7 +41,8 @@ class FleetLink:
                 FleetClientConfig(
                     device_id=config.device_id,
                     fleet=config.fleet,
-                    url=BrokerURL.parse(m.url, f"{config.source}: output.mqtt.url"),
+                    url=BrokerURL.parse_all(m.urls, f"{config.source}: output.mqtt.url"),
+                    version=m.version,
                     trusted_root=config.tuf.root,
                     state_dir=config.state_dir,
                     prefix=m.topic_prefix,

@@ -54,7 +54,7 @@ from agent.fleet.activation import (
 )
 from agent.fleet.fetcher import MqttFetcher
 from agent.fleet.repository import Assignment, assignment_name
-from agent.transport.mqtt import BrokerURL, TlsFiles
+from agent.transport.mqtt import BrokerURL, MqttVersion, TlsFiles
 from agent.transport.topics import METADATA_URL, TARGETS_URL, FleetTopics
 
 __all__ = ["FleetClient", "FleetClientConfig", "UpdateOutcome"]
@@ -70,7 +70,7 @@ class FleetClientConfig:
 
     device_id: str
     fleet: str
-    url: BrokerURL
+    url: BrokerURL | tuple[BrokerURL, ...]  # one broker, or a cluster's nodes (failover)
     trusted_root: Path  # the fleet's root.json, provisioned out of band
     state_dir: Path  # fleet state lives in state_dir/fleet
     prefix: str = "edgegov"
@@ -80,6 +80,7 @@ class FleetClientConfig:
     freeze_factor: float = 3.0  # report "update not seen" after N x the timestamp lifetime
     max_target_bytes: int = 64 * 1024 * 1024
     check_models: bool = True  # load each model with onnxruntime before activation
+    version: MqttVersion = "5"  # MQTT protocol version: "5" or "3.1.1"
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,11 @@ class FleetClient:
                        u.targets_max_length)  # fmt: skip
         if self._session is None:
             self._session = FleetSession(
-                c.url, f"edgegov-{c.fleet}-{c.device_id}-fleet", tls=c.tls, max_payload=meta_cap
+                c.url,
+                f"edgegov-{c.fleet}-{c.device_id}-fleet",
+                tls=c.tls,
+                max_payload=meta_cap,
+                version=c.version,
             ).connect()
         if self._targets is None:
             self._targets = FleetSession(
@@ -192,6 +197,7 @@ class FleetClient:
                 f"edgegov-{c.fleet}-{c.device_id}-targets",
                 tls=c.tls,
                 max_payload=c.max_target_bytes,
+                version=c.version,
             ).connect()
         return self
 
@@ -225,6 +231,7 @@ class FleetClient:
                 f"edgegov-{c.fleet}-{c.device_id}-watch",
                 tls=c.tls,
                 max_payload=UpdaterConfig().timestamp_max_length,
+                version=c.version,
             ).connect()
             self._watch.watch(self.topics.timestamp, self._on_timestamp)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import Error
+from agent.transport.options import add_broker_args, broker_tls, broker_urls
 
 __all__ = ["add_commands"]
 
@@ -38,11 +39,9 @@ def _repo(a: argparse.Namespace) -> Any:
 
 def _session(a: argparse.Namespace, client_id: str) -> Any:
     from agent.fleet._mqtt import FleetSession
-    from agent.transport.mqtt import BrokerURL
-    from agent.transport.mqtt_tls import TlsFiles
 
-    tls = TlsFiles.given(a.ca, a.cert, a.key)
-    return FleetSession(BrokerURL.parse(a.broker, "--broker"), client_id, tls=tls)
+    urls, tls = broker_urls(a), broker_tls(a)
+    return FleetSession(urls, client_id, tls=tls, version=a.mqtt_version)
 
 
 def _init(a: argparse.Namespace) -> int:
@@ -171,12 +170,6 @@ def add_commands(fsub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None
         p.add_argument("--repo", default="fleet-repo", help="repository directory (fleet-repo)")
         return p
 
-    def broker_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://…")
-        p.add_argument("--ca", help="CA certificate (mqtts)")
-        p.add_argument("--cert", help="client certificate (mutual TLS)")
-        p.add_argument("--key", help="client key (mutual TLS)")
-
     p = repo_arg(cmd("init", _init, "create a TUF repository: keys, root, first release",
                      "edgegov fleet init --repo fleet-repo --fleet site-a --keys root=3 "
                      "--threshold root=2 --expiry timestamp=1", fsub))  # fmt: skip
@@ -221,11 +214,11 @@ def add_commands(fsub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None
     p = repo_arg(cmd("publish", _publish, "publish metadata and targets as retained messages",
                      "edgegov fleet publish --repo fleet-repo --broker mqtt://localhost:1883",
                      fsub))  # fmt: skip
-    broker_args(p)
+    add_broker_args(p)
 
     p = cmd("status", _status, "every gateway: online, config version, last ack, last attestation",
             "edgegov fleet status --broker mqtt://localhost:1883 --fleet site-a", fsub)  # fmt: skip
-    broker_args(p)
+    add_broker_args(p)
     p.add_argument("--fleet", required=True)
     p.add_argument("--prefix", default="edgegov")
     p.add_argument("--json", action="store_true", help="machine-readable output")

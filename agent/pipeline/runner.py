@@ -325,15 +325,15 @@ class Agent(ContinuityMixin, ReloadMixin):
         cfg = self.config
         if cfg.mqtt is not None:
             m = cfg.mqtt
-            url = BrokerURL.parse(m.url, f"{cfg.source}: output.mqtt.url")
             try:
                 return MqttPublisher(
-                    url,
+                    BrokerURL.parse_all(m.urls, f"{cfg.source}: output.mqtt.url"),
                     self.topics,
                     self._acknowledge,
                     ca_file=m.ca,
                     cert_file=m.cert,
                     key_file=m.key,
+                    version=m.version,
                 )
             except ConfigError as e:  # load_config checked them; changed since?
                 raise ConfigError(f"{cfg.source}: output.mqtt: {e}") from e

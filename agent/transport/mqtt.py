@@ -2,14 +2,28 @@
 
 The agent's publisher, the fleet sessions and the auditor's collector all dial a broker
 through :class:`MqttClient`, so they parse a broker URL, check a broker's certificate,
-open an MQTT v5 session and report a refusal the same way:
+open an MQTT 5 or 3.1.1 session and report a refusal the same way:
 
 * :class:`BrokerURL`: ``mqtt[s]://[user[:password]@]host[:port]``; the password never
-  reaches a repr, a ``str()`` or an error message.
+  reaches a repr, a ``str()`` or an error message. :meth:`BrokerURL.parse_all` reads one
+  URL or a list of them (the nodes of a cluster).
+* The protocol version is :attr:`Session.version` (``"5"`` or ``"3.1.1"``,
+  :mod:`agent.transport.options`), here and nowhere else. In 3.1.1 the v5-only parts are
+  left out: no CONNECT or PUBLISH properties (session expiry, Maximum Packet Size, Content
+  Type), ``clean_session`` instead of Clean Start; paho maps a 3.1.1 CONNACK return code
+  and a SUBACK 0x80 to the v5 reason codes, and a 3.1.1 PUBACK is always "Success"
+  (docs/scaling.md, "Any broker").
+* Failover: given several URLs, :meth:`MqttClient.connect` takes the first that accepts
+  us, skipping (and logging) a dead node and one that refuses us; once connected, a node
+  that drops us is retried, and when that reconnect fails paho's next reconnect goes to
+  the next node in the list (round robin), with a WARNING naming the node left and the
+  node joined. paho keeps every unacknowledged QoS 1 message across reconnects and sends
+  it again to whichever node it joins (at least once).
 * TLS: ``mqtts://`` uses the one client context of :mod:`agent.transport.mqtt_tls`
   (``CERT_REQUIRED``, host name checked; a private CA, a client certificate and key).
-* :class:`Session`: clean start and session expiry (MQTT v5 §3.1.2.4, §3.1.2.11.2), the
-  Maximum Packet Size we accept (§3.1.2.11.4), keepalive.
+* :class:`Session`: protocol version, clean start and session expiry (MQTT v5 §3.1.2.4,
+  §3.1.2.11.2; 3.1.1 §3.1.2.4 Clean Session), the Maximum Packet Size we accept (v5
+  §3.1.2.11.4), keepalive.
 * :meth:`MqttClient.connect` blocks until CONNACK or a timeout;
   :meth:`MqttClient.connect_in_background` lets paho connect and reconnect by itself.
 * paho's failures become :class:`~agent.errors.TransportError` with the reason in words
@@ -28,8 +42,9 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
@@ -40,11 +55,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.errors import ConfigError, TransportError
 from agent.transport.mqtt_tls import TlsFiles, client_context, explain_tls_failure
+from agent.transport.options import MqttVersion
 
 __all__ = [
     "BrokerURL",
     "Message",
     "MqttClient",
+    "MqttVersion",
     "ReasonCode",
     "Session",
     "TlsFiles",
@@ -88,26 +105,58 @@ class BrokerURL:
         pw = unquote(parts.password) if parts.password else None
         return cls(parts.hostname, port or (8883 if tls else 1883), tls, user, pw)
 
+    @classmethod
+    def parse_all(cls, urls: object, where: str = "mqtt.url") -> tuple[BrokerURL, ...]:
+        """One URL, or a non-empty list of them (``where[i]`` names a bad entry).
+
+        Every entry uses TLS or none does (one client TLS setting serves them all), and
+        none is listed twice.
+        """
+        if isinstance(urls, str):
+            return (cls.parse(urls, where),)
+        if not isinstance(urls, (list, tuple)) or not urls:
+            raise ConfigError(
+                f"{where}: expected a broker URL or a non-empty list of them, got {urls!r}"
+            )
+        out: list[BrokerURL] = []
+        for i, u in enumerate(urls):
+            if not isinstance(u, str):
+                raise ConfigError(f"{where}[{i}]: expected a broker URL, got {type(u).__name__}")
+            url = cls.parse(u, f"{where}[{i}]")
+            if out and url.tls != out[0].tls:
+                raise ConfigError(
+                    f"{where}[{i}]: {url} and {where}[0] {out[0]} differ in TLS: every broker "
+                    "in one list uses mqtts:// or every one uses mqtt://"
+                )
+            if (url.host, url.port) in [(o.host, o.port) for o in out]:
+                raise ConfigError(f"{where}[{i}]: {url} is listed twice")
+            out.append(url)
+        return tuple(out)
+
     def __str__(self) -> str:  # never print the password
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
 class Session:
-    """What CONNECT asks of the broker (MQTT v5 §3.1.2).
+    """What CONNECT asks of the broker (MQTT v5 §3.1.2; 3.1.1 §3.1.2).
 
     ``clean_start=False`` with ``expiry_s`` > 0 is a persistent session: the broker keeps
-    our subscriptions and QoS 1 state across an outage of up to ``expiry_s`` seconds.
-    ``max_packet``: the largest packet we accept; a conforming broker never sends more.
+    our subscriptions and QoS 1 state across an outage of up to ``expiry_s`` seconds. In
+    3.1.1 it is ``clean_session=False`` and has no expiry of its own (the broker's
+    setting, e.g. Mosquitto's ``persistent_client_expiration``, decides).
+    ``max_packet``: the largest packet we accept; a conforming v5 broker never sends more
+    (3.1.1 cannot say so: callers still drop what is over their cap).
     """
 
     clean_start: bool = True
     expiry_s: int = 0
     max_packet: int | None = None
     keepalive: int = 30
+    version: MqttVersion = "5"
 
     def properties(self) -> Properties | None:
-        if not self.expiry_s and self.max_packet is None:
+        if self.version != "5" or (not self.expiry_s and self.max_packet is None):
             return None
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if self.expiry_s:
@@ -166,14 +215,15 @@ def reason(rc: ReasonCode | int) -> str:
 
 
 class MqttClient:
-    """One MQTT v5 client over paho 2.x (``CallbackAPIVersion.VERSION2``); see the module.
+    """One MQTT 5 or 3.1.1 client over paho 2.x (``CallbackAPIVersion.VERSION2``).
 
-    Set the ``on_*`` attributes before connecting; each is optional.
+    ``url``: one broker, or the nodes of a cluster in the order to try them (see the
+    module: failover). Set the ``on_*`` attributes before connecting; each is optional.
     """
 
     def __init__(
         self,
-        url: BrokerURL,
+        url: BrokerURL | Sequence[BrokerURL],
         client_id: str,
         *,
         tls: TlsFiles | None = None,
@@ -186,9 +236,16 @@ class MqttClient:
         """``manual_ack``: a QoS 1 message is acknowledged by :meth:`ack`, not when
         ``on_message`` returns. Raises ConfigError (from :func:`client_context`) when a
         TLS file is unusable."""
-        self.url = url
+        self.urls: tuple[BrokerURL, ...] = (url,) if isinstance(url, BrokerURL) else tuple(url)
+        if not self.urls or len({u.tls for u in self.urls}) != 1:
+            raise ValueError("MqttClient needs one URL or more, all with TLS or all without")
+        self._at = 0  # self.urls[self._at] is the node we use now
+        self._skip = False  # the node failed us: the next reconnect goes to the next node
+        self._up = False  # a CONNACK accepted us since the latest connection attempt
+        self._joined: BrokerURL | None = None  # the node that last accepted us
+        self._quiet = False  # connect() is walking the list itself (or close()): no failover
         self.tls = tls
-        self.session = session or Session()
+        self.session = s = session or Session()
         self.on_connect: Callable[[ReasonCode], None] | None = None
         self.on_connect_fail: Callable[[], None] | None = None
         self.on_disconnect: Callable[[ReasonCode], None] | None = None
@@ -201,21 +258,22 @@ class MqttClient:
         self._connack: ReasonCode | None = None  # the latest CONNACK
         self._dropped: ReasonCode | None = None  # a disconnect before any CONNACK
         self._props: dict[str, Properties] = {}  # PUBLISH properties per content type
+        v5 = s.version == "5"
         c = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=paho.MQTTv5,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else s.clean_start,  # 3.1.1 §3.1.2.4: in the client
             manual_ack=manual_ack,
         )
         c.max_queued_messages_set(0)  # unbounded: callers bound what they hand us
         c.max_inflight_messages_set(max_inflight)
         c.reconnect_delay_set(*reconnect_delay)  # type: ignore[arg-type]
-        if url.username:
-            c.username_pw_set(url.username, url.password)
-        if url.tls:
+        if self.url.tls:
             c.tls_set_context(client_context(tls))
         if will is not None:
             c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        c.on_pre_connect = self._pre_connect
         c.on_connect = self._connected
         c.on_connect_fail = self._connect_failed
         c.on_disconnect = self._disconnected
@@ -224,26 +282,64 @@ class MqttClient:
         c.on_unsubscribe = self._unsubscribed
         c.on_message = self._message
         self._paho = c
+        self._aim(0)
+
+    @property
+    def url(self) -> BrokerURL:
+        """The node in use (or being tried) now."""
+        return self.urls[self._at]
+
+    def _aim(self, at: int) -> None:
+        """Use node ``at`` from the next connection attempt on (its own credentials)."""
+        self._at = at
+        self._paho.username_pw_set(self.url.username, self.url.password)
+
+    def _connect_args(self) -> dict[str, Any]:
+        """CONNECT's options for paho; Clean Start and properties exist in v5 only."""
+        s = self.session
+        if s.version != "5":
+            return {"keepalive": s.keepalive}
+        return {"keepalive": s.keepalive, "clean_start": s.clean_start,
+                "properties": s.properties()}  # fmt: skip
 
     # -- connecting ------------------------------------------------------------------
     def connect(self, timeout: float) -> None:
-        """Connect and wait for a successful CONNACK; paho then reconnects by itself.
+        """Connect to the first node that accepts us and wait for its CONNACK; paho then
+        reconnects by itself (and fails over, see the module).
 
         Raises:
             TransportError: the broker cannot be reached or the TLS handshake failed (what
                 to give, in words), it refused us (the CONNACK reason), it closed the
-                connection first, or no CONNACK came within ``timeout`` seconds. The
-                message reads after a subject: "collector cannot reach broker …".
+                connection first, or no CONNACK came within ``timeout`` seconds; with a
+                list, that every node failed, each with its reason. The message reads
+                after a subject: "collector cannot reach broker …".
         """
-        s = self.session
+        failures: list[str] = []
+        for at in range(len(self.urls)):
+            self._aim(at)
+            self._skip, self._quiet = False, True
+            try:
+                self._connect_one(timeout)
+            except TransportError as e:
+                if len(self.urls) == 1:
+                    raise
+                nxt = f"; trying {self.urls[at + 1]}" if at + 1 < len(self.urls) else ""
+                log.warning("skipping broker %s: %s%s", self.url, e, nxt)
+                failures.append(str(e))
+                continue
+            finally:
+                self._quiet = False
+            self._joined = self.url
+            return
+        raise TransportError(
+            f"cannot connect to any of {len(self.urls)} brokers: {'; '.join(failures)}"
+        )
+
+    def _connect_one(self, timeout: float) -> None:
+        with self._cond:
+            self._connack = self._dropped = None
         try:
-            self._paho.connect(
-                self.url.host,
-                self.url.port,
-                keepalive=s.keepalive,
-                clean_start=s.clean_start,
-                properties=s.properties(),
-            )
+            self._paho.connect(self.url.host, self.url.port, **self._connect_args())
         except OSError as e:  # ssl.SSLError too: TLS 1.2 fails in the handshake
             why = explain_tls_failure(e, self.tls) or str(e)
             raise TransportError(f"cannot reach broker {self.url}: {why}") from e
@@ -266,18 +362,12 @@ class MqttClient:
     def connect_in_background(self) -> None:
         """Let paho connect, and reconnect with backoff, on its own thread; never raises
         for the network (``on_connect``/``on_connect_fail`` say how it goes)."""
-        s = self.session
-        self._paho.connect_async(
-            self.url.host,
-            self.url.port,
-            keepalive=s.keepalive,
-            clean_start=s.clean_start,
-            properties=s.properties(),
-        )
+        self._paho.connect_async(self.url.host, self.url.port, **self._connect_args())
         self._paho.loop_start()
 
     def close(self, timeout: float = 5.0) -> None:
         """DISCONNECT and stop paho's thread; bounded, so a stuck socket cannot hang exit."""
+        self._quiet = True
         self._paho.disconnect()
         stopper = threading.Thread(target=self._paho.loop_stop, daemon=True)
         stopper.start()
@@ -312,9 +402,11 @@ class MqttClient:
         Offline, paho keeps a QoS 1 message and sends it on reconnect, in order; with
         ``queue_offline=False`` that is a TransportError instead. ``wait``: then block up
         to that many seconds for it to be sent (best effort: no error if it is not).
+        ``content_type`` is a v5 property: in 3.1.1 it is not sent (each topic's payload
+        format is fixed, so no reader needs it).
         """
         props = None
-        if content_type is not None:
+        if content_type is not None and self.session.version == "5":
             props = self._props.get(content_type)
             if props is None:
                 props = _PackedProperties(content_type)
@@ -347,6 +439,36 @@ class MqttClient:
             raise TransportError(f"unsubscribe {topic_filter} failed: {reason(rc)}")
         return mid
 
+    # -- failover (paho's network thread) -------------------------------------------------
+    def _pre_connect(self, _c: object, _u: object) -> None:
+        """paho is about to open a connection: to the next node if this one failed us."""
+        if self._skip:
+            self._skip = False
+            self._aim((self._at + 1) % len(self.urls))
+        self._up = False
+        # paho's host/port setters refuse while it reconnects (state "connecting"), the one
+        # moment a reconnect can be aimed elsewhere; this hook runs right before it reads them
+        self._paho._host, self._paho._port = self.url.host, self.url.port
+
+    def _failed_over(self) -> None:
+        """A CONNACK accepted us: say so if it is another node than the last one."""
+        left, self._joined = self._joined, self.url
+        if left is not None and left != self.url:
+            log.warning(
+                "failed over from broker %s to broker %s (session %s); every unacknowledged "
+                "message is sent again",
+                left,
+                self.url,
+                "kept" if self.session_present else "new",
+            )
+
+    def _give_up_on_node(self, why: str) -> None:
+        """The node we tried failed us (unreachable, refused, dropped before CONNACK)."""
+        if len(self.urls) > 1 and not self._skip and not self._quiet:
+            self._skip = True
+            nxt = self.urls[(self._at + 1) % len(self.urls)]
+            log.warning("broker %s: %s; trying %s next", self.url, why, nxt)
+
     # -- paho's callbacks (network thread), typed -----------------------------------------
     def _connected(
         self, _c: object, _u: object, flags: paho.ConnectFlags, rc: ReasonCode, _p: object
@@ -355,10 +477,17 @@ class MqttClient:
             self._connack = rc
             self.session_present = bool(flags.session_present)
             self._cond.notify_all()
+        if rc.is_failure:
+            self._give_up_on_node(f"refused us ({reason(rc)})")
+        else:
+            self._up = True
+            self._failed_over()
         if self.on_connect is not None:
             self.on_connect(rc)
 
     def _connect_failed(self, _c: object, _u: object) -> None:
+        if len(self.urls) > 1:
+            self._give_up_on_node(f"unreachable ({self.why_unreachable()})")
         if self.on_connect_fail is not None:
             self.on_connect_fail()
 
@@ -367,6 +496,8 @@ class MqttClient:
             if self._connack is None:
                 self._dropped = rc
             self._cond.notify_all()
+        if not self._up:
+            self._give_up_on_node(f"closed the connection before accepting us ({rc})")
         if self.on_disconnect is not None:
             self.on_disconnect(rc)
 

@@ -15,14 +15,22 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from agent.errors import StorageError
 from agent.evidence.claims import CONTENT_TYPE
 from agent.evidence.store import OutboxItem
-from agent.transport.mqtt import BrokerURL, MqttClient, ReasonCode, Session, TlsFiles, Will
+from agent.transport.mqtt import (
+    BrokerURL,
+    MqttClient,
+    MqttVersion,
+    ReasonCode,
+    Session,
+    TlsFiles,
+    Will,
+)
 from agent.transport.topics import DeviceTopics
 
 __all__ = ["MqttPublisher", "Publisher", "SpoolPublisher"]
@@ -83,11 +91,19 @@ class SpoolPublisher:
 
 
 class MqttPublisher:
-    """QoS 1 publisher over MQTT v5; an outbox row is acknowledged only on PUBACK."""
+    """QoS 1 publisher over MQTT 5 or 3.1.1; an outbox row is acknowledged only on PUBACK.
+
+    ``url``: one broker or a cluster's nodes (failover: :class:`MqttClient`). paho keeps
+    each unacknowledged attestation across reconnects and sends it again to the node it
+    joins, so a failover loses nothing and may deliver twice (collectors are idempotent).
+    In 3.1.1 a PUBACK carries no reason code: a broker that denies the publish (an ACL)
+    may acknowledge and drop it, and the outbox row goes; ``audit verify`` then reports
+    the gap in the device's seq (docs/scaling.md, "Any broker").
+    """
 
     def __init__(
         self,
-        url: BrokerURL,
+        url: BrokerURL | Sequence[BrokerURL],
         topics: DeviceTopics,
         on_ack: Callable[[int], None],
         *,
@@ -96,8 +112,8 @@ class MqttPublisher:
         cert_file: Path | None = None,
         key_file: Path | None = None,
         keepalive: int = 30,
+        version: MqttVersion = "5",
     ) -> None:
-        self.url = url
         self.topics = topics
         self.on_ack = on_ack
         self._lock = threading.Lock()
@@ -125,9 +141,12 @@ class MqttPublisher:
             url,
             client_id or f"edgegov-{topics.fleet}-{topics.device}",
             tls=TlsFiles(ca_file, cert_file, key_file),
-            # A persistent session (clean start off, MQTT v5 §3.1.2.4) so the broker keeps
-            # our subscriptions and QoS 1 state across short outages.
-            session=Session(clean_start=False, expiry_s=24 * 3600, keepalive=keepalive),
+            # A persistent session (clean start off, MQTT v5 §3.1.2.4; clean session off,
+            # 3.1.1 §3.1.2.4) so the broker keeps our subscriptions and QoS 1 state across
+            # short outages.
+            session=Session(
+                clean_start=False, expiry_s=24 * 3600, keepalive=keepalive, version=version
+            ),
             will=Will(topics.status, json.dumps({"state": "offline", "device": topics.device})),
             max_inflight=_WINDOW + 4,  # room for status messages
             reconnect_delay=(scale, 30 * scale),
@@ -138,6 +157,11 @@ class MqttPublisher:
         c.on_publish = self._on_publish
         self._client = c
         self._status: dict[str, Any] = {}
+
+    @property
+    def url(self) -> BrokerURL:
+        """The broker node in use now."""
+        return self._client.url
 
     # -- lifecycle -------------------------------------------------------------
     def start(self, pending: list[OutboxItem]) -> None:
