@@ -61,11 +61,14 @@ system-deps:
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || bash .ci/apt-install mosquitto
 
-# SoftHSM2 (PKCS#11 backend tests) and Chromium (the HTML report is rendered in it).
+# SoftHSM2 (PKCS#11 backend tests), Chromium (the HTML report is rendered in it), and the
+# brokers beside Mosquitto (tests/test_brokers.py): NATS server, RabbitMQ with its MQTT plugin.
 test-system-deps:
 	@missing=""; \
 	command -v softhsm2-util >/dev/null 2>&1 || missing="$$missing softhsm2"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v nats-server >/dev/null 2>&1 || test -x /usr/sbin/nats-server || missing="$$missing nats-server"; \
+	test -x /usr/lib/rabbitmq/bin/rabbitmq-server || missing="$$missing rabbitmq-server"; \
 	if [ -n "$$missing" ]; then bash .ci/apt-install $$missing; fi
 
 $(STAMP): pyproject.toml setup.py $(wildcard native/*.pyx) | system-deps
