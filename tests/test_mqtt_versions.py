@@ -23,13 +23,18 @@ from agent.audit import verify_paths
 from agent.audit.collector import FileCollector
 from agent.config import MqttOutput, load_config
 from agent.errors import ConfigError
+from agent.evidence.store import OutboxItem
 from agent.fleet._mqtt import FleetSession
 from agent.fleet.client import FleetClient, FleetClientConfig
 from agent.fleet.repository import FleetRepository
+from agent.identity.keys import generate_key
 from agent.pipeline.runner import Agent, AgentStats
 from agent.tools.broker import MosquittoBroker, free_port
 from agent.transport.mqtt import BrokerURL
+from agent.transport.publisher import MqttPublisher
+from agent.transport.topics import DeviceTopics
 from tests.agent_process import AgentProcess
+from tests.evidence_util import make_stream
 from tests.fleet_util import MODEL, MODEL_NAME, POLICY_NAME, policy_bytes
 from tests.test_agent_e2e import Device, make_site, run_agent, wait_for
 
@@ -211,3 +216,45 @@ def test_a_broker_list_entry_that_is_not_a_url_is_a_config_error_naming_its_inde
     )
     assert load({"url": ok, "version": V311}) == MqttOutput((ok,), version=V311)
     assert load({"url": ok}) == MqttOutput((ok,), version="5")  # the default
+
+
+@pytest.mark.parametrize("version", ["5", "3.1.1"])
+def test_a_node_that_stops_acknowledging_is_left_and_the_attestation_sent_again(
+    tmp_path, caplog, version
+):
+    """A broker that keeps the connection open but never sends the PUBACK (a NATS cluster
+    electing a stream leader does; here a Mosquitto frozen with SIGSTOP): after
+    ``puback_timeout_s`` the publisher leaves the node and paho sends the attestation
+    again, on the next node of the list, where it is acknowledged."""
+    caplog.set_level(logging.WARNING, logger="edgegov.transport")
+    a = MosquittoBroker(tmp_path / "a").start()
+    b = MosquittoBroker(tmp_path / "b").start()
+    col_b = FileCollector(b.url, tmp_path / "col-b", fleet="t", version=version)
+    col_b.start()
+    acked: list[int] = []
+    topics = DeviceTopics("edgegov", "t", "gw-stall")
+    pub = MqttPublisher(
+        BrokerURL.parse_all([a.url, b.url]), topics, acked.append, version=version,
+        puback_timeout_s=2.0,
+    )  # fmt: skip
+    frozen = False
+    try:
+        pub.start([])
+        assert pub.wait_connected(10) and str(pub.url) == a.url
+        assert a.proc is not None
+        os.kill(a.proc.pid, signal.SIGSTOP)  # connection open, nothing answered
+        frozen = True
+        payload = make_stream(tmp_path / "s.sqlite", generate_key(tmp_path / "k.key"),
+                              device="gw-stall", windows=1)[0]  # fmt: skip
+        pub.publish(OutboxItem(0, topics.attestation, payload))
+        assert wait_for(lambda: acked == [0], 20), caplog.text
+        assert str(pub.url) == b.url
+        assert "no PUBACK for attestation seq 0 within 2 s" in caplog.text
+        assert wait_for(lambda: len(col_b.stored) == 1, 10)
+    finally:
+        if frozen and a.proc is not None:
+            os.kill(a.proc.pid, signal.SIGCONT)
+        pub.stop(2.0)
+        col_b.stop()
+        a.stop()
+        b.stop()

@@ -462,6 +462,24 @@ class MqttClient:
                 "kept" if self.session_present else "new",
             )
 
+    def leave_node(self, why: str) -> None:
+        """Drop the connection to a node that stopped answering (a PUBACK that never came:
+        a NATS cluster electing a stream leader can leave one pending for good). paho
+        reconnects, to the next node if the list has one, and sends every unacknowledged
+        message again: in MQTT 3.1.1 that happens only on a new connection (§4.4)."""
+        if len(self.urls) > 1 and not self._quiet:
+            self._skip = True
+        log.warning(
+            "broker %s: %s; reconnecting%s and sending every unacknowledged message again",
+            self.url,
+            why,
+            f" to {self.urls[(self._at + 1) % len(self.urls)]}" if self._skip else "",
+        )
+        sock = self._paho.socket()
+        if isinstance(sock, socket.socket):  # shut, not closed: paho's loop sees the loss
+            with contextlib.suppress(OSError):  # and reconnects (an SSLSocket is one too)
+                sock.shutdown(socket.SHUT_RDWR)
+
     def _give_up_on_node(self, why: str) -> None:
         """The node we tried failed us (unreachable, refused, dropped before CONNACK)."""
         if len(self.urls) > 1 and not self._skip and not self._quiet:

@@ -113,11 +113,14 @@ class MqttPublisher:
         key_file: Path | None = None,
         keepalive: int = 30,
         version: MqttVersion = "5",
+        puback_timeout_s: float = 10.0,
     ) -> None:
         self.topics = topics
+        self.puback_timeout_s = puback_timeout_s
         self.on_ack = on_ack
         self._lock = threading.Lock()
         self._inflight: dict[int, int | None] = {}  # paho mid -> seq (None: status message)
+        self._sent_at: dict[int, float] = {}  # attestation mid -> when it went out (monotonic)
         self._early: dict[int, ReasonCode] = {}  # mid -> reason code of a PUBACK that beat _track
         # Attestations go to paho from one sender thread, in seq order, at most _WINDOW
         # unacknowledged at a time: below paho's own inflight cap, so paho never queues one
@@ -132,6 +135,8 @@ class MqttPublisher:
         self._wake.acquire()
         self._sleeping = False
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._watch_stop = threading.Event()
+        self._watch = threading.Thread(target=self._watch_pubacks, name="mqtt-puback", daemon=True)
         self._connected = threading.Event()
         self._last_fail_log = 0.0
         # Capped exponential backoff with a per-gateway random scale, so a fleet that lost
@@ -168,6 +173,7 @@ class MqttPublisher:
         """Connect in the background and queue everything still in the outbox."""
         self._client.connect_in_background()
         self._sender.start()
+        self._watch.start()
         with self._lock:  # one hand-over for the whole backlog, not one per row
             self._queue.extend(pending)
             self._wake_sender()
@@ -196,7 +202,10 @@ class MqttPublisher:
         with self._lock:
             self._closing = True
             self._wake_sender()
+        self._watch_stop.set()
         self._sender.join(timeout=2)
+        if self._watch.is_alive():
+            self._watch.join(timeout=2)
         self._client.close()
         return left
 
@@ -251,9 +260,35 @@ class MqttPublisher:
             rc = self._early.pop(mid, None)
             if rc is None:
                 self._inflight[mid] = seq
+                if seq is not None:
+                    self._sent_at[mid] = time.monotonic()
                 return
         if seq is not None:
             self._settle(seq, rc)
+
+    def _watch_pubacks(self) -> None:
+        """An attestation unacknowledged for ``puback_timeout_s`` while connected: leave the
+        node. paho sends every unacknowledged message again on the new connection (to the
+        next node of a list); QoS 1 resends only on a new connection (MQTT 3.1.1 §4.4,
+        v5 §4.4), so without this a PUBACK a broker never sends (a NATS cluster electing
+        a stream leader, seen here) would hold the attestation, and the window, for good.
+        """
+        while not self._watch_stop.wait(1.0):
+            if not self._connected.is_set():
+                continue
+            now = time.monotonic()
+            with self._lock:
+                if not self._sent_at:
+                    continue
+                mid, since = min(self._sent_at.items(), key=lambda kv: kv[1])
+                if now - since < self.puback_timeout_s:
+                    continue
+                seq = self._inflight.get(mid)
+                for k in self._sent_at:  # once per stall: the clock restarts at reconnect
+                    self._sent_at[k] = now
+            self._client.leave_node(
+                f"no PUBACK for attestation seq {seq} within {self.puback_timeout_s:g} s"
+            )
 
     def unacknowledged(self) -> int:
         """Attestations handed to us and not yet acknowledged by the broker."""
@@ -267,6 +302,10 @@ class MqttPublisher:
             return
         self._connected.set()
         log.info("connected to broker %s", self.url)
+        with self._lock:  # paho sends the unacknowledged ones again now: their clock restarts
+            now = time.monotonic()
+            for k in self._sent_at:
+                self._sent_at[k] = now
         if self._status:
             self.publish_status(self._status)
 
@@ -294,6 +333,7 @@ class MqttPublisher:
                 self._early[mid] = rc  # PUBACK before publish() returned; _track settles it
                 return
             seq = self._inflight.pop(mid)
+            self._sent_at.pop(mid, None)
             if seq is None:  # a status message
                 return
             self._outstanding -= 1  # as _settle does, at the same lock
