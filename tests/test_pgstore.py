@@ -341,7 +341,8 @@ def test_a_postgresql_restart_during_collection_loses_nothing(
 
 
 def test_collector_insert_rate_and_verify_stream_rate(pg_url, tmp_path, signer):
-    """The figures for docs/scaling.md, "PostgreSQL for a fleet's years" (printed; asserted only to be sane)."""
+    """The figures for docs/scaling.md, "PostgreSQL for a fleet's years" (printed; asserted
+    only to be sane)."""
     msgs = make_stream(tmp_path / "a.sqlite", signer, windows=1500, per_window=3)
     db = open_db(pg_url)
     t0 = time.perf_counter()
