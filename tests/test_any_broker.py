@@ -60,7 +60,7 @@ def test_agent_to_broker_to_collector_stores_every_attestation_in_order_and_veri
     url = request.getfixturevalue(fixture).url
     device = f"gw-{name}"  # brokers are shared by the module: a device (and session) each
     store = tmp_path / "collected.sqlite"
-    collector = StoreCollector(url, str(store), fleet=FLEET, version=version)  # type: ignore[arg-type]
+    collector = StoreCollector(url, str(store), fleet=FLEET, version=version)
     collector.start(timeout=10)
     try:
         with Gateway(tmp_path, device, [url], version) as gw:
