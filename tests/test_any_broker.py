@@ -17,9 +17,12 @@ from pathlib import Path
 import pytest
 
 from agent.audit.collector import StoreCollector
+from agent.identity.keys import generate_key
 from agent.tools.broker import MosquittoBroker
 from agent.tools.brokers import NatsServer, RabbitNode
+from tests.evidence_util import make_stream
 from tests.fleet_run import FLEET, Gateway, Store, verify_store, wait_until
+from tests.mqtt_probe import V5, V311, Probe
 
 # name -> (broker fixture, MQTT version)
 TARGETS = {
@@ -77,3 +80,35 @@ def test_agent_to_broker_to_collector_stores_every_attestation_in_order_and_veri
     assert Store(store).seqs(device) == list(range(signed)) and signed >= 8
     verdict = verify_store(run_cli, store, [gw.public_pem])
     assert verdict["evidence"] == "intact" and verdict["verified"] == signed
+
+
+@pytest.mark.parametrize("name", ["mosquitto-v5", "mosquitto-v311", "nats"])
+def test_collector_with_a_session_id_receives_what_was_published_while_it_was_away(
+    request: pytest.FixtureRequest, tmp_path: Path, name: str
+) -> None:
+    """``session_id``: clean session off under that client id (v5: an expiry too), so a
+    collector that stops and comes back finds the attestations published meanwhile; a
+    clean session (the default) would find none."""
+    fixture, version = TARGETS[name]
+    url = request.getfixturevalue(fixture).url
+    device, session = f"gw-away-{name}", f"edgegov-collector-away-{name}"
+    sent = make_stream(tmp_path / "s.sqlite", generate_key(tmp_path / "k.key"), device=device)
+    store = tmp_path / "collected.sqlite"
+
+    def collector() -> StoreCollector:
+        c = StoreCollector(url, str(store), fleet=FLEET, version=version, session_id=session)
+        c.start(timeout=10)
+        return c
+
+    collector().stop()  # subscribed, then away
+    pub = Probe(f"pub-away-{name}", version=V5 if version == "5" else V311, clean=True)
+    pub.connect(url)
+    pub.publish(f"edgegov/{FLEET}/{device}/attestation", sent)
+    pub.wait_acked(set(sent), 15)
+    pub.close()
+    back = collector()
+    try:
+        wait_until(lambda: Store(store).count(device) == len(sent), 15, "the messages kept")
+    finally:
+        back.stop()
+    assert Store(store).seqs(device) == list(range(len(sent)))
