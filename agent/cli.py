@@ -655,6 +655,11 @@ def _parser() -> argparse.ArgumentParser:
     ac.add_argument("--store", default="collected.sqlite", help="sqlite path/URL or postgresql://")
     ac.add_argument("--fleet", default="+", help="fleet to follow (all)")
     ac.add_argument("--share", help="shared-subscription group (several collectors; MQTT 5)")
+    ac.add_argument(
+        "--session",
+        help="persistent session under this client id (one per collector): what arrives "
+        "while it is away, or on a cluster node that died, is delivered when it is back",
+    )
     ac.add_argument("--seconds", type=float, default=0, help="stop after this long (never)")
     from agent.audit.pgstore import add_command as audit_retention  # PostgreSQL partitions
 

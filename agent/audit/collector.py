@@ -30,6 +30,13 @@ is published while no collector is connected.
 
 ``url``: one broker or a cluster's nodes; the collector connects to the first that
 accepts it and fails over to the next when its node goes (``MqttClient``).
+
+``session_id``: a persistent session under that client id (clean session off; in v5 a
+week's expiry) instead of a clean one under a random id. The broker then keeps what is
+published while this collector is away, and redelivers what it received but had not
+acknowledged, across its node's death: on a NATS cluster (no shared subscriptions) that
+is what makes a node kill lossless for the collector. One id per collector process: two
+live connections with the same id take the session from each other.
 """
 
 from __future__ import annotations
@@ -81,8 +88,10 @@ class Collector:
     """Subscribes to ``{prefix}/{fleet}/+/attestation``; subclasses store each message.
 
     ``tls``: the CA, client certificate and key for an ``mqtts://`` broker (mutual TLS).
-    ``version``: MQTT ``"5"`` or ``"3.1.1"``.
+    ``version``: MQTT ``"5"`` or ``"3.1.1"``. ``session_id``: see the module.
     """
+
+    SESSION_EXPIRY_S = 7 * 24 * 3600  # v5: how long the broker keeps a session we left
 
     def __init__(
         self,
@@ -92,12 +101,13 @@ class Collector:
         share: str | None = None,
         tls: TlsFiles | None = None,
         version: MqttVersion = "5",
+        session_id: str | None = None,
     ) -> None:
         urls = BrokerURL.parse_all(url if isinstance(url, str) else list(url), "broker URL")
         self.tls = tls
         self.topic = attestations(prefix, fleet, share)
         self.topics = (self.topic, *statements(prefix, fleet, share))
-        self.name = f"edgegov-collector-{os.getpid()}-{secrets.token_hex(3)}"
+        self.name = session_id or f"edgegov-collector-{os.getpid()}-{secrets.token_hex(3)}"
         self.received = 0
         self.stored: set[str] = set()
         self.errors: list[str] = []
@@ -111,7 +121,10 @@ class Collector:
         self.store_name = ""  # the store, for the log (password redacted)
         self._retrier: threading.Thread | None = None
         self._stopping = threading.Event()
-        c = MqttClient(urls, self.name, tls=tls, session=Session(version=version), manual_ack=True)
+        session = Session(version=version)
+        if session_id is not None:
+            session = Session(clean_start=False, expiry_s=self.SESSION_EXPIRY_S, version=version)
+        c = MqttClient(urls, self.name, tls=tls, session=session, manual_ack=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
@@ -153,7 +166,7 @@ class Collector:
 
     # -- MqttClient callbacks (paho's network thread) ----------------------------------
     def _on_connect(self, rc: ReasonCode) -> None:
-        if not rc.is_failure:  # each (re)connect: a clean session, so subscribe again
+        if not rc.is_failure:  # each (re)connect; a kept session too (the broker may not)
             self._acks = 0
             for topic in self.topics:
                 self._client.subscribe(str(topic), qos=1)
@@ -263,8 +276,9 @@ class FileCollector(Collector):
         share: str | None = None,
         tls: TlsFiles | None = None,
         version: MqttVersion = "5",
+        session_id: str | None = None,
     ) -> None:
-        super().__init__(url, fleet, prefix, share, tls, version)
+        super().__init__(url, fleet, prefix, share, tls, version, session_id)
         self.out_dir = out_dir
 
     def start(self, timeout: float = 5.0) -> None:
@@ -303,8 +317,9 @@ class StoreCollector(Collector):
         share: str | None = None,
         tls: TlsFiles | None = None,
         version: MqttVersion = "5",
+        session_id: str | None = None,
     ) -> None:
-        super().__init__(url, fleet, prefix, share, tls, version)
+        super().__init__(url, fleet, prefix, share, tls, version, session_id)
         self.db: EvidenceDB = open_db(store_url)
         self.store_name = redact(store_url)
 

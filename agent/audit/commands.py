@@ -221,7 +221,7 @@ def audit_collect(a: argparse.Namespace) -> int:
     from agent.transport.options import broker_tls
 
     c = StoreCollector(a.broker, a.store, fleet=a.fleet, share=a.share, tls=broker_tls(a),
-                       version=a.mqtt_version)  # fmt: skip
+                       version=a.mqtt_version, session_id=a.session)  # fmt: skip
     # SIGTERM (systemd, kill) and SIGINT (Ctrl-C) stop it; set here, since a process started
     # in the background of a shell inherits SIGINT ignored and Python would leave it so
     stop = threading.Event()
