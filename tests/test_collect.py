@@ -156,3 +156,57 @@ def test_cli_collect_into_postgresql_then_verify_the_store(broker, pg_url, strea
     r = run_cli("audit", "verify", "--store", pg_url, *args)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "evidence:   INTACT" in r.stdout
+
+
+def test_shared_collectors_one_killed_and_restarted_store_each_attestation_once(
+    broker, tmp_path, streams
+):
+    """Scale-out on the broker (an MQTT 5 shared subscription): two collectors, each with
+    a persistent session, split the load. Collector B's process is killed mid-stream: what
+    the broker had handed it waits in its session, the rest goes to A. B restarts with the
+    same session and stores what waited. Every attestation is stored exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from agent.audit.evidence_db import read_messages
+
+    items, keys = streams
+    store = tmp_path / "c.sqlite"
+    a = StoreCollector(broker.url, str(store), fleet="f", share="g", session_id="collector-a")
+    a.start()
+    cmd = [sys.executable, "-m", "agent", "audit", "collect", "--broker", broker.url,
+           "--store", str(store), "--fleet", "f", "--share", "g",
+           "--session", "collector-b"]  # fmt: skip
+
+    err = tmp_path / "b.err"
+
+    def start_b() -> subprocess.Popen[bytes]:
+        err.write_text("")
+        with err.open("w") as f:
+            p = subprocess.Popen(cmd, stderr=f, stdout=subprocess.DEVNULL)
+        _wait(lambda: "collecting" in err.read_text() or p.poll() is not None, 30)
+        assert p.poll() is None, err.read_text()
+        return p
+
+    b = start_b()
+    try:
+        half = len(items) // 2
+        _publish(broker.url, items[:half])
+        _wait(lambda: len(read_messages(str(store))) >= half // 2)  # both are storing
+        os.kill(b.pid, signal.SIGKILL)
+        b.wait(10)
+        _publish(broker.url, items[half:])
+        b = start_b()  # the same session: what waited for B arrives now
+        _wait(lambda: len(read_messages(str(store))) >= len(items), 20)
+    finally:
+        if b.poll() is None:
+            b.send_signal(signal.SIGTERM)
+            b.wait(10)
+        a.stop()
+    msgs = read_messages(str(store))
+    assert len(msgs) == len(items)  # once each: the store is keyed on (device, seq, digest)
+    assert a.received < len(items)  # the load was split: A did not get everything
+    res = verify_messages(msgs, keys)
+    assert res.ok, [str(f) for f in res.findings]
