@@ -11,48 +11,16 @@ fails, it does not skip.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.audit.collector import StoreCollector
 from agent.identity.keys import generate_key
-from agent.tools.broker import MosquittoBroker
-from agent.tools.brokers import NatsServer, RabbitNode
+from tests.broker_targets import PARAMS, TARGETS, mosquitto, nats, rabbit  # noqa: F401
 from tests.evidence_util import make_stream
 from tests.fleet_run import FLEET, Gateway, Store, verify_store, wait_until
 from tests.mqtt_probe import V5, V311, Probe
-
-# name -> (broker fixture, MQTT version)
-TARGETS = {
-    "mosquitto-v5": ("mosquitto", "5"),
-    "mosquitto-v311": ("mosquitto", "3.1.1"),
-    "nats": ("nats", "3.1.1"),
-    "rabbitmq": ("rabbit", "3.1.1"),
-}
-PARAMS = [
-    pytest.param(k, id=k, marks=[pytest.mark.slow] if k == "rabbitmq" else []) for k in TARGETS
-]
-
-
-@pytest.fixture(scope="module")
-def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path_factory.mktemp("mosquitto")) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    with NatsServer(tmp_path_factory.mktemp("nats")) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
-    with RabbitNode(tmp_path_factory.mktemp("rabbit")) as b:
-        print(f"\nRabbitMQ node up in {b.startup_seconds:.1f} s")
-        yield b
 
 
 @pytest.mark.parametrize("name", PARAMS)

@@ -19,38 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.tools.broker import MosquittoBroker
-from agent.tools.brokers import NatsCluster, NatsServer, RabbitNode
+from agent.tools.brokers import NatsCluster, NatsServer
+from tests.broker_targets import PARAMS, TARGETS, mosquitto, nats, rabbit  # noqa: F401
 from tests.mqtt_probe import V5, V311, Gateway, Probe, payloads
 
-# (broker fixture, MQTT version)
-TARGETS = {
-    "mosquitto-v5": ("mosquitto", V5),
-    "mosquitto-v311": ("mosquitto", V311),
-    "nats": ("nats", V311),
-    "rabbitmq": ("rabbit", V311),
-}
-PARAMS = [
-    pytest.param(k, id=k, marks=[pytest.mark.slow] if k == "rabbitmq" else []) for k in TARGETS
-]
-
-
-@pytest.fixture(scope="module")
-def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path_factory.mktemp("mosquitto")) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    with NatsServer(tmp_path_factory.mktemp("nats")) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
-    with RabbitNode(tmp_path_factory.mktemp("rabbit")) as b:
-        yield b
+PAHO = {"5": V5, "3.1.1": V311}  # our version names -> paho protocol
 
 
 @pytest.fixture
@@ -60,7 +33,8 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
 
 
 def _target(request: pytest.FixtureRequest, name: str) -> tuple[str, int]:
-    fixture, version = TARGETS[name]
+    fixture, name_version = TARGETS[name]
+    version = PAHO[name_version]
     return request.getfixturevalue(fixture).url, version
 
 
