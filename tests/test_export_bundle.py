@@ -290,6 +290,18 @@ def test_score_and_report_read_a_bundle_too(site, tmp_path):
     html = tmp_path / "r.html"
     args = ["--trust", str(site["trust"]), "--html", str(html)]
     assert cli("audit", "report", str(site["bundle"]), *args).returncode == 0
+    # The report's disclosure section: every value in it is the JSON's (as for the rest)
+    from tests.test_report_html import _check, _Scan
+
+    doc = json.loads(cli("audit", "verify", str(site["bundle"]), "--trust", str(site["trust"]),
+                         "--json").stdout)  # fmt: skip
+    scan = _Scan()
+    scan.feed(html.read_text())
+    shown = [v for v in scan.values if v[0].startswith("/disclosure/")]
+    assert {v[0] for v in shown} >= {"/disclosure/0/devices/0/readings_disclosed",
+                                     "/disclosure/0/devices/1/log_size"}  # fmt: skip
+    for pointer, f, text in shown:
+        _check(doc, pointer, f, text)
 
 
 def test_a_reading_outside_the_period_is_refused_at_export(site, tmp_path):

@@ -547,6 +547,37 @@ def _governance(a: Analysis) -> str:
     )
 
 
+def _disclosure(a: Analysis) -> str:
+    """What each export bundle given discloses (``agent.audit.bundle``)."""
+    if not a.disclosure:
+        return ""
+    parts = ["<h2>Disclosure bundles</h2>"]
+    for j, b in enumerate(a.disclosure):
+        p = _ptr("disclosure", j)
+        rows = []
+        for k, d in enumerate(b["devices"]):
+            q = f"{p}/devices/{k}/"
+            rows.append(
+                f"<tr><td>{_v(q + 'device', d['device'], 'text')}</td><td class='num'>"
+                f"{_v(q + 'first_seq', d['first_seq'], 'int')} .. "
+                f"{_v(q + 'last_seq', d['last_seq'], 'int')}</td><td class='num'>"
+                f"{_v(q + 'readings_disclosed', d['readings_disclosed'], 'int')} of "
+                f"{_v(q + 'readings_in_windows', d['readings_in_windows'], 'int')}</td>"
+                f"<td class='num'>{_v(q + 'log_size', d['log_size'], 'int')}</td></tr>"
+            )
+        parts.append(
+            f"<p>bundle <code>{_v(p + '/bundle', b['bundle'], 'text')}</code>, site "
+            f"{_v(p + '/site', b['site'], 'text')}, period {_v(p + '/from', b['from'], 'text')}"
+            f" .. {_v(p + '/until', b['until'], 'text')}; exported by "
+            f"{_v(p + '/exported_by', b['exported_by'], 'text')} at "
+            f"{_v(p + '/exported_at', b['exported_at'], 'text')} (the manifest is an index, "
+            "unsigned: everything it lists is signed)</p><table><tr><th>device</th>"
+            "<th>windows (seq)</th><th>readings disclosed</th><th>Merkle log size</th></tr>"
+            f"{''.join(rows)}</table>"
+        )
+    return "".join(parts)
+
+
 def render_html(res: Analysis | AuditResult, title: str = "edgegov audit report") -> str:
     """The report as one HTML document (UTF-8 text); an :class:`AuditResult` is analysed
     without a policy."""
@@ -570,6 +601,7 @@ device log(s)</p>
 <h2>Compliance</h2>
 {_compliance(a)}
 {_governance(a)}
+{_disclosure(a)}
 {"".join(_device(i, d) for i, d in enumerate(a.devices))}
 </body></html>
 """
