@@ -53,3 +53,18 @@ def test_bad_arguments_are_refused(run_cli) -> None:
     assert r.returncode == 2 and "--gateways" in r.stderr
     r = run_cli("fleet", "simulate", "--broker", "tcp://x:1", "--seconds", "1")
     assert r.returncode == 2 and "--broker" in r.stderr, r.stderr
+
+
+def test_against_nats_in_mqtt_311_with_its_own_figures(run_cli, tmp_path) -> None:
+    """The same simulation on a NATS server (JetStream, MQTT 3.1.1), its figures read from
+    its monitoring endpoint."""
+    from agent.tools.brokers import NatsServer
+
+    with NatsServer(tmp_path / "nats") as nats:
+        doc = _simulate(
+            run_cli, "--gateways", "4", "--seconds", "3", "--broker", nats.url,
+            "--mqtt-version", "3.1.1", "--broker-monitor", f"http://127.0.0.1:{nats.monitor_port}",
+        )  # fmt: skip
+    assert doc["lost"] == 0 and doc["stored"] == doc["signed"] >= 4 * 3
+    assert doc["broker"]["version"].startswith("2.")
+    assert int(doc["broker"]["messages received"]) >= doc["signed"]

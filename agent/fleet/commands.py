@@ -250,6 +250,12 @@ def add_commands(fsub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None
         "them); default: a private Mosquitto started for the run",
     )
     p.add_argument("--mqtt-version", choices=("5", "3.1.1"), default="5")
+    p.add_argument(
+        "--broker-monitor",
+        metavar="URL",
+        help="a NATS server's monitoring URL (http://host:8222): its figures (/varz) instead "
+        "of Mosquitto's $SYS",
+    )
     p.add_argument("--store", help="collector store: sqlite path or postgresql:// (a temp SQLite)")
     p.add_argument("--collectors", type=int, default=1, help="collectors (several: MQTT 5 shared)")
     p.add_argument("--window", type=float, default=1.0, help="window length, seconds (1)")
@@ -288,6 +294,7 @@ def _simulate(a: argparse.Namespace) -> int:
                 readings=a.readings,
                 version=a.mqtt_version,
                 workdir=Path(a.keep) if a.keep else None,
+                monitor=a.broker_monitor,
                 say=say,
             )
         finally:

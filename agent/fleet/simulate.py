@@ -249,10 +249,13 @@ def simulate(
     readings: int = 10,
     version: MqttVersion = "5",
     workdir: Path | None = None,
+    monitor: str | None = None,
     say: Any = None,
 ) -> SimResult:
     """Run the simulation; ``say`` (print-like) reports progress. Gateways run in worker
-    processes of at most :data:`PER_PROCESS` each; the collectors run here."""
+    processes of at most :data:`PER_PROCESS` each; the collectors run here. ``monitor``:
+    a NATS server's monitoring URL (``http://host:8222``), read for the broker's figures
+    instead of Mosquitto's ``$SYS``."""
     import multiprocessing
 
     say = say or (lambda *_: None)
@@ -321,7 +324,7 @@ def simulate(
         res.latencies_ms = [
             1000 * (stored_at[k] - t) for k, t in closed_at.items() if k in stored_at
         ]
-        res.broker_stats = _mosquitto_sys(urls[0], version)
+        res.broker_stats = _nats_varz(monitor) if monitor else _mosquitto_sys(urls[0], version)
     finally:
         for c in cols:
             c.stop()
@@ -352,6 +355,28 @@ def _write_trust(root: Path, devices: Sequence[str]) -> None:
 
     keys = [{"key": f"{d}/device.pub.pem", "device": d} for d in devices]
     (root / "trust.yaml").write_text(yaml.safe_dump({"keys": keys}, sort_keys=False))
+
+
+def _nats_varz(monitor: str) -> dict[str, str]:
+    """A NATS server's own figures from its monitoring endpoint (``/varz``)."""
+    import json
+    import urllib.request
+
+    url = monitor.rstrip("/") + "/varz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:  # the operator's monitoring URL
+            v = json.load(r)
+    except (OSError, ValueError) as e:
+        return {"figures": f"none: {url}: {e}"}
+    wanted = {
+        "version": "version",
+        "connections": "clients connected",
+        "in_msgs": "messages received",
+        "out_msgs": "messages sent",
+        "mem": "memory bytes",
+        "cpu": "CPU % (of a core)",
+    }
+    return {name: str(v[k]) for k, name in wanted.items() if k in v}
 
 
 def _mosquitto_sys(url: BrokerURL, version: MqttVersion) -> dict[str, str]:
