@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.audit.bundle import FORMAT, MANIFEST, file_entry
-from agent.audit.trust import TrustStore
 from agent.errors import Error, VerificationError
-from agent.evidence.claims import Evidence
+
+if TYPE_CHECKING:  # loaded when the command runs: the parser is built at every CLI start
+    from agent.audit.trust import TrustStore
+    from agent.evidence.claims import Evidence
 
 __all__ = ["add_command"]
 
@@ -116,6 +117,7 @@ class _Choice:
 
 
 def _export(a: argparse.Namespace) -> int:
+    from agent.audit.bundle import FORMAT, MANIFEST, file_entry
     from agent.audit.commands import _trust
     from agent.governance.commands import parse_time_ms
 
